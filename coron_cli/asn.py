@@ -1,0 +1,149 @@
+"""Association (ASN) files: parse, validate, name the bad member."""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+__all__ = ["Association", "AsnProduct", "read_asn", "parse_asn"]
+
+
+@dataclass
+class AsnProduct:
+    """One output product of an association.
+
+    Attributes
+    ----------
+    name : str
+        Output root, e.g. 'jw89001-c1001_t001_nircam_f160w'.
+    science, psf : list of str
+        Member paths, resolved relative to the ASN file's folder, in order.
+    """
+
+    name: str
+    science: list = field(default_factory=list)
+    psf: list = field(default_factory=list)
+
+
+@dataclass
+class Association:
+    """A parsed association: its id, its file and its products."""
+
+    path: str
+    asn_id: str
+    products: list
+    warnings: list = field(default_factory=list)
+
+
+def read_asn(path, *, check_files=True):
+    """Read and validate an association file.
+
+    Parameters
+    ----------
+    path : str
+        The JSON file.
+    check_files : bool
+        Also require every member file to exist.
+
+    Returns
+    -------
+    Association
+
+    Raises
+    ------
+    InputError
+        Not found, not JSON, or not a valid association; the message names
+        the product or member at fault.
+    """
+    if not os.path.exists(path):
+        raise InputError(path, "no such file")
+    if os.path.isdir(path):
+        raise InputError(path, "is a directory, not an association file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise InputError(path, "not a JSON association file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                               f"{exc.msg})") from None
+    except RecursionError:
+        raise InputError(path, "not a usable JSON association file (nested too deeply)") from None
+    return parse_asn(data, path=path, check_files=check_files)
+
+
+def _require(cond, path, message):
+    if not cond:
+        raise InputError(path, message)
+
+
+def parse_asn(data, *, path="<asn>", check_files=True):
+    """Validate a decoded association (see :func:`read_asn`)."""
+    _require(isinstance(data, dict), path, "an association must be a JSON object")
+    asn_id = data.get("asn_id", "")
+    if asn_id is None:
+        asn_id = ""
+    _require(isinstance(asn_id, str), path, "asn_id must be a string")
+    _require(_safe_name(asn_id) or asn_id == "", path,
+             f"asn_id {asn_id!r} is not a plain name")
+    products = data.get("products")
+    _require(isinstance(products, list), path, "has no 'products' list")
+    _require(len(products) > 0, path, "has no products")
+    folder = os.path.dirname(os.path.abspath(path)) if path != "<asn>" else os.getcwd()
+    warn = []
+    out = []
+    names = set()
+    for p, prod in enumerate(products):
+        where = f"product {p}"
+        _require(isinstance(prod, dict), path, f"{where} is not a JSON object")
+        name = prod.get("name")
+        _require(isinstance(name, str) and name.strip(), path, f"{where} has no name")
+        _require(_safe_name(name), path,
+                 f"{where} name {name!r} must be a plain file name (no folders)")
+        _require(name not in names, path, f"product name {name!r} appears twice")
+        names.add(name)
+        where = f"product {name!r}"
+        members = prod.get("members")
+        _require(isinstance(members, list), path, f"{where} has no 'members' list")
+        entry = AsnProduct(name=name)
+        seen = {}
+        for m, member in enumerate(members):
+            _require(isinstance(member, dict), path, f"{where} member {m} is not a JSON object")
+            exptype = member.get("exptype")
+            expname = member.get("expname")
+            _require(isinstance(expname, str) and expname.strip(), path,
+                     f"{where} member {m}: expname must be a non-empty string")
+            _require(isinstance(exptype, str), path,
+                     f"{where} member {expname!r}: exptype must be a string")
+            _require(not os.path.isabs(expname), path,
+                     f"member {expname!r}: absolute paths are not allowed; "
+                     "name members relative to the association's folder")
+            parts = expname.replace("\\", "/").split("/")
+            _require(".." not in parts, path,
+                     f"member {expname!r}: '..' is not allowed in member names")
+            kind = exptype.strip().lower()
+            if kind not in ("science", "psf"):
+                warn.append(f"{path}: member {expname!r} has exptype {exptype!r}; ignored")
+                continue
+            full = os.path.normpath(os.path.join(folder, expname))
+            _require(full not in seen, path, f"member {expname!r} is listed twice")
+            seen[full] = kind
+            if check_files:
+                _require(os.path.exists(full), path, f"member {expname!r} not found ({full})")
+                _require(os.path.isfile(full), path, f"member {expname!r} is not a file")
+            (entry.science if kind == "science" else entry.psf).append(full)
+        _require(entry.science, path, f"{where} has no science members")
+        _require(entry.psf, path, f"{where} has no psf members")
+        out.append(entry)
+    return Association(path=path, asn_id=asn_id, products=out, warnings=warn)
+
+
+def _safe_name(name):
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") \
+        and "\x00" not in name

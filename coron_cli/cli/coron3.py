@@ -1,0 +1,146 @@
+"""coron3: the pipeline driver (run an association, run the demo)."""
+
+import click
+
+from . import options
+from .common import parse_exclude, run, setup_logging
+
+
+@click.group(name="coron3", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "--version", package_name="coron",
+                      message="%(prog)s (coron) %(version)s")
+def cli():
+    """Coronagraphic PSF subtraction pipeline (stack, align, klip, combine, hlsp).
+
+    \b
+    Examples:
+      coron3 demo --outdir demo_out
+      coron3 run jw1234_coron_asn.json --outdir products --truncate 30
+    """
+
+
+def _klip_options(func):
+    for dec in reversed([options.truncate, options.klip_zones, options.exclude,
+                         options.annuli_width, options.bad_bits, options.star_flux,
+                         click.option("--fwhm", type=click.FloatRange(min=0.5), default=None,
+                                      metavar="PIX",
+                                      help="Resolution element in pixels for the contrast "
+                                           "correction [default: 2].")]):
+        func = dec(func)
+    return func
+
+
+def _resolve(truncate, exclude, star_flux, psf_offaxis):
+    from ..errors import InputError
+    from ..products import read_product
+    from ..steps import offaxis_peak, parse_truncate
+
+    try:
+        truncs = parse_truncate(truncate)
+    except ValueError as exc:
+        raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
+    if star_flux is not None and psf_offaxis is not None:
+        raise InputError("--star-flux", "give either --star-flux or --psf-offaxis, not both")
+    if star_flux is not None and not star_flux > 0:
+        raise InputError("--star-flux", "must be a positive number")
+    if psf_offaxis is not None:
+        star_flux = offaxis_peak(read_product(psf_offaxis, what="off-axis PSF image"))
+    return truncs, parse_exclude(exclude), star_flux
+
+
+@cli.command(name="run", no_args_is_help=True)
+@click.argument("asn", metavar="ASN")
+@click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
+              help="Existing folder for the products.")
+@_klip_options
+@options.common
+def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, bad_bits,
+            star_flux, psf_offaxis, fwhm, verbose, quiet, debug):
+    """Run stack, align, klip, combine and hlsp on an association.
+
+    Writes, into DIR, for every product of the ASN: <product>_psfstack.fits;
+    for every science member <exposure>_<asn_id>_psfalign.fits and
+    <exposure>_<asn_id>_psfsub.fits; the combined north-up
+    <product>_i2d.fits; and its <product>_snr.fits and
+    <product>_contrast.fits. Products are identical to those of the single
+    tools chained by hand.
+
+    \b
+    Example:
+      coron3 run jw1234_coron_asn.json --outdir products --truncate 30
+    """
+    setup_logging("coron3", verbose, quiet)
+    from ..pipeline import run_association
+
+    truncs, excl, star_flux = _resolve(truncate, exclude, star_flux, psf_offaxis)
+    run_association(asn, outdir, truncate=truncs, annuli=annuli, subsections=subsections,
+                    exclude=excl, annuli_width=annuli_width, bad_bits=bad_bits,
+                    star_flux=star_flux, fwhm=fwhm)
+
+
+@cli.command(name="demo")
+@click.option("-d", "--outdir", default="demo_out", show_default=True, metavar="DIR",
+              help="Folder for the simulated data and the products (created if missing).")
+@click.option("--size", type=click.Choice(["small", "medium", "large"]), default="small",
+              show_default=True,
+              help="Simulation size: 64, 160 or 320 pixels square; 3, 5 or 10 integrations.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("-k", "--truncate", default="50", show_default=True, metavar="K[,K...]",
+              help="KL modes kept (as for coron3 run).")
+@options.annuli_width
+@options.common
+def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
+    """Simulate a coronagraphic data set, run the pipeline on it, report the planets.
+
+    The simulation: a star behind a coronagraph with speckles that drift
+    between visits, two roll angles, reference-star exposures on a 9-point
+    dither, photon, read and row noise, bad pixels, cosmic rays and
+    injected planets. It is written with its association to DIR, processed
+    like 'coron3 run', and a table of the planets with their measured
+    signal-to-noise in the combined image goes to standard output.
+    """
+    setup_logging("coron3", verbose, quiet)
+    import logging
+    import os
+
+    from ..demo import measure_planets, write_simulation
+    from ..errors import OutputError
+    from ..pipeline import run_association
+    from ..products import read_product, star_center
+    from ..simulate import simulate_dataset
+    from ..steps import offaxis_peak
+
+    log = logging.getLogger("coron")
+    truncs, _, _ = _resolve(truncate, (), None, None)
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(outdir, f"cannot create the folder ({exc.strerror})") from None
+    log.warning("simulating a %s data set (seed %d) in %s", size, seed, outdir) \
+        if not quiet else None
+    ds = simulate_dataset(size, seed=seed)
+    paths = write_simulation(ds, outdir)
+    star = offaxis_peak(read_product(paths["offaxis"], what="off-axis PSF"))
+    log.warning("running the pipeline on %s", paths["asn"]) if not quiet else None
+    summary = run_association(paths["asn"], outdir, truncate=truncs, annuli_width=annuli_width,
+                              star_flux=star, fwhm=ds.truth.get("lambda_over_d_pix"))
+    i2d_path = next(p["path"] for p in summary["products"] if p["kind"] == "i2d")
+    i2d = read_product(i2d_path, ndims=(2,), what="i2d")
+    center, _ = star_center(i2d.sci_header, i2d.sci.shape)
+    rows = measure_planets(i2d.sci, i2d.err, center, ds.truth)
+    click.echo(f"# coron demo: {size} simulation, seed {seed}; products in {outdir}")
+    click.echo(f"# i2d: {i2d_path}")
+    click.echo(f"{'planet':>6} {'sep_lod':>8} {'pa_deg':>7} {'contrast':>9} {'x':>7} {'y':>7} "
+               f"{'snr_map':>8} {'snr_ap':>7}")
+    for i, r in enumerate(rows, 1):
+        click.echo(f"{i:>6} {r['sep_lod']:>8.2f} {r['pa']:>7.1f} {r['contrast']:>9.1e} "
+                   f"{r['x']:>7.2f} {r['y']:>7.2f} {r['snr_map']:>8.1f} "
+                   f"{r['snr_aperture']:>7.1f}")
+
+
+def main():
+    run(cli, "coron3")
+
+
+if __name__ == "__main__":
+    main()

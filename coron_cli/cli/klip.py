@@ -1,0 +1,69 @@
+"""coron-klip: KLIP PSF subtraction of a science exposure."""
+
+import click
+
+from . import options
+from .common import check_output, check_stdin_once, parse_exclude, run, setup_logging, timed
+
+
+@click.command(name="coron-klip", no_args_is_help=True)
+@click.argument("science", metavar="SCIENCE")
+@click.argument("psfalign", metavar="PSFALIGN")
+@options.output("Output file (default: the PSFALIGN name with _psfalign replaced by _psfsub, "
+                "in the current folder).")
+@options.truncate
+@options.klip_zones
+@options.exclude
+@options.annuli_width
+@options.bad_bits
+@options.common
+def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annuli_width,
+        bad_bits, verbose, quiet, debug):
+    """Subtract a KLIP model of the PSF from every science integration.
+
+    Each integration is fitted with its own layer of aligned references:
+    images are made zero-mean, the Karhunen-Loeve basis of the references
+    is computed once, the target is projected on the first K modes and the
+    projection subtracted (Soummer, Pueyo & Larkin 2012). Writes a psfsub
+    product with the science cube's shape; ERR combines the science noise,
+    the noise the references carry into the model and the residual speckle
+    noise measured in annuli; DQ is the science DQ. Several truncations add
+    a KLSUB extension (ntrunc, nint, ny, nx); SCI holds the first.
+
+    \b
+    Examples:
+      coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 30
+      coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 5,10,30 --annuli 4
+    """
+    setup_logging("coron-klip", verbose, quiet)
+    from ..errors import InputError
+    from ..products import exposure_root, read_product, write_product
+    from ..steps import klip_step, parse_truncate
+
+    try:
+        truncs = parse_truncate(truncate)
+    except ValueError as exc:
+        raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
+    zones_excl = parse_exclude(exclude)
+    check_stdin_once([science, psfalign])
+    if output is None:
+        if psfalign != "-":
+            output = exposure_root(psfalign) + "_psfsub.fits"
+        else:
+            output = (exposure_root(science) if science != "-" else "stdin") + "_psfsub.fits"
+    check_output(output, [science, psfalign])
+    sci = read_product(science, what="science exposure")
+    refs = read_product(psfalign, ndims=(4,), what="psfalign product")
+    with timed("klip"):
+        product = klip_step(sci, refs, truncate=truncs, annuli=annuli, subsections=subsections,
+                            exclude=zones_excl, annuli_width=annuli_width, bad_bits=bad_bits,
+                            params={"science": science, "psfalign": psfalign})
+    write_product(product, output)
+
+
+def main():
+    run(cli, "coron-klip")
+
+
+if __name__ == "__main__":
+    main()

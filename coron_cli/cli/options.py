@@ -1,0 +1,83 @@
+"""Options shared by the coron commands, each defined once.
+
+Who uses what:
+
+- ``output``: every command that writes one product (-o/--output, '-' = stdout).
+- ``verbosity``, ``debug``, ``version``: every command (see :func:`common`).
+- ``bad_bits``: coron-stack, coron-align, coron-klip, coron3 run.
+- ``truncate``, ``klip_zones``, ``exclude``: coron-klip, coron3 run.
+- ``annuli_width``: coron-klip, coron-hlsp, coron3 run.
+- ``star_flux``: coron-hlsp, coron3 run.
+"""
+
+import click
+
+from .. import __version__
+
+__all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude",
+           "annuli_width", "star_flux", "mask"]
+
+
+def _compose(*decorators):
+    def apply(func):
+        for dec in reversed(decorators):
+            func = dec(func)
+        return func
+    return apply
+
+
+#: -v/-q/--debug/--version, on every command.
+common = _compose(
+    click.option("-v", "--verbose", count=True,
+                 help="More messages on stderr: -v adds steps and timings, -vv debugging."),
+    click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr."),
+    click.option("--debug", is_flag=True,
+                 help="Show the full traceback of an error (for bug reports)."),
+    click.version_option(__version__, "--version", message="%(prog)s (coron) %(version)s"),
+)
+
+
+def output(help_text):
+    """-o/--output PATH, '-' for standard output."""
+    return click.option("-o", "--output", "output", metavar="PATH", default=None,
+                        help=help_text + " '-' writes FITS to standard output.")
+
+
+bad_bits = click.option(
+    "--bad-bits", default=1, show_default=True, type=click.IntRange(min=0), metavar="INT",
+    help="DQ bits that mark a pixel as unusable (1 = DO_NOT_USE); such pixels are repaired "
+         "from good neighbours and stay flagged.")
+
+truncate = click.option(
+    "-k", "--truncate", default="50", show_default=True, metavar="K[,K...]",
+    help="KL modes kept; a comma list (e.g. 5,10,30) gives several truncations from one "
+         "decomposition. Clamped, with a warning, to the number of references.")
+
+klip_zones = _compose(
+    click.option("--annuli", default=1, show_default=True, type=click.IntRange(min=1),
+                 metavar="N", help="Solve KLIP separately in N concentric annuli."),
+    click.option("--subsections", default=1, show_default=True, type=click.IntRange(min=1),
+                 metavar="M", help="Split every annulus into M angular sectors."),
+)
+
+exclude = click.option(
+    "--exclude", multiple=True, metavar="X,Y,R",
+    help="Leave the circle of radius R (pixels) about (X, Y) (0-based, detector pixels) out "
+         "of the KL fit, e.g. a known companion; it is still subtracted. Repeatable.")
+
+annuli_width = click.option(
+    "--annuli-width", default=2, show_default=True, type=click.IntRange(min=1), metavar="W",
+    help="Width in whole pixels of the annuli for noise profiles and error calibration.")
+
+star_flux = _compose(
+    click.option("--star-flux", type=float, default=None, metavar="FLUX",
+                 help="The star's unocculted peak flux, in the image's units; adds the "
+                      "5-sigma contrast to the contrast table."),
+    click.option("--psf-offaxis", default=None, metavar="FILE",
+                 help="Unocculted PSF image of the star (same units): its peak is the star "
+                      "flux."),
+)
+
+mask = click.option(
+    "--mask", default=None, metavar="FILE",
+    help="FITS image of fit weights for the registration (1 = use, 0 = ignore).")

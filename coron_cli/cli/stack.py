@@ -1,0 +1,70 @@
+"""coron-stack: concatenate reference exposures into a PSF stack."""
+
+import os
+
+import click
+
+from . import options
+from .common import check_output, check_stdin_once, run, setup_logging, timed
+
+
+@click.command(name="coron-stack", no_args_is_help=True)
+@click.argument("psf", nargs=-1, metavar="PSF...")
+@click.option("--asn", "asn_path", default=None, metavar="FILE",
+              help="Take the psf members of this association instead of PSF arguments; "
+                   "writes <product>_psfstack.fits for each of its products.")
+@options.output("Output file (default: <root>_psfstack.fits in the current folder, root being "
+                "the ASN product name or the first PSF's name).")
+@options.bad_bits
+@options.common
+def cli(psf, asn_path, output, bad_bits, verbose, quiet, debug):
+    """Stack the integrations of reference (PSF) exposures into one cube.
+
+    Reads JWST-style exposures (SCI/ERR/DQ, e.g. *_calints.fits) and writes
+    a psfstack product whose SCI is (nrefs_total, ny, nx), in the order
+    given, with ERR and DQ alongside and a REFS table naming the source file
+    and integration of every slice. Outliers (cosmic rays) found within an
+    exposure are flagged in DQ.
+
+    \b
+    Examples:
+      coron-stack ref1_calints.fits ref2_calints.fits -o target_psfstack.fits
+      coron-stack --asn jw1234_coron_asn.json
+      coron-stack ref*_calints.fits -o - | coron-align sci_calints.fits - -o sci_psfalign.fits
+    """
+    setup_logging("coron-stack", verbose, quiet)
+    from ..asn import read_asn
+    from ..errors import InputError
+    from ..products import exposure_root, read_product, write_product
+    from ..steps import stack_step
+
+    if asn_path and psf:
+        raise InputError(asn_path, "give either --asn or PSF files, not both")
+    if asn_path:
+        asn = read_asn(asn_path)
+        jobs = [(p.name + "_psfstack.fits", p.psf, asn.asn_id) for p in asn.products]
+        if output and len(jobs) > 1:
+            raise InputError(asn_path, "has several products; -o can name only one")
+        if output:
+            jobs = [(output, jobs[0][1], jobs[0][2])]
+    else:
+        if not psf:
+            raise InputError(None, "no PSF exposures given (see 'coron-stack --help')")
+        check_stdin_once(psf)
+        root = "stdin" if psf[0] == "-" else exposure_root(psf[0])
+        jobs = [(output or root + "_psfstack.fits", list(psf), None)]
+    for out, members, asn_id in jobs:
+        check_output(out, members)
+        with timed("stack"):
+            exposures = [read_product(p, what="reference exposure") for p in members]
+            product = stack_step(exposures, bad_bits=bad_bits, asn_id=asn_id,
+                                 params={"inputs": [os.path.basename(m) for m in members]})
+            write_product(product, out)
+
+
+def main():
+    run(cli, "coron-stack")
+
+
+if __name__ == "__main__":
+    main()

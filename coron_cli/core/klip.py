@@ -1,0 +1,167 @@
+"""KLIP: Karhunen-Loeve image projection PSF subtraction (Soummer et al. 2012)."""
+
+import numpy as np
+
+__all__ = ["klip_subtract", "annulus_zones"]
+
+
+def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=None):
+    """Label image partitioning a frame into annuli and angular subsections.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    center : (x, y)
+        Star position, 0-based pixels.
+    annuli : int
+        Number of annuli of equal width between `inner` and `outer`.
+    subsections : int
+        Number of equal angular sectors in every annulus.
+    inner, outer : float
+        Radii bounding the annuli; `outer` defaults to the farthest corner.
+        Pixels inside `inner` belong to the first annulus, beyond `outer` to
+        the last, so that every pixel is processed.
+
+    Returns
+    -------
+    ndarray of int of shape (ny, nx)
+        Zone label from 0 to ``annuli * subsections - 1``.
+    """
+    ny, nx = shape
+    y, x = np.indices(shape, dtype=np.float64)
+    dx = x - center[0]
+    dy = y - center[1]
+    r = np.hypot(dx, dy)
+    if outer is None:
+        outer = r.max() + 1e-9
+    edges = np.linspace(inner, outer, int(annuli) + 1)
+    ring = np.clip(np.searchsorted(edges, r, side="right") - 1, 0, int(annuli) - 1)
+    theta = np.mod(np.arctan2(dy, dx), 2 * np.pi)
+    sector = np.minimum((theta / (2 * np.pi) * subsections).astype(int), int(subsections) - 1)
+    return ring * int(subsections) + sector
+
+
+def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
+                  reference_variance=None, max_bytes=512 * 2 ** 20):
+    """Subtract a KLIP model of the PSF from every science integration.
+
+    Parameters
+    ----------
+    science : ndarray of shape (nint, ny, nx)
+        Science integrations; must be finite (repair bad pixels first).
+    references : ndarray of shape (nint, nref, ny, nx)
+        For each integration its own aligned references (finite).
+    truncations : sequence of int
+        Numbers of KL modes kept; all come from one decomposition per zone
+        and integration. Values above the number of usable modes use all of
+        them (the caller warns).
+    zones : ndarray of int of shape (ny, nx), optional
+        Search areas solved independently (see :func:`annulus_zones`); pixels
+        with a negative label are not processed and come out NaN.
+    fit_mask : ndarray of bool of shape (ny, nx), optional
+        Pixels used to build the basis and fit the coefficients (True = use).
+        Excluded pixels (a known companion) are still subtracted.
+    reference_variance : ndarray of shape (nint, nref, ny, nx), optional
+        Variance of the aligned references, propagated to the model.
+    max_bytes : int
+        Memory budget for the float64 working copies; integrations are
+        processed in chunks that fit it.
+
+    Returns
+    -------
+    residual : ndarray of float32, shape (ntrunc, nint, ny, nx)
+        Science minus its mean minus the KLIP model, per truncation.
+    model_variance : ndarray of float32 of that shape, or None
+        Variance of the PSF model from `reference_variance`.
+    nmodes : ndarray of int of shape (ntrunc, nint)
+        Modes actually used (smallest over the zones).
+
+    Notes
+    -----
+    In each zone, with ``R`` the (nref, npix) references and ``t`` the
+    target, both made zero-mean over the fit pixels, the covariance
+    ``C = R R^T`` is diagonalised once, ``C = V diag(lam) V^T``. The KL modes
+    are ``Z_k = V_k^T R / sqrt(lam_k)`` and the projection of the target on
+    the first K of them is
+
+        model_K = sum_{k<K} (V_k^T R t / lam_k) V_k^T R = b_K^T R,
+        b_K = V_K diag(1/lam_K) V_K^T (R t),
+
+    so the basis is never formed: one (nref x npix) product builds ``R t``
+    and one (ntrunc x nref) by (nref x npix) product gives every truncation's
+    model. The model variance is ``sum_j b_Kj^2 var(R_j)``. Modes whose
+    eigenvalue is below ``nref * eps * lam_max`` (numerically zero) are
+    dropped.
+
+    References
+    ----------
+    Soummer, Pueyo & Larkin 2012, ApJ 755, L28.
+    """
+    sci = np.asarray(science)
+    refs = np.asarray(references)
+    if sci.ndim != 3 or refs.ndim != 4 or refs.shape[0] != sci.shape[0] \
+            or refs.shape[2:] != sci.shape[1:]:
+        raise ValueError(f"science {sci.shape} and references {refs.shape} do not match")
+    nint, nref, ny, nx = refs.shape
+    truncs = np.asarray(list(truncations), dtype=int)
+    if truncs.size == 0 or np.any(truncs < 1):
+        raise ValueError("truncations must be positive integers")
+    ntr = truncs.size
+    if zones is None:
+        zones = np.zeros((ny, nx), dtype=int)
+    zones = np.asarray(zones)
+    fit = np.ones((ny, nx), bool) if fit_mask is None else np.asarray(fit_mask, bool)
+    residual = np.full((ntr, nint, ny * nx), np.nan, dtype=np.float32)
+    mvar = None
+    if reference_variance is not None:
+        mvar = np.full((ntr, nint, ny * nx), np.nan, dtype=np.float32)
+    nmodes = np.full((ntr, nint), np.iinfo(np.int64).max, dtype=np.int64)
+    sci2 = sci.reshape(nint, ny * nx)
+    refs2 = refs.reshape(nint, nref, ny * nx)
+    var2 = None if reference_variance is None else \
+        np.asarray(reference_variance).reshape(nint, nref, ny * nx)
+    per_int = nref * ny * nx * 8 * (2 if var2 is not None else 1)
+    chunk = int(max(1, min(nint, max_bytes // max(per_int, 1))))
+    for label in np.unique(zones[zones >= 0]):
+        zpix = np.flatnonzero(zones.ravel() == label)
+        zfit = np.flatnonzero(fit.ravel()[zpix])
+        if zfit.size < 2:
+            # nothing to fit with: leave the zone unsubtracted (mean removed)
+            zfit = np.arange(zpix.size)
+        for i0 in range(0, nint, chunk):
+            sl = slice(i0, min(nint, i0 + chunk))
+            R = refs2[sl][:, :, zpix].astype(np.float64)          # (c, nref, npix)
+            t = sci2[sl][:, zpix].astype(np.float64)              # (c, npix)
+            Rf = R[:, :, zfit]
+            rmean = Rf.mean(axis=2)
+            tmean = t[:, zfit].mean(axis=1)
+            Rf = Rf - rmean[:, :, None]
+            tf = t[:, zfit] - tmean[:, None]
+            C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
+            lam, V = np.linalg.eigh(C)
+            lam = lam[:, ::-1]
+            V = V[:, :, ::-1]
+            lam_max = np.maximum(lam[:, :1], np.finfo(float).tiny)
+            good = lam > lam_max * nref * np.finfo(np.float64).eps * 10
+            usable = good.sum(axis=1)                             # (c,)
+            a = np.einsum("cjp,cp->cj", Rf, tf)                   # R t
+            u = np.einsum("cjk,cj->ck", V, a)                     # V^T R t
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w = np.where(good, u / np.where(good, lam, 1.0), 0.0)
+            k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
+            keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
+            B = np.einsum("cjk,ctk->ctj", V, keep * w[:, None, :])  # (c, ntr, nref)
+            model = B @ R - (B @ rmean[:, :, None])               # (c, ntr, npix)
+            res = (t - tmean[:, None])[:, None, :] - model
+            residual[:, sl][..., zpix] = np.moveaxis(res, 1, 0).reshape(ntr, -1, zpix.size)
+            nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
+            if var2 is not None:
+                Vr = var2[sl][:, :, zpix].astype(np.float64)
+                mv = (B ** 2) @ Vr
+                mvar[:, sl][..., zpix] = np.moveaxis(mv, 1, 0).reshape(ntr, -1, zpix.size)
+            del R, Rf, C
+    nmodes[nmodes == np.iinfo(np.int64).max] = 0
+    residual = residual.reshape(ntr, nint, ny, nx)
+    if mvar is not None:
+        mvar = mvar.reshape(ntr, nint, ny, nx)
+    return residual, mvar, nmodes

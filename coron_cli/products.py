@@ -1,0 +1,472 @@
+"""FITS products in and out: exposures, SCI/ERR/DQ, tables, provenance, atomic writes.
+
+Everything that touches a file lives here (with the association parser in
+:mod:`coron_cli.asn`); numerics never see a path.
+"""
+
+import datetime as _dt
+import io
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError, OutputError
+
+__all__ = [
+    "Product",
+    "read_product",
+    "write_product",
+    "product_bytes",
+    "add_provenance",
+    "star_center",
+    "roll_angle",
+    "pixel_scale_arcsec",
+    "exposure_root",
+    "replace_suffix",
+    "KNOWN_SUFFIXES",
+]
+
+#: Product suffixes, longest first so that replacing one never leaves a stub.
+KNOWN_SUFFIXES = ("_calints", "_psfstack", "_psfalign", "_psfsub", "_i2d", "_snr",
+                  "_contrast", "_calint", "_cal")
+
+_STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT",
+               "BZERO", "BSCALE", "BLANK", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM",
+               "TFIELDS")
+
+
+@dataclass
+class Product:
+    """One FITS product in memory.
+
+    Attributes
+    ----------
+    sci : ndarray
+        Science array: (nint, ny, nx) for exposures and cubes, (n1, n2, ny, nx)
+        for aligned references, (ny, nx) for images.
+    err, dq : ndarray or None
+        Same shape as `sci` (dq unsigned integer).
+    primary : astropy.io.fits.Header
+        Primary header (input keywords carried along, provenance added).
+    sci_header : astropy.io.fits.Header
+        Header of the SCI extension (WCS, STARCENX/STARCENY).
+    tables : dict of str to astropy.table.Table
+        Table extensions by name (REFS, SHIFTS, CONTRAST...).
+    images : dict of str to (ndarray, Header)
+        Extra image extensions by name (e.g. KLMODES).
+    path : str
+        Where it was read from, for messages ('-' for stdin).
+    """
+
+    sci: np.ndarray
+    err: np.ndarray = None
+    dq: np.ndarray = None
+    primary: object = None
+    sci_header: object = None
+    tables: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    path: str = ""
+
+    def __post_init__(self):
+        from astropy.io import fits
+
+        if self.primary is None:
+            self.primary = fits.Header()
+        if self.sci_header is None:
+            self.sci_header = fits.Header()
+
+
+def _clean_header(header):
+    out = header.copy(strip=True)
+    for key in _STRUCTURAL:
+        while key in out:
+            del out[key]
+    for key in list(out.keys()):
+        if key.startswith(("NAXIS", "TTYPE", "TFORM", "TUNIT", "TDIM")):
+            del out[key]
+    return out
+
+
+def _open(path):
+    """Open a FITS file or stdin fully into memory; raise InputError on failure."""
+    from astropy.io import fits
+
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise InputError("-", "standard input is empty")
+        source = io.BytesIO(data)
+    else:
+        if not os.path.exists(path):
+            raise InputError(path, "no such file")
+        if os.path.isdir(path):
+            raise InputError(path, "is a directory, not a FITS file")
+        if not os.access(path, os.R_OK):
+            raise InputError(path, "permission denied")
+        if os.path.getsize(path) == 0:
+            raise InputError(path, "file is empty")
+        source = path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
+            for hdu in hdul:
+                _ = hdu.data  # force reading, so a truncated file fails here
+        except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
+            raise InputError(path, f"not a readable FITS file ({_short(exc)})") from None
+        except Exception as exc:  # astropy raises assorted errors on garbage
+            raise InputError(path, f"not a readable FITS file ({_short(exc)})") from None
+    for w in caught:
+        text = str(w.message).lower()
+        if "truncated" in text or "unexpected end" in text:
+            raise InputError(path, "truncated FITS file")
+    return hdul
+
+
+def _short(exc):
+    text = str(exc).strip().splitlines()
+    text = text[0] if text else type(exc).__name__
+    return text[:160]
+
+
+def _find(hdul, name):
+    for hdu in hdul:
+        if hdu.name.upper() == name:
+            return hdu
+    return None
+
+
+def _as_float(data, path, what):
+    arr = np.asarray(data)
+    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
+        raise InputError(path, f"{what} has unsupported data type {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize <= 4:
+        return arr.astype(np.float32)
+    if arr.dtype == np.float64:
+        return arr.astype(np.float64)
+    return arr.astype(np.float32)
+
+
+def read_product(path, *, ndims=(2, 3), what="exposure"):
+    """Read a JWST-style product (or a plain FITS image) from a path or '-'.
+
+    Parameters
+    ----------
+    path : str
+        File name, or '-' for standard input.
+    ndims : tuple of int
+        Dimensionalities accepted for SCI. A 2-D image is returned as one
+        integration (1, ny, nx) when 3 is among them.
+    what : str
+        What the file should be, for messages.
+
+    Returns
+    -------
+    Product
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or truncated file; no SCI data; wrong dtype or
+        dimensions; ERR or DQ of another shape; DQ not integer; every pixel
+        flagged.
+    """
+    from astropy.io import fits
+    from astropy.table import Table
+
+    hdul = _open(path)
+    try:
+        sci_hdu = _find(hdul, "SCI")
+        primary_header = hdul[0].header
+        if sci_hdu is None:
+            if hdul[0].data is not None and np.ndim(hdul[0].data) > 0:
+                sci_hdu = hdul[0]
+            else:
+                raise InputError(path, f"no SCI data (expected a {what} with a SCI extension "
+                                       "or an image in the primary HDU)")
+        if sci_hdu.data is None or not isinstance(sci_hdu, (fits.ImageHDU, fits.PrimaryHDU,
+                                                             fits.CompImageHDU)):
+            raise InputError(path, "SCI extension holds no image data")
+        sci = _as_float(sci_hdu.data, path, "SCI")
+        if sci.size == 0:
+            raise InputError(path, "SCI is empty")
+        if sci.ndim == 2 and 3 in ndims:
+            sci = sci[None]
+        if sci.ndim not in ndims:
+            want = " or ".join(f"{d}-D" for d in sorted(set(ndims) | ({2} if 3 in ndims else set())))
+            raise InputError(path, f"SCI is {np.ndim(sci_hdu.data)}-D, a {what} must be {want}")
+        err = None
+        err_hdu = _find(hdul, "ERR")
+        if err_hdu is not None and err_hdu.data is not None:
+            err = _as_float(err_hdu.data, path, "ERR")
+            if err.size == sci.size and err.shape != sci.shape:
+                err = err.reshape(sci.shape)
+            if err.shape != sci.shape:
+                raise InputError(path, f"ERR shape {err_hdu.data.shape} differs from SCI shape "
+                                       f"{sci_hdu.data.shape}")
+        dq = None
+        dq_hdu = _find(hdul, "DQ")
+        if dq_hdu is not None and dq_hdu.data is not None:
+            raw = np.asarray(dq_hdu.data)
+            if raw.dtype.kind not in "iu":
+                raise InputError(path, f"DQ must be an integer array, not {raw.dtype}")
+            if raw.size == sci.size and raw.shape != sci.shape:
+                raw = raw.reshape(sci.shape)
+            if raw.shape != sci.shape:
+                raise InputError(path, f"DQ shape {dq_hdu.data.shape} differs from SCI shape "
+                                       f"{sci_hdu.data.shape}")
+            dq = raw.astype(np.uint32)
+        else:
+            dq = np.zeros(sci.shape, np.uint32)
+        tables = {}
+        images = {}
+        for hdu in hdul[1:]:
+            name = hdu.name.upper()
+            if name in ("SCI", "ERR", "DQ"):
+                continue
+            if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                try:
+                    tables[name] = Table.read(hdu)
+                except Exception as exc:
+                    raise InputError(path, f"table {name} unreadable ({_short(exc)})") from None
+            elif hdu.data is not None:
+                images[name] = (np.asarray(hdu.data), _clean_header(hdu.header))
+        primary = _clean_header(primary_header)
+        sci_header = _clean_header(sci_hdu.header) if sci_hdu is not hdul[0] else fits.Header()
+        if sci_hdu is hdul[0]:
+            # keep WCS keywords of a plain image with the science header
+            for key in list(primary.keys()):
+                if key[:5] in ("CRPIX", "CRVAL", "CTYPE", "CDELT", "CUNIT", "PC1_1", "PC1_2",
+                               "PC2_1", "PC2_2", "CD1_1", "CD1_2", "CD2_1", "CD2_2",
+                               "STARC", "RADES", "EQUIN", "LONPO", "LATPO"):
+                    sci_header[key] = primary[key]
+    finally:
+        hdul.close()
+    product = Product(sci=sci, err=err, dq=dq, primary=primary, sci_header=sci_header,
+                      tables=tables, images=images, path=path)
+    return product
+
+
+def add_provenance(header, tool, params, history=()):
+    """Record who made a product and how, in place on a header copy.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Primary header to annotate (a copy is returned).
+    tool : str
+        Command name, e.g. 'coron-klip'.
+    params : dict
+        Every parameter used; written as ``HIERARCH CORON <NAME>`` keywords
+        and as one HISTORY line.
+    history : sequence of str
+        Further HISTORY lines.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
+    from . import __version__
+
+    out = header.copy()
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    out["CRN_TOOL"] = (tool, "coron tool that made this product")
+    out["CRN_VER"] = (__version__, "coron version")
+    out["CRN_DATE"] = (now, "UTC time the product was made")
+    for key, value in params.items():
+        if value is None:
+            value = "none"
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, (np.integer, np.floating)):
+            value = value.item()
+        if isinstance(value, str) and len(value) > 50:
+            value = "..." + value[-47:]
+        card_key = f"HIERARCH CORON {str(key).upper().replace('_', ' ')}"
+        out[card_key] = value
+    text = ", ".join(f"{k}={v}" for k, v in params.items())
+    out.add_history(f"{now} {tool} {__version__}: {text}")
+    for line in history:
+        out.add_history(str(line))
+    return out
+
+
+def _hdulist(product):
+    from astropy.io import fits
+
+    hdus = [fits.PrimaryHDU(header=product.primary)]
+    if product.sci is not None:
+        hdus.append(fits.ImageHDU(np.asarray(product.sci), header=product.sci_header,
+                                  name="SCI"))
+    if product.err is not None:
+        hdus.append(fits.ImageHDU(np.asarray(product.err, dtype=np.float32), name="ERR"))
+    if product.dq is not None:
+        hdus.append(fits.ImageHDU(np.asarray(product.dq, dtype=np.uint32), name="DQ"))
+    for name, (data, header) in product.images.items():
+        hdus.append(fits.ImageHDU(np.asarray(data), header=header, name=name))
+    for name, table in product.tables.items():
+        hdu = fits.table_to_hdu(table)
+        hdu.name = name
+        hdus.append(hdu)
+    return fits.HDUList(hdus)
+
+
+def product_bytes(product):
+    """The FITS file of a product as bytes (for stdout)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _hdulist(product).writeto(buf)
+    return buf.getvalue()
+
+
+def write_product(product, path):
+    """Write a product atomically, or to standard output when `path` is '-'.
+
+    The file is written to a hidden temporary file in the destination folder
+    and renamed over `path` only when complete, so an interrupted or failed
+    write never leaves a partial product.
+
+    Raises
+    ------
+    OutputError
+        Missing or read-only folder, standard output a terminal, disk full,
+        file-size limit.
+    """
+    if path == "-":
+        stream = sys.stdout.buffer
+        if sys.stdout.isatty():
+            raise OutputError("-", "refusing to write binary FITS to a terminal; "
+                                   "use -o FILE or pipe the output")
+        data = product_bytes(product)
+        stream.write(data)
+        stream.flush()
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(path, f"output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise OutputError(path, "is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                                   suffix=".part", dir=folder)
+    except OSError as exc:
+        raise OutputError(path, f"cannot write in {folder} ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _hdulist(product).writeto(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink(tmp)
+        raise OutputError(path, f"write failed ({exc.strerror or _short(exc)})") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def star_center(header, shape):
+    """Star position (x, y), 0-based, from STARCENX/Y, else CRPIX, else the frame centre.
+
+    Returns
+    -------
+    (x, y), str
+        The position and where it came from.
+    """
+    if "STARCENX" in header and "STARCENY" in header:
+        return (float(header["STARCENX"]), float(header["STARCENY"])), "STARCEN"
+    if "CRPIX1" in header and "CRPIX2" in header:
+        return (float(header["CRPIX1"]) - 1.0, float(header["CRPIX2"]) - 1.0), "CRPIX"
+    ny, nx = shape[-2:]
+    return ((nx - 1) / 2.0, (ny - 1) / 2.0), "frame centre"
+
+
+def _celestial_wcs(header):
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    if "CTYPE1" not in header:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            w = WCS(header, naxis=2)
+        except Exception:
+            return None
+    if not w.has_celestial:
+        return None
+    return w.celestial
+
+
+def roll_angle(sci_header, primary):
+    """Position angle of the detector +y axis (degrees east of north).
+
+    Taken from the celestial WCS of the SCI header when there is one, else
+    from ROLL_REF (or PA_V3) in either header.
+
+    Returns
+    -------
+    float or None, str
+        The angle and its source.
+    """
+    w = _celestial_wcs(sci_header)
+    if w is not None:
+        cd = w.pixel_scale_matrix
+        return float(np.degrees(np.arctan2(cd[0, 1], cd[1, 1]))), "WCS"
+    for key in ("ROLL_REF", "PA_V3"):
+        for h in (sci_header, primary):
+            if key in h:
+                try:
+                    return float(h[key]), key
+                except (TypeError, ValueError):
+                    pass
+    return None, "none"
+
+
+def pixel_scale_arcsec(sci_header):
+    """Pixel scale in arcsec from the celestial WCS, or PIXSCALE; None if unknown."""
+    w = _celestial_wcs(sci_header)
+    if w is not None:
+        from astropy.wcs.utils import proj_plane_pixel_scales
+
+        return float(np.mean(proj_plane_pixel_scales(w)) * 3600.0)
+    if "PIXSCALE" in sci_header:
+        return float(sci_header["PIXSCALE"])
+    return None
+
+
+def exposure_root(path):
+    """File name without folder, '.gz' and the known suffix: 'jw1_calints.fits' -> 'jw1'."""
+    name = os.path.basename(path)
+    for ext in (".gz", ".fz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    for ext in (".fits", ".fit", ".fts"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for suffix in KNOWN_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def replace_suffix(path, suffix):
+    """'x/a_psfsub.fits', '_snr' -> 'a_snr.fits' (basename only)."""
+    return exposure_root(path) + suffix + ".fits"

@@ -1,0 +1,527 @@
+"""Product-level steps: stack, align, klip, combine, hlsp.
+
+Each step takes :class:`~coron_cli.products.Product` objects and returns new
+ones; it calls :mod:`coron_cli.core` for the numerics and never touches a
+file, so ``coron3 run`` and the single commands share every line of it.
+Messages go through the ``coron`` logger.
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from . import core
+from .errors import InputError
+from .products import Product, add_provenance, pixel_scale_arcsec, roll_angle, star_center
+
+__all__ = [
+    "prepare_science",
+    "stack_step",
+    "align_step",
+    "klip_step",
+    "combine_step",
+    "hlsp_step",
+    "parse_truncate",
+    "estimate_err",
+    "offaxis_peak",
+]
+
+log = logging.getLogger("coron")
+
+
+def parse_truncate(value):
+    """'5,10,30' or 50 -> [5, 10, 30] / [50]; ValueError if not positive integers."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [v for v in str(value).replace(" ", "").split(",")]
+    out = []
+    for item in items:
+        try:
+            k = int(str(item))
+        except ValueError:
+            raise ValueError(f"--truncate must be positive integers, got {value!r}") from None
+        if k < 1:
+            raise ValueError(f"--truncate must be positive integers, got {value!r}")
+        out.append(k)
+    if not out:
+        raise ValueError("--truncate is empty")
+    return out
+
+
+def estimate_err(sci):
+    """Robust per-frame noise for data without ERR: 1.4826 MAD of pixel differences / sqrt 2.
+
+    Returns an array of the shape of `sci` (float32), constant per frame.
+    """
+    s = np.asarray(sci, dtype=np.float64)
+    flat = s.reshape(-1, *s.shape[-2:])
+    d = np.diff(flat, axis=-1)
+    d = np.where(np.isfinite(d), d, np.nan)
+    med = np.nanmedian(d, axis=(1, 2), keepdims=True)
+    sig = 1.4826 * np.nanmedian(np.abs(d - med), axis=(1, 2)) / np.sqrt(2.0)
+    sig = np.where(np.isfinite(sig) & (sig > 0), sig, 1.0)
+    return np.broadcast_to(sig[:, None, None], flat.shape).reshape(s.shape).astype(np.float32)
+
+
+def _err_or_estimate(product):
+    if product.err is not None:
+        return product.err
+    log.warning("%s: no ERR extension; estimating the noise from the data (robust per-frame)",
+                product.path)
+    return estimate_err(product.sci)
+
+
+def _check_not_all_bad(product, bad):
+    if bad.all():
+        raise InputError(product.path, "all pixels are flagged DO_NOT_USE or not finite")
+
+
+def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
+    """Flag outliers and repair bad pixels of an exposure.
+
+    Parameters
+    ----------
+    product : Product
+        Exposure with SCI (nint, ny, nx).
+    bad_bits : int
+        DQ bits meaning "do not use".
+    outliers : bool
+        Search for unflagged outliers (cosmic rays) across integrations.
+
+    Returns
+    -------
+    sci : ndarray of float32 (nint, ny, nx)
+        Repaired copy.
+    err : ndarray of float32
+        ERR, estimated when missing.
+    dq : ndarray of uint32
+        DQ with new outliers flagged DO_NOT_USE | OUTLIER.
+    nout : int
+        Outliers found.
+    """
+    bad = core.bad_pixel_mask(product.sci, product.dq, bad_bits=bad_bits)
+    _check_not_all_bad(product, bad)
+    err = _err_or_estimate(product)
+    dq = np.array(product.dq if product.dq is not None else np.zeros(product.sci.shape),
+                  dtype=np.uint32)
+    nout = 0
+    if outliers:
+        hit = core.find_outliers(product.sci, bad, err=err)
+        nout = int(hit.sum())
+        if nout:
+            dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
+            bad = bad | hit
+    sci = core.repair_bad_pixels(product.sci, bad)
+    return sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
+
+
+def _frame_check(a, b, name_b):
+    if a.sci.shape[-2:] != b.sci.shape[-2:]:
+        (ny, nx), (my, mx) = a.sci.shape[-2:], b.sci.shape[-2:]
+        raise InputError(name_b, f"frames are {mx}x{my} pixels but {a.path} has {nx}x{ny}")
+
+
+def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None):
+    """Concatenate reference exposures into a psfstack product.
+
+    Outliers are searched for within each exposure (its integrations see the
+    same scene) and flagged in DQ; SCI values are kept as read.
+
+    Parameters
+    ----------
+    exposures : list of Product
+        Reference exposures, cubes (nint_i, ny, nx).
+
+    Returns
+    -------
+    Product
+        SCI/ERR/DQ of shape (nref, ny, nx) and a REFS table (slice, file,
+        integration, starcenx, starceny).
+    """
+    from astropy.table import Table
+
+    if not exposures:
+        raise InputError(None, "no reference exposures to stack")
+    first = exposures[0]
+    for e in exposures[1:]:
+        _frame_check(first, e, e.path)
+    scis, errs, dqs, rows = [], [], [], []
+    nout = 0
+    for e in exposures:
+        bad = core.bad_pixel_mask(e.sci, e.dq, bad_bits=bad_bits)
+        _check_not_all_bad(e, bad)
+        err = _err_or_estimate(e)
+        dq = np.array(e.dq, dtype=np.uint32)
+        hit = core.find_outliers(e.sci, bad, err=err)
+        dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
+        nout += int(hit.sum())
+        scis.append(e.sci.astype(np.float32))
+        errs.append(np.asarray(err, dtype=np.float32))
+        dqs.append(dq)
+        (cx, cy), _ = star_center(e.sci_header, e.sci.shape)
+        rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy))
+    sci, index = core.stack_cubes(scis)
+    err, _ = core.stack_cubes(errs)
+    dq, _ = core.stack_cubes(dqs)
+    refs = Table()
+    refs["slice"] = np.arange(sci.shape[0], dtype=np.int32)
+    refs["file"] = [rows[i][0] for i in index[:, 0]]
+    refs["integration"] = index[:, 1].astype(np.int32)
+    refs["starcenx"] = np.array([rows[i][2] for i in index[:, 0]])
+    refs["starceny"] = np.array([rows[i][3] for i in index[:, 0]])
+    params = dict(params or {})
+    params.setdefault("bad_bits", bad_bits)
+    primary = first.primary.copy()
+    primary["NINTS"] = (sci.shape[0], "reference slices in the stack")
+    if asn_id:
+        primary["ASN_ID"] = (asn_id, "association id")
+    primary = add_provenance(primary, "coron-stack", params, history=[
+        f"stacked {len(exposures)} exposures, {sci.shape[0]} slices; "
+        f"{nout} outlier pixels flagged"] + [f"ref: {r[0]}" for r in rows])
+    log.info("stacked %d exposures into %d slices (%d outliers flagged)",
+             len(exposures), sci.shape[0], nout)
+    return Product(sci=sci, err=err, dq=dq, primary=primary,
+                   sci_header=first.sci_header.copy(), tables={"REFS": refs}, path="psfstack")
+
+
+def _repair_stack(psfstack, bad_bits):
+    bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
+    _check_not_all_bad(psfstack, bad)
+    return core.repair_bad_pixels(psfstack.sci, bad)
+
+
+def _shift_dq(dq, dx, dy):
+    """DQ of shifted references: OR of the pixels the shift interpolates between.
+
+    dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
+    Only flagged pixels are visited, all at once.
+    """
+    nint = dx.shape[0]
+    nref, ny, nx = dq.shape
+    out = np.zeros((nint, nref, ny, nx), dtype=np.uint32)
+    j, y, x = np.nonzero(dq)
+    if j.size == 0:
+        return out
+    val = np.broadcast_to(dq[j, y, x], (nint, j.size))
+    fx = np.floor(dx).astype(np.int64)[:, j]
+    fy = np.floor(dy).astype(np.int64)[:, j]
+    ii = np.broadcast_to(np.arange(nint)[:, None], fx.shape)
+    jj = np.broadcast_to(j, fx.shape)
+    for oy in (0, 1):
+        for ox in (0, 1):
+            np.bitwise_or.at(out, (ii, jj, (y + fy + oy) % ny, (x + fx + ox) % nx), val)
+    return out
+
+
+def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id=None,
+               params=None):
+    """Register the stacked references onto every science integration.
+
+    Returns
+    -------
+    Product
+        SCI/ERR/DQ of shape (nint, nref, ny, nx) and a SHIFTS table (sci_int,
+        ref, dx, dy, scale); the science star position in STARCENX/STARCENY.
+    """
+    from astropy.table import Table
+
+    _frame_check(science, psfstack, psfstack.path)
+    if mask is not None and mask.shape != science.sci.shape[-2:]:
+        raise InputError("--mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
+                                   f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
+    sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
+    refs = _repair_stack(psfstack, bad_bits)
+    aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
+    nint, nref = dx.shape
+    ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
+    var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
+    err = np.empty(aligned.shape, dtype=np.float32)
+    for i in range(nint):
+        err[i] = np.sqrt(np.maximum(core.shift_images(var, dx[i], dy[i]), 0.0))
+    dq = _shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
+    shifts = Table()
+    shifts["sci_int"] = np.repeat(np.arange(nint, dtype=np.int32), nref)
+    shifts["ref"] = np.tile(np.arange(nref, dtype=np.int32), nint)
+    shifts["dx"] = dx.ravel()
+    shifts["dy"] = dy.ravel()
+    shifts["scale"] = scale.ravel()
+    for col, unit in (("dx", "pix"), ("dy", "pix")):
+        shifts[col].unit = unit
+    (cx, cy), src = star_center(science.sci_header, science.sci.shape)
+    header = science.sci_header.copy()
+    header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
+    header["STARCENY"] = (cy, f"star y, 0-based pixels (from {src})")
+    params = dict(params or {})
+    params.setdefault("mask", "none" if mask is None else "yes")
+    params.setdefault("bad_bits", bad_bits)
+    primary = science.primary.copy()
+    if asn_id:
+        primary["ASN_ID"] = (asn_id, "association id")
+    primary = add_provenance(primary, "coron-align", params, history=[
+        f"aligned {nref} references to {nint} integrations; median |shift| "
+        f"{np.median(np.hypot(dx, dy)):.3f} px, median scale {np.median(scale):.4f}"])
+    log.info("aligned %d references onto %d integrations (median shift %.3f px)",
+             nref, nint, float(np.median(np.hypot(dx, dy))))
+    return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
+                   tables={"SHIFTS": shifts}, path="psfalign")
+
+
+def _exclusion_mask(shape, exclude):
+    fit = np.ones(shape, bool)
+    if exclude:
+        y, x = np.indices(shape)
+        for (ex, ey, er) in exclude:
+            fit &= np.hypot(x - ex, y - ey) > er
+    return fit
+
+
+def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
+              annuli_width=2, bad_bits=core.DO_NOT_USE, params=None):
+    """KLIP-subtract every science integration with its aligned references.
+
+    Returns
+    -------
+    Product
+        SCI: residual at the first truncation, shape (nint, ny, nx). With
+        several truncations a KLSUB extension (ntrunc, nint, ny, nx) holds
+        them all. ERR: see Notes. DQ: the science DQ with outliers flagged.
+
+    Notes
+    -----
+    ERR is formed in two parts. First the propagated noise:
+    ``sqrt(err_sci**2 + sum_j b_j**2 err_ref_j**2)``, the science noise plus
+    the noise the references carry into the PSF model through its
+    coefficients b (see :func:`coron_cli.core.klip_subtract`). Then the
+    residual speckle noise, which no propagation sees, is measured: in
+    annuli `annuli_width` pixels wide about the star the smallest extra
+    variance is added that makes the robust spread of SCI/ERR equal to 1
+    (:func:`coron_cli.core.calibrate_error`).
+    """
+    truncate = parse_truncate(truncate)
+    if psfalign.sci.ndim != 4:
+        raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
+                                        f"not {psfalign.sci.ndim}-D")
+    _frame_check(science, psfalign, psfalign.path)
+    nint = science.sci.shape[0]
+    if psfalign.sci.shape[0] != nint:
+        raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
+                                        f"the science exposure {science.path} has {nint}")
+    nref = psfalign.sci.shape[1]
+    if max(truncate) > nref:
+        log.warning("--truncate %s exceeds the %d references; using at most %d modes",
+                    ",".join(map(str, truncate)), nref, nref)
+    sci, err, dq, _ = prepare_science(science, bad_bits=bad_bits)
+    refs = psfalign.sci
+    if not np.isfinite(refs).all():
+        refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
+    ny, nx = sci.shape[-2:]
+    hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
+    center, src = star_center(hdr, sci.shape)
+    zones = None
+    if annuli > 1 or subsections > 1:
+        zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
+    fit = _exclusion_mask((ny, nx), exclude)
+    if not fit.any():
+        raise InputError("--exclude", "the exclusion circles cover the whole image")
+    ref_var = None
+    if psfalign.err is not None:
+        ref_var = np.where(np.isfinite(psfalign.err), psfalign.err, 0.0) ** 2
+    residual, mvar, nmodes = core.klip_subtract(sci, refs, truncations=truncate, zones=zones,
+                                                fit_mask=fit, reference_variance=ref_var)
+    var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
+    if mvar is not None:
+        var = var + mvar[0]
+    out_err = core.calibrate_error(residual[0], np.sqrt(var), center, width=annuli_width)
+    header = science.sci_header.copy()
+    header["STARCENX"] = (center[0], f"star x, 0-based pixels (from {src})")
+    header["STARCENY"] = (center[1], f"star y, 0-based pixels (from {src})")
+    header["KLMODES"] = (",".join(str(int(k)) for k in nmodes[:, 0]),
+                         "KL modes used (per truncation)")
+    images = {}
+    if len(truncate) > 1:
+        from astropy.io import fits
+
+        kh = fits.Header()
+        kh["KLMODES"] = (",".join(str(k) for k in truncate), "truncations along axis 1 (FITS 4)")
+        kh["STARCENX"] = center[0]
+        kh["STARCENY"] = center[1]
+        images["KLSUB"] = (residual, kh)
+    params = dict(params or {})
+    params.update(truncate=truncate, annuli=annuli, subsections=subsections,
+                  exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
+                  annuli_width=annuli_width)
+    primary = add_provenance(science.primary, "coron-klip", params, history=[
+        f"KLIP with {nref} references, modes used {nmodes[:, 0].tolist()}, "
+        f"zones {annuli}x{subsections}"])
+    log.info("KLIP-subtracted %d integrations with %d references (modes %s)",
+             nint, nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
+    return Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
+                   images=images, path="psfsub")
+
+
+def _mean_over_integrations(product):
+    sci = np.asarray(product.sci, dtype=np.float64)
+    if sci.ndim == 2:
+        sci = sci[None]
+    err = product.err if product.err is not None else estimate_err(sci)
+    err = np.asarray(err, dtype=np.float64).reshape(sci.shape)
+    good = np.isfinite(sci) & np.isfinite(err) & (err > 0)
+    n = good.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = np.where(n > 0, np.where(good, sci, 0).sum(axis=0) / n, np.nan)
+        var = np.where(n > 0, np.where(good, err ** 2, 0).sum(axis=0) / n ** 2, np.nan)
+    return img, var
+
+
+def combine_step(psfsubs, *, annuli_width=2, params=None):
+    """Combine KLIP-subtracted exposures into one north-up image (i2d).
+
+    Each exposure's integrations are averaged, rotated about the star to
+    north-up (angle from its WCS, else ROLL_REF) with the star at the frame
+    centre, and the exposures are averaged with inverse-variance weights.
+    The error is then recalibrated on the combined residuals in annuli.
+
+    Returns
+    -------
+    Product
+        2-D SCI/ERR/DQ with a north-up celestial WCS and STARCENX/STARCENY.
+    """
+    from astropy.io import fits
+
+    if not psfsubs:
+        raise InputError(None, "nothing to combine")
+    first = psfsubs[0]
+    ny, nx = first.sci.shape[-2:]
+    out_center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    imgs, vars_, hist = [], [], []
+    for p in psfsubs:
+        _frame_check(first, p, p.path)
+        img, var = _mean_over_integrations(p)
+        angle, src = roll_angle(p.sci_header, p.primary)
+        if angle is None:
+            log.warning("%s: no WCS and no ROLL_REF; assuming the image is north-up", p.path)
+            angle = 0.0
+        center, _ = star_center(p.sci_header, p.sci.shape)
+        imgs.append(core.north_up(img, angle, center, out_center=out_center, order=3))
+        vars_.append(core.north_up(var, angle, center, out_center=out_center, order=1))
+        hist.append(f"{os.path.basename(p.path)}: rotated by {angle:.3f} deg ({src}) about "
+                    f"({center[0]:.3f}, {center[1]:.3f})")
+    img, var = core.combine_images(np.stack(imgs), np.stack(vars_))
+    err = core.calibrate_error(img, np.sqrt(var), out_center, width=annuli_width)
+    dq = np.where(np.isfinite(img), 0, core.DO_NOT_USE).astype(np.uint32)
+    header = fits.Header()
+    scale = pixel_scale_arcsec(first.sci_header)
+    ra, dec = _star_world(first)
+    header["WCSAXES"] = 2
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    header["CUNIT1"], header["CUNIT2"] = "deg", "deg"
+    header["CRPIX1"], header["CRPIX2"] = out_center[0] + 1.0, out_center[1] + 1.0
+    header["CRVAL1"], header["CRVAL2"] = ra, dec
+    s = (scale if scale else 1.0) / 3600.0
+    header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = -s, 0.0, 0.0, s
+    if not scale:
+        header["COMMENT"] = "pixel scale unknown: WCS scale is a placeholder of 1 arcsec"
+    header["STARCENX"] = (out_center[0], "star x, 0-based pixels")
+    header["STARCENY"] = (out_center[1], "star y, 0-based pixels")
+    header["NCOMBINE"] = (len(psfsubs), "exposures combined")
+    for key in ("BUNIT",):
+        if key in first.sci_header:
+            header[key] = first.sci_header[key]
+    params = dict(params or {})
+    params.setdefault("annuli_width", annuli_width)
+    primary = add_provenance(first.primary, "coron3 combine", params, history=hist)
+    log.info("combined %d exposures north-up", len(psfsubs))
+    return Product(sci=img.astype(np.float32), err=err, dq=dq, primary=primary,
+                   sci_header=header, path="i2d")
+
+
+def _star_world(product):
+    """RA, Dec of the star from the product's WCS (0, 0 if there is none)."""
+    from .products import _celestial_wcs
+
+    w = _celestial_wcs(product.sci_header)
+    if w is None:
+        return 0.0, 0.0
+    (cx, cy), _ = star_center(product.sci_header, product.sci.shape)
+    ra, dec = w.all_pix2world([[cx, cy]], 0)[0]
+    return float(ra), float(dec)
+
+
+def hlsp_step(image, *, annuli_width=2, star_flux=None, fwhm=None, params=None):
+    """High-level products of a KLIP-subtracted image: SNR image and contrast table.
+
+    Parameters
+    ----------
+    image : Product
+        2-D image or 3-D cube (averaged over integrations first).
+    annuli_width : int
+        Annulus width in whole pixels.
+    star_flux : float, optional
+        The star's unocculted peak flux in the image's units; adds the
+        5-sigma contrast column.
+    fwhm : float, optional
+        Resolution element in pixels for the small-sample correction
+        (default 2, about lambda/D at Nyquist sampling).
+
+    Returns
+    -------
+    snr : Product
+        SCI = SCI/ERR (NaN where ERR is not positive).
+    contrast : Product
+        No image; a CONTRAST table (radius, sigma, npix, and radius_arcsec,
+        contrast_5sigma when known).
+    """
+    from astropy.table import Table
+
+    if int(annuli_width) < 1:
+        raise InputError("--annuli-width", "must be a positive integer")
+    img, var = _mean_over_integrations(image)
+    err = np.sqrt(var)
+    if not np.isfinite(img).any():
+        raise InputError(image.path, "no finite pixel in SCI")
+    center, src = star_center(image.sci_header, img.shape)
+    snr = core.snr_image(img, err)
+    radius, sigma, npix = core.annular_profile(img, center, width=int(annuli_width))
+    table = Table()
+    table["radius"] = radius
+    table["radius"].unit = "pix"
+    scale = pixel_scale_arcsec(image.sci_header)
+    if scale:
+        table["radius_arcsec"] = radius * scale
+        table["radius_arcsec"].unit = "arcsec"
+    table["npix"] = npix
+    table["sigma"] = sigma
+    fwhm = 2.0 if fwhm is None else float(fwhm)
+    if star_flux:
+        table["contrast_5sigma"] = core.contrast_curve(radius, sigma, star_flux=star_flux,
+                                                       fwhm=fwhm)
+    params = dict(params or {})
+    params.update(annuli_width=int(annuli_width), star_flux=star_flux, fwhm=fwhm)
+    primary = add_provenance(image.primary, "coron-hlsp", params)
+    if star_flux:
+        primary["STARFLUX"] = (float(star_flux), "star peak flux used for contrast")
+    header = image.sci_header.copy()
+    header["STARCENX"] = (center[0], f"star x, 0-based pixels (from {src})")
+    header["STARCENY"] = (center[1], f"star y, 0-based pixels (from {src})")
+    header["BUNIT"] = ("", "signal-to-noise ratio")
+    dq = np.where(np.isfinite(snr), 0, core.DO_NOT_USE).astype(np.uint32)
+    snr_product = Product(sci=snr, err=None, dq=dq, primary=primary, sci_header=header,
+                          path="snr")
+    contrast_product = Product(sci=None, primary=primary.copy(), tables={"CONTRAST": table},
+                               path="contrast")
+    return snr_product, contrast_product
+
+
+def offaxis_peak(product):
+    """The star's flux from an unocculted PSF image: its peak value."""
+    import numpy as np
+
+    data = np.asarray(product.sci, dtype=np.float64)
+    if not np.isfinite(data).any():
+        raise InputError(product.path, "off-axis PSF has no finite pixel")
+    peak = float(np.nanmax(data))
+    if not peak > 0:
+        raise InputError(product.path, "off-axis PSF peak is not positive")
+    return peak

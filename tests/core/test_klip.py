@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from coron_cli.core import annulus_zones, klip_subtract
+
+
+def _data(nint=3, nref=12, shape=(24, 24), seed=0):
+    rng = np.random.default_rng(seed)
+    refs = rng.normal(size=(nint, nref) + shape) + 3.0
+    coef = rng.normal(size=(nint, nref))
+    sci = np.einsum("ij,ijyx->iyx", coef, refs) + 7.0
+    return sci, refs
+
+
+def test_exact_linear_combination_is_removed():
+    sci, refs = _data()
+    res, _, nmodes = klip_subtract(sci, refs, truncations=[refs.shape[1]])
+    rms = np.sqrt(np.mean(res.astype(np.float64) ** 2))
+    assert rms <= 1e-6 * np.std(sci)
+    assert (nmodes == refs.shape[1]).all()
+
+
+def test_truncation_beyond_references_is_clamped():
+    sci, refs = _data()
+    res, _, nmodes = klip_subtract(sci, refs, truncations=[500])
+    assert (nmodes == refs.shape[1]).all()
+    res2, _, _ = klip_subtract(sci, refs, truncations=[refs.shape[1]])
+    assert_allclose(res, res2, atol=1e-6)
+
+
+def test_several_truncations_equal_single_runs():
+    rng = np.random.default_rng(1)
+    sci = rng.normal(size=(2, 20, 20))
+    refs = rng.normal(size=(2, 15, 20, 20))
+    many, _, _ = klip_subtract(sci, refs, truncations=[1, 4, 9])
+    for i, k in enumerate([1, 4, 9]):
+        one, _, _ = klip_subtract(sci, refs, truncations=[k])
+        assert_allclose(many[i], one[0], rtol=1e-6, atol=1e-6)
+
+
+def test_one_mode_matches_hand_computed_projection():
+    rng = np.random.default_rng(2)
+    sci = rng.normal(size=(1, 8, 8))
+    refs = rng.normal(size=(1, 4, 8, 8))
+    res, _, _ = klip_subtract(sci, refs, truncations=[1])
+    R = refs[0].reshape(4, -1)
+    R = R - R.mean(axis=1, keepdims=True)
+    t = sci[0].ravel() - sci[0].mean()
+    lam, V = np.linalg.eigh(R @ R.T)
+    z = V[:, -1] @ R / np.sqrt(lam[-1])
+    expect = t - (z @ t) * z
+    assert_allclose(res[0, 0].ravel(), expect, atol=1e-6)
+
+
+def test_zones_cover_image_and_are_independent():
+    z = annulus_zones((30, 30), (14.5, 14.5), annuli=3, subsections=4)
+    assert set(np.unique(z)) == set(range(12))
+    sci, refs = _data(shape=(30, 30))
+    res, _, _ = klip_subtract(sci, refs, truncations=[12], zones=z)
+    assert np.isfinite(res).all()
+    assert np.sqrt(np.mean(res.astype(np.float64) ** 2)) <= 1e-5 * np.std(sci)
+
+
+def test_excluded_region_is_still_subtracted():
+    sci, refs = _data()
+    fit = np.ones(sci.shape[1:], bool)
+    fit[5:10, 5:10] = False
+    res, _, _ = klip_subtract(sci, refs, truncations=[refs.shape[1]], fit_mask=fit)
+    assert np.abs(res[0][:, 5:10, 5:10]).max() < 1e-4
+
+
+def test_model_variance_and_inputs_unchanged():
+    sci, refs = _data()
+    s0, r0 = sci.copy(), refs.copy()
+    var = np.full(refs.shape, 4.0)
+    _, mvar, _ = klip_subtract(sci, refs, truncations=[3], reference_variance=var)
+    assert mvar.shape == (1,) + sci.shape and (mvar > 0).all()
+    assert np.array_equal(sci, s0) and np.array_equal(refs, r0)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        klip_subtract(np.zeros((2, 5, 5)), np.zeros((3, 4, 5, 5)))

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from coron_cli.core import align_references, fit_offsets, shift_images
+from tests.conftest import gaussian_psf
+
+SHAPE = (64, 64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dx,dy", [(0.37, -0.81), (1.9, 2.3), (-0.05, 0.012), (-3.4, 0.6)])
+def test_recovers_subpixel_offset_noiseless(dtype, weighted, dx, dy):
+    ref = gaussian_psf(SHAPE, 31.3, 32.1)
+    tgt = 1.7 * gaussian_psf(SHAPE, 31.3 + dx, 32.1 + dy)
+    w = np.ones(SHAPE) if weighted else None
+    fx, fy, s = fit_offsets(ref[None].astype(dtype), tgt.astype(dtype), weights=w)
+    assert abs(fx[0] - dx) <= 0.01
+    assert abs(fy[0] - dy) <= 0.01
+    assert_allclose(s[0], 1.7, rtol=1e-3)
+
+
+def test_unbiased_on_noisy_float32():
+    rng = np.random.default_rng(3)
+    ref = 1e4 * gaussian_psf(SHAPE, 31.3, 32.1)
+    true = rng.uniform(-0.4, 0.4, size=(40, 2))
+    refs = np.stack([ref + rng.normal(0, 5, SHAPE) for _ in true]).astype(np.float32)
+    tgt = (1e4 * gaussian_psf(SHAPE, 31.3, 32.1) + rng.normal(0, 5, SHAPE)).astype(np.float32)
+    # shifting a reference by -true makes the target its +true shift
+    refs = np.stack([shift_images(r, -t[0], -t[1]) for r, t in zip(refs, true)]).astype(np.float32)
+    fx, fy, _ = fit_offsets(refs, tgt)
+    err = np.stack([fx - true[:, 0], fy - true[:, 1]])
+    assert np.abs(err.mean(axis=1)).max() < 0.003
+    assert np.sqrt((err ** 2).mean()) < 0.01
+
+
+def test_shift_convention_and_inverse():
+    img = gaussian_psf(SHAPE, 30.0, 30.0)
+    moved = shift_images(img, 1.0, 2.0)
+    assert np.unravel_index(np.argmax(moved), SHAPE) == (32, 31)
+    back = shift_images(moved, -1.0, -2.0)
+    assert_allclose(back, img, atol=1e-12)
+
+
+def test_inputs_not_modified():
+    ref = gaussian_psf(SHAPE, 31.3, 32.1)[None].astype(np.float32)
+    tgt = gaussian_psf(SHAPE, 31.0, 32.0)[None].astype(np.float32)
+    r0, t0 = ref.copy(), tgt.copy()
+    align_references(ref, tgt)
+    assert np.array_equal(ref, r0) and np.array_equal(tgt, t0)
+
+
+def test_align_references_puts_refs_on_targets():
+    refs = np.stack([gaussian_psf(SHAPE, 31 + a, 32 + b) for a, b in [(0.3, 0.1), (-0.2, 0.4)]])
+    tg = np.stack([gaussian_psf(SHAPE, 31.1, 31.8), gaussian_psf(SHAPE, 30.7, 32.2)])
+    aligned, dx, dy, scale = align_references(refs, tg)
+    assert aligned.shape == (2, 2) + SHAPE and aligned.dtype == np.float32
+    for i in range(2):
+        for j in range(2):
+            assert_allclose(aligned[i, j], tg[i], atol=1e-3)
+    assert_allclose(dx[0, 0], 0.1 - 0.3, atol=1e-3)
+    assert_allclose(scale, 1.0, atol=1e-3)
