@@ -106,6 +106,7 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
     err = _err_or_estimate(product)
     dq = np.array(product.dq if product.dq is not None else np.zeros(product.sci.shape),
                   dtype=np.uint32)
+    dq[~np.isfinite(product.sci)] |= np.uint32(core.DO_NOT_USE)  # repaired, stays flagged
     nout = 0
     if outliers:
         hit = core.find_outliers(product.sci, bad, err=err)
@@ -154,6 +155,7 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
         _check_not_all_bad(e, bad)
         err = _err_or_estimate(e)
         dq = np.array(e.dq, dtype=np.uint32)
+        dq[~np.isfinite(e.sci)] |= np.uint32(core.DO_NOT_USE)
         hit = core.find_outliers(e.sci, bad, err=err)
         dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
         nout += int(hit.sum())
@@ -309,10 +311,10 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
         raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
                                         f"the science exposure {science.path} has {nint}")
     nref = psfalign.sci.shape[1]
+    sci, err, dq, _ = prepare_science(science, bad_bits=bad_bits)  # may refuse: before warning
     if max(truncate) > nref:
         log.warning("--truncate %s exceeds the %d references; using at most %d modes",
                     ",".join(map(str, truncate)), nref, nref)
-    sci, err, dq, _ = prepare_science(science, bad_bits=bad_bits)
     refs = psfalign.sci
     if not np.isfinite(refs).all():
         refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
@@ -479,7 +481,7 @@ def hlsp_step(image, *, annuli_width=2, star_flux=None, fwhm=None, params=None):
         raise InputError("--annuli-width", "must be a positive integer")
     img, var = _mean_over_integrations(image)
     err = np.sqrt(var)
-    if not np.isfinite(img).any():
+    if not np.isfinite(image.sci).any():  # zero/NaN ERR only makes NaN SNR there
         raise InputError(image.path, "no finite pixel in SCI")
     center, src = star_center(image.sci_header, img.shape)
     snr = core.snr_image(img, err)

@@ -6,7 +6,7 @@ from . import options
 from .common import parse_exclude, run, setup_logging
 
 
-@click.group(name="coron3", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="coron3")
 @click.version_option(None, "--version", package_name="coron",
                       message="%(prog)s (coron) %(version)s")
 def cli():
@@ -81,7 +81,7 @@ def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, b
 @cli.command(name="demo")
 @click.option("-d", "--outdir", default="demo_out", show_default=True, metavar="DIR",
               help="Folder for the simulated data and the products (created if missing).")
-@click.option("--size", type=click.Choice(["small", "medium", "large"]), default="small",
+@click.option("--size", type=click.Choice(["small", "medium", "large"]), default="medium",
               show_default=True,
               help="Simulation size: 64, 160 or 320 pixels square; 3, 5 or 10 integrations.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")

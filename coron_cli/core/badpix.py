@@ -1,6 +1,7 @@
 """Bad pixels: masks from DQ, outlier (cosmic-ray) detection, repair."""
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = ["DO_NOT_USE", "OUTLIER", "bad_pixel_mask", "find_outliers", "repair_bad_pixels"]
 
@@ -94,7 +95,7 @@ def _robust_sigma(values, axis):
     return 1.4826 * np.nanmedian(np.abs(values - med), axis=axis)
 
 
-def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, sharpness=3.0):
+def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, sharpness=3.0, rel=0.03):
     """Find unflagged outliers (cosmic rays, hot pixels) in a cube of integrations.
 
     Parameters
@@ -107,6 +108,10 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, sharpness=3.0):
         1-sigma noise per pixel. When missing it is estimated per frame.
     nsigma : float
         Detection threshold in units of the noise.
+    rel : float
+        Fractional tolerance: changes up to ``rel`` times the brightest
+        pixel in the 3x3 neighbourhood are expected (pointing jitter moves a
+        steep PSF core) and never flagged.
     sharpness : float
         For a single integration only: how much sharper than its
         neighbourhood an outlier must be (see Notes).
@@ -119,9 +124,10 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, sharpness=3.0):
     Notes
     -----
     With three or more integrations a pixel is compared with its median over
-    the integrations; the noise is the quadrature sum of `err` and the robust
-    spread over integrations, so that real changes of the scene are not
-    flagged. With two, the brighter of a discrepant pair is flagged. With one,
+    the integrations, scaled by each integration's fitted flux factor; the
+    noise is the quadrature sum of `err`, the robust spread over
+    integrations and the fractional tolerance, so that real changes of the
+    scene are not flagged. With two, the brighter of a discrepant pair is flagged. With one,
     a pixel is an outlier when it stands `nsigma` above the 3x3 median of the
     repaired frame *and* is `sharpness` times sharper than the local
     structure (3x3 median minus 7x7 median of that), which spares the cores
@@ -141,12 +147,22 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, sharpness=3.0):
     with np.errstate(invalid="ignore"):
         if nint >= 3:
             med = np.nanmedian(work, axis=0)
-            spread = _robust_sigma(work, axis=0)
-            sigma = np.sqrt(noise ** 2 + spread[None] ** 2)
-            out = np.abs(work - med[None]) > nsigma * sigma
+            # integrations may differ by a flux factor: fit it before comparing
+            ok = np.isfinite(work) & np.isfinite(med)[None]
+            m0 = np.where(ok, med[None], 0.0)
+            num = (np.where(ok, work, 0.0) * m0).sum(axis=(1, 2))
+            den = (m0 * m0).sum(axis=(1, 2))
+            scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+            dev = work - scale[:, None, None] * med[None]
+            spread = _robust_sigma(dev, axis=0)
+            local = ndimage.maximum_filter(np.abs(np.nan_to_num(med)), size=3, mode="nearest")
+            sigma = np.sqrt(noise ** 2 + spread[None] ** 2 + (rel * local[None]) ** 2)
+            out = np.abs(dev) > nsigma * sigma
         elif nint == 2:
             d = work[1] - work[0]
-            sigma = np.sqrt(noise[0] ** 2 + noise[1] ** 2)
+            local = ndimage.maximum_filter(np.abs(np.nan_to_num(work[0])), size=3,
+                                           mode="nearest")
+            sigma = np.sqrt(noise[0] ** 2 + noise[1] ** 2 + (rel * local) ** 2)
             hot = np.abs(d) > nsigma * sigma
             out = np.stack([hot & (d < 0), hot & (d > 0)])
         else:

@@ -1,0 +1,82 @@
+"""End to end on the simulated data: planets recovered, inputs untouched."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from coron_cli.demo import measure_planets
+from coron_cli.pipeline import run_association
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_data, tmp_path_factory):
+    from tests.conftest import sha256
+
+    folder = str(demo_data["folder"])
+    before = {p: sha256(os.path.join(folder, p)) for p in os.listdir(folder)}
+    out = str(tmp_path_factory.mktemp("demo_products"))
+    summary = run_association(demo_data["paths"]["asn"], out, truncate=[50])
+    after = {p: sha256(os.path.join(folder, p)) for p in os.listdir(folder)}
+    return {"summary": summary, "out": out, "before": before, "after": after,
+            "truth": demo_data["truth"]}
+
+
+def _i2d(demo_run):
+    path = next(p["path"] for p in demo_run["summary"]["products"] if p["kind"] == "i2d")
+    with fits.open(path) as h:
+        return h["SCI"].data.astype(float), h["ERR"].data.astype(float), h["SCI"].header
+
+
+def test_brightest_planet_detected(demo_run):
+    sci, err, hdr = _i2d(demo_run)
+    rows = measure_planets(sci, err, (hdr["STARCENX"], hdr["STARCENY"]), demo_run["truth"])
+    brightest = max(rows, key=lambda r: r["contrast"])
+    assert brightest["snr_map"] >= 5
+    assert brightest["snr_aperture"] >= 5
+
+
+def test_planet_lands_at_true_sky_position(demo_run):
+    sci, _, hdr = _i2d(demo_run)
+    truth = demo_run["truth"]
+    p = max(truth["planets"], key=lambda p: p["contrast"])
+    x = hdr["STARCENX"] + p["xy_north_up"][0]
+    y = hdr["STARCENY"] + p["xy_north_up"][1]
+    yy, xx = np.indices(sci.shape)
+    near = np.hypot(xx - x, yy - y) <= 2.5
+    w = np.where(near, np.clip(np.nan_to_num(sci), 0, None), 0)
+    cx, cy = (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+    assert np.hypot(cx - x, cy - y) < 0.5
+
+
+def test_inputs_byte_identical(demo_run):
+    assert demo_run["before"] == demo_run["after"]
+
+
+def test_all_products_written_and_no_temp_files(demo_run):
+    names = sorted(os.listdir(demo_run["out"]))
+    assert not [n for n in names if n.startswith(".")]
+    kinds = [p["kind"] for p in demo_run["summary"]["products"]]
+    assert kinds.count("psfalign") == 2 and kinds.count("psfsub") == 2
+    assert {"psfstack", "i2d", "snr", "contrast"} <= set(kinds)
+
+
+def test_demo_command(tmp_path, runner):
+    import click
+
+    from coron_cli.cli import coron3
+    from coron_cli.cli.common import run
+
+    @click.command()
+    def wrapper():
+        run(coron3.cli, "coron3", ["demo", "--outdir", str(tmp_path / "d"), "--size", "small", "-q"])
+
+    r = runner.invoke(wrapper, [], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln and not ln.startswith("#")]
+    assert lines[0].split()[:3] == ["planet", "sep_lod", "pa_deg"]
+    snr = [float(ln.split()[-2]) for ln in lines[1:]]
+    assert len(snr) >= 2 and max(snr) >= 5
+    assert json.loads((tmp_path / "d" / "demo_asn.json").read_text())["products"]
