@@ -24,6 +24,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+science: $(VENV)/.installed
+	$(BIN)/python -m coron_cli.evaluate --size medium
+
 man: $(VENV)/.installed
 	$(BIN)/python -m coron_cli.manpages man
 

@@ -75,6 +75,9 @@ def read_asn(path, *, check_files=True):
                                f"{exc.msg})") from None
     except RecursionError:
         raise InputError(path, "not a usable JSON association file (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError(path, "not a usable JSON association file "
+                               f"({str(exc).split(':')[0]})") from None
     return parse_asn(data, path=path, check_files=check_files)
 
 

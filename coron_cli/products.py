@@ -120,9 +120,9 @@ def _open(path):
             hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
             for hdu in hdul:
                 _ = hdu.data  # force reading, so a truncated file fails here
-        except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError) as exc:
-            raise InputError(path, f"not a readable FITS file ({_short(exc)})") from None
         except Exception as exc:  # astropy raises assorted errors on garbage
+            if any("truncated" in str(w.message).lower() for w in caught):
+                raise InputError(path, "truncated FITS file") from None
             raise InputError(path, f"not a readable FITS file ({_short(exc)})") from None
     for w in caught:
         text = str(w.message).lower()
@@ -161,6 +161,14 @@ def _find(hdul, name):
         if hdu.name.upper() == name:
             return hdu
     return None
+
+
+def _squeeze_lead(shape):
+    """Shape without leading axes of length 1: (1, ny, nx) and (ny, nx) are the same frames."""
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
 
 
 def _as_float(data, path, what):
@@ -226,7 +234,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
         err_hdu = _find(hdul, "ERR")
         if err_hdu is not None and err_hdu.data is not None:
             err = _as_float(err_hdu.data, path, "ERR")
-            if err.size == sci.size and err.shape != sci.shape:
+            if err.shape != sci.shape and _squeeze_lead(err.shape) == _squeeze_lead(sci.shape):
                 err = err.reshape(sci.shape)
             if err.shape != sci.shape:
                 raise InputError(path, f"ERR shape {err_hdu.data.shape} differs from SCI shape "
@@ -237,7 +245,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
             raw = np.asarray(dq_hdu.data)
             if raw.dtype.kind not in "iu":
                 raise InputError(path, f"DQ must be an integer array, not {raw.dtype}")
-            if raw.size == sci.size and raw.shape != sci.shape:
+            if raw.shape != sci.shape and _squeeze_lead(raw.shape) == _squeeze_lead(sci.shape):
                 raw = raw.reshape(sci.shape)
             if raw.shape != sci.shape:
                 raise InputError(path, f"DQ shape {dq_hdu.data.shape} differs from SCI shape "

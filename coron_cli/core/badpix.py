@@ -1,5 +1,7 @@
 """Bad pixels: masks from DQ, outlier (cosmic-ray) detection, repair."""
 
+import warnings
+
 import numpy as np
 from scipy import ndimage
 
@@ -91,6 +93,7 @@ def repair_bad_pixels(images, bad, *, max_radius=8):
 
 
 def _robust_sigma(values, axis):
+    # callers silence the all-NaN warnings (a pixel bad in every integration)
     med = np.nanmedian(values, axis=axis, keepdims=True)
     return 1.4826 * np.nanmedian(np.abs(values - med), axis=axis)
 
@@ -139,12 +142,15 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, sharpness=3.0, rel=0.
     work = np.where(bad, np.nan, cube)
     if err is None:
         diff = work[:, 1:, :] - work[:, :-1, :]
-        sig = np.nanmedian(np.abs(diff - np.nanmedian(diff, axis=(1, 2), keepdims=True)),
-                           axis=(1, 2)) * 1.4826 / np.sqrt(2.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            dev = np.abs(diff - np.nanmedian(diff, axis=(1, 2), keepdims=True))
+            sig = np.nanmedian(dev, axis=(1, 2)) * 1.4826 / np.sqrt(2.0)
         noise = np.broadcast_to(sig[:, None, None], cube.shape)
     else:
         noise = np.where(np.isfinite(err) & (err > 0), err, np.inf)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
         if nint >= 3:
             med = np.nanmedian(work, axis=0)
             # integrations may differ by a flux factor: fit it before comparing

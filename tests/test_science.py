@@ -1,0 +1,43 @@
+"""Science properties pinned at the small simulation size (fast)."""
+
+import numpy as np
+import pytest
+
+from coron_cli.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def science(tmp_path_factory):
+    return evaluate("small", seed=0, outdir=str(tmp_path_factory.mktemp("science")))
+
+
+def test_planet_free_twin_has_no_false_alarm(science):
+    assert science["twin"]["n_false"] == 0
+    assert science["twin"]["max_abs_snr"] < 5
+
+
+def test_twin_snr_is_calibrated_in_every_annulus(science):
+    stds = np.array([s for _, s in science["twin"]["annuli"]])
+    assert stds.size >= 5
+    assert np.all(np.abs(stds - 1.0) <= 0.15), stds
+
+
+def test_planets_once_at_true_sky_position(science):
+    bright = [p for p in science["planets"] if p["contrast"] >= 1e-4]
+    assert bright
+    for p in bright:
+        assert p["astrometry_px"] <= 0.3
+
+
+def test_bright_planets_detected_and_combination_deepens(science):
+    for p in science["planets"]:
+        if p["contrast"] >= 1e-4:
+            assert p["coron_i2d"][0] >= 5
+            # the combined image is deeper than the weaker roll
+            assert p["coron_i2d"][0] > min(r[0] for r in p["coron_roll"])
+
+
+def test_registration_error_is_reported(science):
+    r = science["registration"]
+    assert 0 <= r["rms_px"] < 0.2
+    assert 0 <= r["scale_rms"] < 0.1
