@@ -163,7 +163,8 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
         errs.append(np.asarray(err, dtype=np.float32))
         dqs.append(dq)
         (cx, cy), _ = star_center(e.sci_header, e.sci.shape)
-        rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy))
+        ox, oy = _dither_offset(e)
+        rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy, ox, oy))
     sci, index = core.stack_cubes(scis)
     err, _ = core.stack_cubes(errs)
     dq, _ = core.stack_cubes(dqs)
@@ -173,6 +174,11 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
     refs["integration"] = index[:, 1].astype(np.int32)
     refs["starcenx"] = np.array([rows[i][2] for i in index[:, 0]])
     refs["starceny"] = np.array([rows[i][3] for i in index[:, 0]])
+    refs["xoffset"] = np.array([rows[i][4] for i in index[:, 0]])
+    refs["yoffset"] = np.array([rows[i][5] for i in index[:, 0]])
+    refs["xoffset"].unit = refs["yoffset"].unit = "pix"
+    refs["xoffset"].description = "commanded dither offset (XOFFSET), pixels"
+    refs["yoffset"].description = "commanded dither offset (YOFFSET), pixels"
     params = dict(params or {})
     params.setdefault("bad_bits", bad_bits)
     primary = first.primary.copy()
@@ -186,6 +192,36 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
              len(exposures), sci.shape[0], nout)
     return Product(sci=sci, err=err, dq=dq, primary=primary,
                    sci_header=first.sci_header.copy(), tables={"REFS": refs}, path="psfstack")
+
+
+def _dither_offset(exposure):
+    """Commanded dither offset (XOFFSET, YOFFSET; arcsec) of an exposure, in pixels.
+
+    NaN when the header lacks them or the pixel scale is unknown.
+    """
+    h = exposure.primary
+    if "XOFFSET" not in h or "YOFFSET" not in h:
+        return np.nan, np.nan
+    scale = pixel_scale_arcsec(exposure.sci_header) or h.get("PIXSCALE")
+    try:
+        return float(h["XOFFSET"]) / float(scale), float(h["YOFFSET"]) / float(scale)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return np.nan, np.nan
+
+
+def _stack_dithers(psfstack):
+    """(nref, 2) dither offsets from the REFS table, or None when unusable."""
+    refs = psfstack.tables.get("REFS")
+    if refs is None or "xoffset" not in refs.colnames or len(refs) != psfstack.sci.shape[0]:
+        return None
+    pos = np.column_stack([np.asarray(refs["xoffset"], float),
+                           np.asarray(refs["yoffset"], float)])
+    if not np.isfinite(pos).all():
+        return None
+    uniq = np.unique(np.round(pos, 4), axis=0)
+    if len(uniq) < 3 or np.linalg.matrix_rank(np.column_stack([np.ones(len(uniq)), uniq])) < 3:
+        return None
+    return pos
 
 
 def _repair_stack(psfstack, bad_bits):
@@ -218,8 +254,23 @@ def _shift_dq(dq, dx, dy):
 
 
 def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id=None,
-               params=None):
+               method="auto", params=None):
     """Register the stacked references onto every science integration.
+
+    Two ways to measure the offsets (`method`):
+
+    - ``dither`` (chosen by ``auto`` when the references come from a small-grid
+      dither with known XOFFSET/YOFFSET, 3 or more positions): an empirical
+      model of how the coronagraphic image changes with the star's position
+      is learned from the dithered references and every frame's star position
+      and flux are fitted with it (:func:`coron_cli.core.dither_positions`).
+      Behind a coronagraph the image does not move rigidly with the star, so
+      this is what measures the true offsets.
+    - ``fourier``: for each (integration, reference) pair, the rigid shift and
+      flux scale that best match the reference to the science image
+      (:func:`coron_cli.core.fit_offsets`).
+
+    In both cases the references are then Fourier-shifted by the offsets.
 
     Returns
     -------
@@ -235,7 +286,19 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
                                    f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
     sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
     refs = _repair_stack(psfstack, bad_bits)
-    aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
+    dithers = _stack_dithers(psfstack) if method in ("auto", "dither") else None
+    if method == "dither" and dithers is None:
+        raise InputError(psfstack.path, "the dither method needs at least 3 non-collinear "
+                                        "dither positions (REFS xoffset/yoffset)")
+    if dithers is not None:
+        rp, rs, tp, ts = core.dither_positions(refs, dithers, sci, weights=mask)
+        shifts = (tp[:, None, 0] - rp[None, :, 0], tp[:, None, 1] - rp[None, :, 1],
+                  ts[:, None] / rs[None, :])
+        used = "dither"
+    else:
+        shifts = None
+        used = "fourier"
+    aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask, shifts=shifts)
     nint, nref = dx.shape
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
@@ -255,8 +318,11 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     header = science.sci_header.copy()
     header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
     header["STARCENY"] = (cy, f"star y, 0-based pixels (from {src})")
+    header["ALIGNMTH"] = (used, "registration method (dither model or Fourier fit)")
     params = dict(params or {})
     params.setdefault("mask", "none" if mask is None else "yes")
+    params.setdefault("method", method)
+    params["registration"] = used
     params.setdefault("bad_bits", bad_bits)
     primary = science.primary.copy()
     if asn_id:

@@ -21,7 +21,7 @@ from .metrics import (
     snr_image,
     student_t_factor,
 )
-from .registration import align_references, fit_offsets, shift_images
+from .registration import align_references, dither_positions, fit_offsets, shift_images
 from .stack import stack_cubes
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "bad_pixel_mask",
     "calibrate_error",
     "combine_images",
+    "dither_positions",
     "contrast_curve",
     "find_outliers",
     "fit_offsets",

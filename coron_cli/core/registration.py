@@ -8,7 +8,7 @@ centre minus the reference centre.
 import numpy as np
 from scipy import fft as sfft
 
-__all__ = ["align_references", "fit_offsets", "shift_images"]
+__all__ = ["align_references", "dither_positions", "fit_offsets", "shift_images"]
 
 _TWO_PI = 2.0 * np.pi
 
@@ -231,7 +231,8 @@ def _fit_image(R, tgt, w, dx, dy, ky, kx, max_iter, tol, workers):
     return dx, dy, scale
 
 
-def align_references(references, targets, *, weights=None, workers=-1, max_iter=30):
+def align_references(references, targets, *, weights=None, shifts=None, workers=-1,
+                     max_iter=30):
     """Fit and apply the shift of every reference onto every target.
 
     Parameters
@@ -242,6 +243,9 @@ def align_references(references, targets, *, weights=None, workers=-1, max_iter=
         Finite science integrations.
     weights : ndarray of shape (ny, nx), optional
         Fit weights (see :func:`fit_offsets`).
+    shifts : (dx, dy, scale), each ndarray of shape (nint, nref), optional
+        Shifts measured otherwise (e.g. :func:`dither_positions`): no fit,
+        the references are only shifted.
 
     Returns
     -------
@@ -268,6 +272,11 @@ def align_references(references, targets, *, weights=None, workers=-1, max_iter=
     c = _hermitian_weights(ny, nx)
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     for i in range(nint):
+        if shifts is not None:
+            dx[i], dy[i], scale[i] = shifts[0][i], shifts[1][i], shifts[2][i]
+            aligned[i] = sfft.irfft2(R * _phase(ky, kx, dx[i], dy[i]), s=(ny, nx),
+                                     workers=workers)
+            continue
         T = sfft.rfft2(tg[i], workers=workers)
         X = np.conj(R) * T
         x0, y0 = _initial_shift(X, ny, nx, workers)
@@ -279,3 +288,122 @@ def align_references(references, targets, *, weights=None, workers=-1, max_iter=
         del X
         aligned[i] = sfft.irfft2(R * _phase(ky, kx, dx[i], dy[i]), s=(ny, nx), workers=workers)
     return aligned, dx, dy, scale
+
+
+def _poly_terms(p, order):
+    """Monomials of a position and their x/y derivatives: (n, nterm) each."""
+    x, y = p[:, 0], p[:, 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    if order == 1:
+        c = np.stack([one, x, y], axis=1)
+        cx = np.stack([zero, one, zero], axis=1)
+        cy = np.stack([zero, zero, one], axis=1)
+    else:
+        c = np.stack([one, x, y, x * x, x * y, y * y], axis=1)
+        cx = np.stack([zero, one, zero, 2 * x, y, zero], axis=1)
+        cy = np.stack([zero, zero, one, zero, x, 2 * y], axis=1)
+    return c, cx, cy
+
+
+def _fit_model_positions(coef, frames, start, order, max_iter=30, tol=1e-7):
+    """Gauss-Newton fit of frames ~ scale * model(p), all frames at once."""
+    p = np.array(start, dtype=np.float64)
+    n = frames.shape[0]
+    scale = np.ones(n)
+    for _ in range(max_iter):
+        c, cx, cy = _poly_terms(p, order)
+        m = c @ coef
+        mx = cx @ coef
+        my = cy @ coef
+        mm = np.einsum("np,np->n", m, m)
+        scale = np.einsum("np,np->n", m, frames) / np.where(mm > 0, mm, 1.0)
+        r = frames - scale[:, None] * m
+        J = np.stack([m, scale[:, None] * mx, scale[:, None] * my], axis=1)  # (n, 3, npix)
+        A = np.einsum("nip,njp->nij", J, J)
+        g = np.einsum("nip,np->ni", J, r)
+        try:
+            step = np.linalg.solve(A, g[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = np.linalg.lstsq(A.sum(0), g.sum(0), rcond=None)[0][None].repeat(n, 0)
+        st = np.clip(step[:, 1:], -0.5, 0.5)
+        p += st
+        if np.abs(st).max() < tol:
+            break
+    c, _, _ = _poly_terms(p, order)
+    m = c @ coef
+    mm = np.einsum("np,np->n", m, m)
+    scale = np.einsum("np,np->n", m, frames) / np.where(mm > 0, mm, 1.0)
+    return p, scale
+
+
+def dither_positions(references, dithers, targets, *, weights=None, iterations=2):
+    """Star positions from an empirical model learned on a dithered reference set.
+
+    Behind a coronagraph the image does not move rigidly with the star: the
+    focal-plane mask stays put, and the light it diffracts changes with the
+    star's position. A small-grid dither of the reference star samples that
+    change. The model ``I(p) = A + G_x p_x + G_y p_y (+ quadratic terms)``
+    is fitted pixel by pixel to the references at their commanded dither
+    positions; then every frame (reference or science) is fitted as
+    ``scale * I(p)`` for its own position p and flux scale. Reference
+    positions are refined and the model refitted `iterations` times.
+
+    Parameters
+    ----------
+    references : ndarray of shape (nref, ny, nx)
+        Finite reference images.
+    dithers : ndarray of shape (nref, 2)
+        Commanded (x, y) dither offset of each reference, pixels. At least 3
+        distinct, non-collinear positions (6 for the quadratic model).
+    targets : ndarray of shape (nint, ny, nx)
+        Finite science integrations.
+    weights : ndarray of shape (ny, nx), optional
+        Fit weights (1 = use, 0 = ignore).
+
+    Returns
+    -------
+    ref_pos : ndarray of shape (nref, 2)
+        Position of the star in each reference, in the dither frame (pixels).
+    ref_scale : ndarray of shape (nref,)
+    tgt_pos : ndarray of shape (nint, 2)
+        Position of the star in each science integration, same frame.
+    tgt_scale : ndarray of shape (nint,)
+        Flux relative to the model (science / reference flux is
+        ``tgt_scale / ref_scale``).
+
+    Raises
+    ------
+    ValueError
+        If the dither positions cannot constrain the model.
+    """
+    refs = np.asarray(references, dtype=np.float64)
+    nref = refs.shape[0]
+    pos = np.asarray(dithers, dtype=np.float64).reshape(nref, 2)
+    uniq = np.unique(np.round(pos, 4), axis=0)
+    if uniq.shape[0] < 3 or np.linalg.matrix_rank(
+            np.column_stack([np.ones(len(uniq)), uniq])) < 3:
+        raise ValueError("the dither positions do not span two dimensions")
+    order = 2 if uniq.shape[0] >= 6 else 1
+    w = None if weights is None else np.sqrt(np.asarray(weights, dtype=np.float64)).ravel()
+    R = refs.reshape(nref, -1)
+    T = np.asarray(targets, dtype=np.float64).reshape(np.shape(targets)[0], -1)
+    if w is not None:
+        R = R * w
+        T = T * w
+    ref_pos = pos.copy()
+    ref_scale = np.ones(nref)
+    for _ in range(max(1, iterations) + 1):
+        # the model is fitted to flux-normalised references, so it sees geometry only
+        c, _, _ = _poly_terms(ref_pos, order)
+        coef = np.linalg.lstsq(c, R / ref_scale[:, None], rcond=None)[0]
+        new_pos, new_scale = _fit_model_positions(coef, R, ref_pos, order)
+        # keep the frame anchored to the commanded dithers (mean position), and the
+        # flux scale to the references' median
+        new_pos -= (new_pos - pos).mean(axis=0)
+        ref_pos = new_pos
+        ref_scale = ref_scale * new_scale / np.median(new_scale)
+    start = np.repeat(pos.mean(axis=0)[None], T.shape[0], axis=0)
+    c, _, _ = _poly_terms(ref_pos, order)
+    coef = np.linalg.lstsq(c, R / ref_scale[:, None], rcond=None)[0]
+    tgt_pos, tgt_scale = _fit_model_positions(coef, T, start, order)
+    return ref_pos, ref_scale, tgt_pos, tgt_scale

@@ -61,3 +61,38 @@ def test_align_references_puts_refs_on_targets():
             assert_allclose(aligned[i, j], tg[i], atol=1e-3)
     assert_allclose(dx[0, 0], 0.1 - 0.3, atol=1e-3)
     assert_allclose(scale, 1.0, atol=1e-3)
+
+
+def _masked_star(shape, cx, cy, mask_c=(31.5, 32.0), sigma=4.0):
+    """A star seen through a fixed soft occulter: the image does not move rigidly."""
+    y, x = np.indices(shape, dtype=np.float64)
+    trans = (1 - np.exp(-((x - mask_c[0]) ** 2 + (y - mask_c[1]) ** 2) / (2 * sigma ** 2))) ** 2
+    return trans * gaussian_psf(shape, cx, cy, sigma=2.0)
+
+
+def test_dither_model_recovers_offsets_where_rigid_fit_is_biased():
+    from coron_cli.core import dither_positions
+
+    ta = np.array([0.13, -0.08])                         # unknown acquisition offset
+    grid = np.array([[i, j] for j in (-0.2, 0.0, 0.2) for i in (-0.2, 0.0, 0.2)])
+    refs = np.stack([2.0 * _masked_star(SHAPE, 31.5 + ta[0] + gx, 32.0 + ta[1] + gy)
+                     for gx, gy in grid])
+    sci_pos = np.array([[0.21, 0.05], [0.18, 0.09]])     # science star, absolute offsets
+    sci = np.stack([_masked_star(SHAPE, 31.5 + px, 32.0 + py) for px, py in sci_pos])
+    rp, rs, tp, ts = dither_positions(refs, grid, sci)
+    true = sci_pos[:, None, :] - (ta + grid)[None]       # science minus reference centre
+    got = tp[:, None, :] - rp[None]
+    model_err = np.abs(got - true).max()
+    assert model_err < 0.005
+    assert_allclose(ts[:, None] / rs[None], 0.5, rtol=0.01)
+    # the rigid shift fit is biased on such data: that is why the model exists
+    fx, fy, _ = fit_offsets(refs, sci[0])
+    assert np.abs(fx - true[0, :, 0]).max() > 3 * model_err
+
+
+def test_dither_model_needs_two_dimensional_grid():
+    from coron_cli.core import dither_positions
+
+    refs = np.stack([gaussian_psf(SHAPE, 31 + d, 32) for d in (-0.2, 0, 0.2)])
+    with pytest.raises(ValueError):
+        dither_positions(refs, [[-0.2, 0], [0, 0], [0.2, 0]], refs[:1])
