@@ -92,10 +92,28 @@ def render(name, cmd):
         "the file and the problem); 130 interrupted; 143 terminated.",
         ".SH ENVIRONMENT",
         "NO_COLOR disables colour on stderr.",
+        *_completion(name),
         ".SH SEE ALSO",
         ", ".join(f"{_esc(n)}(1)" for n, _ in COMMANDS if n != name),
     ]
     return "\n".join(body) + "\n"
+
+
+def _completion(name):
+    """ENVIRONMENT note and COMPLETION section: click's completion-script mechanism."""
+    var = "_" + name.upper().replace("-", "_") + "_COMPLETE"
+    lines = [f'eval "$({var}=bash_source {name})"      # in ~/.bashrc',
+             f'eval "$({var}=zsh_source {name})"       # in ~/.zshrc',
+             f"{var}=fish_source {name} > ~/.config/fish/completions/{name}.fish"]
+    return [
+        ".PP",
+        _esc(f"{var}=bash_source, zsh_source or fish_source makes {name} print its shell "
+             "completion script on standard output, instead of running."),
+        ".SH COMPLETION",
+        _esc(f"Options and subcommands of {name} complete in bash, zsh and fish "
+             "once the shell has loaded the script:"),
+        ".PP\n.nf\n" + _esc("\n".join(lines)) + "\n.fi",
+    ]
 
 
 def render_all():

@@ -9,12 +9,12 @@ import logging
 import os
 import time
 
-from . import steps
+from . import core, steps
 from .asn import read_asn
-from .errors import OutputError
+from .errors import InputError, OutputError
 from .products import exposure_root, read_product, write_product
 
-__all__ = ["plan", "run_association", "check_outdir"]
+__all__ = ["plan", "step_count", "run_association", "check_association", "check_outdir"]
 
 log = logging.getLogger("coron")
 
@@ -45,6 +45,65 @@ def plan(asn, outdir):
         out.append(("snr", os.path.join(outdir, f"{prod.name}_snr.fits"), []))
         out.append(("contrast", os.path.join(outdir, f"{prod.name}_contrast.fits"), []))
     return out
+
+
+def step_count(planned):
+    """Number of steps (``on_step`` calls) of a run: one per product but the contrast table,
+    which the hlsp step writes with the SNR image."""
+    return sum(1 for kind, _, _ in planned if kind != "contrast")
+
+
+def _check_not_inputs(asn, outdir):
+    all_inputs = {p for prod in asn.products for p in prod.science + prod.psf}
+    for _, path, _ in plan(asn, outdir):
+        if os.path.exists(path) and any(os.path.exists(i) and os.path.samefile(path, i)
+                                        for i in all_inputs):
+            raise OutputError(path, "is also an input; refusing to overwrite it")
+
+
+def check_association(asn_path, outdir=".", *, bad_bits=1):
+    """Check that an association can be run, without writing anything.
+
+    Reads the association and every member: each must be a readable FITS
+    exposure with SCI data (ERR and DQ, when present, of the same shape),
+    not every pixel flagged; the science and psf frames of a product must
+    have the same size; `outdir` must be a writable folder and no product
+    may overwrite an input.
+
+    Returns
+    -------
+    asn : Association
+    planned : list of (kind, path, inputs)
+        The products a run would write (see :func:`plan`).
+
+    Raises
+    ------
+    InputError, OutputError
+        The first problem found, naming the file.
+    """
+    asn = read_asn(asn_path)
+    for w in asn.warnings:
+        log.warning("%s", w)
+    check_outdir(outdir)
+    _check_not_inputs(asn, outdir)
+    for prod in asn.products:
+        first = None
+        for what, paths in (("science exposure", prod.science),
+                            ("reference exposure", prod.psf)):
+            for path in paths:
+                exp = read_product(path, what=what)
+                if core.bad_pixel_mask(exp.sci, exp.dq, bad_bits=bad_bits).all():
+                    raise InputError(path, "all pixels are flagged DO_NOT_USE or not finite")
+                ny, nx = exp.sci.shape[-2:]
+                if first is None:
+                    first = (path, ny, nx)
+                elif (ny, nx) != first[1:]:
+                    raise InputError(path, f"frames are {nx}x{ny} pixels but {first[0]} has "
+                                           f"{first[2]}x{first[1]}")
+                log.info("%s: %s, %d integration(s) of %dx%d pixels", path, what,
+                         exp.sci.shape[0], nx, ny)
+                del exp
+    return asn, plan(asn, outdir)
 
 
 def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsections=1,
@@ -79,11 +138,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
     check_outdir(outdir)
     truncs = steps.parse_truncate(truncate)
     written, timings = [], {}
-    all_inputs = {p for prod in asn.products for p in prod.science + prod.psf}
-    for _, path, _ in plan(asn, outdir):
-        if os.path.exists(path) and any(os.path.exists(i) and os.path.samefile(path, i)
-                                        for i in all_inputs):
-            raise OutputError(path, "is also an input; refusing to overwrite it")
+    _check_not_inputs(asn, outdir)
 
     def tick(name, t0):
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0

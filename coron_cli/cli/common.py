@@ -12,7 +12,8 @@ import click
 
 from ..errors import CoronError, InputError, OutputError
 
-__all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "Terminated"]
+__all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "step_progress",
+           "Terminated"]
 
 log = logging.getLogger("coron")
 
@@ -21,7 +22,14 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that clean-up code runs."""
 
 
+class _Interrupted(BaseException):
+    """Raised on SIGINT instead of KeyboardInterrupt: click would print a blank line first."""
+
+
 class _StderrHandler(logging.Handler):
+    #: a rich console drawing a progress bar, when one is shown: messages go above the bar
+    console = None
+
     def __init__(self, prog):
         super().__init__()
         self.prog = prog
@@ -35,8 +43,13 @@ class _StderrHandler(logging.Handler):
                 text = f"{self.prog}: {msg}"
             else:
                 text = f"{self.prog}: {level}: {msg}"
-            if self.color and level in ("warning", "error"):
-                text = click.style(text, fg="yellow" if level == "warning" else "red")
+            style = {"warning": "yellow", "error": "red"}.get(level) if self.color else None
+            if self.console is not None:
+                self.console.print(text, style=style, markup=False, highlight=False,
+                                   emoji=False, soft_wrap=True)
+                return
+            if style:
+                text = click.style(text, fg=style)
             click.echo(text, err=True)
         except Exception:  # pragma: no cover - never let logging crash a run
             pass
@@ -64,8 +77,66 @@ def timed(what):
     log.info("%s done in %.2f s", what, time.perf_counter() - t0)
 
 
+@contextlib.contextmanager
+def step_progress(total, *, enabled=True):
+    """A progress bar on stderr for a run of `total` steps, shown only on a terminal.
+
+    Yields an ``on_step(description)`` callback for
+    :func:`coron_cli.pipeline.run_association` (each call closes the previous
+    step and names the next), or None when no bar is shown: `enabled` false
+    (-q), or stderr not a terminal (a pipe, a file, ``TERM=dumb``). The bar is
+    drawn with rich on a stderr console, never on stdout (which may carry
+    data), and honours NO_COLOR; log messages are printed above it while it
+    runs, and it is cleared when the run ends or is interrupted.
+    """
+    if not enabled or total <= 0 or not _isatty(sys.stderr):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeElapsedColumn)
+
+    console = Console(stderr=True)
+    if not console.is_terminal or console.is_dumb_terminal:
+        yield None
+        return
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                        transient=True, redirect_stdout=False, redirect_stderr=False)
+    task = progress.add_task("starting", total=total)
+    started = []
+
+    def on_step(description):
+        if started:
+            progress.advance(task)
+        started.append(description)
+        progress.update(task, description=description, refresh=True)
+
+    handlers = [h for h in log.handlers if isinstance(h, _StderrHandler)]
+    with progress:
+        for h in handlers:
+            h.console = console
+        try:
+            yield on_step
+            progress.update(task, completed=total)
+        finally:
+            for h in handlers:
+                h.console = None
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _on_sigterm(signum, frame):
     raise Terminated()
+
+
+def _on_sigint(signum, frame):
+    raise _Interrupted()
 
 
 def run(command, prog=None, args=None):
@@ -80,12 +151,11 @@ def run(command, prog=None, args=None):
     debug = "--debug" in argv
     if not debug:
         warnings.simplefilter("ignore")
-    with contextlib.suppress(ValueError, AttributeError):
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        # a file-size limit must fail the write (EFBIG), not kill the process
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous = {}
     code = 0
     try:
+        # inside the try: a signal that comes as soon as a handler is set is handled too
+        _set_signal_handlers(previous)
         rv = command.main(args=argv, prog_name=prog, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except CoronError as exc:
@@ -103,7 +173,9 @@ def run(command, prog=None, args=None):
         code = exc.exit_code
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except (click.Abort, KeyboardInterrupt, _Interrupted):
+        if _isatty(sys.stderr):
+            click.echo(err=True)  # end the line the terminal's ^C echo began
         _error(prog, "interrupted")
         code = 130
     except Terminated:
@@ -122,7 +194,24 @@ def run(command, prog=None, args=None):
                      "the traceback)")
         code = 1
     _flush_stdout()
+    for signum, handler in previous.items():  # as they were, for callers in the same process
+        signal.signal(signum, handler)
     sys.exit(code)
+
+
+def _set_signal_handlers(previous):
+    """SIGTERM -> Terminated, SIGINT -> _Interrupted (unless ignored), SIGXFSZ ignored.
+
+    The handlers replaced are recorded in `previous` as they are set.
+    """
+    with contextlib.suppress(ValueError, AttributeError):  # not the main thread; no SIGXFSZ
+        wanted = [(signal.SIGTERM, _on_sigterm),
+                  # a file-size limit must fail the write (EFBIG), not kill the process
+                  (signal.SIGXFSZ, signal.SIG_IGN)]
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            wanted.append((signal.SIGINT, _on_sigint))
+        for signum, handler in wanted:
+            previous[signum] = signal.signal(signum, handler)
 
 
 def _flush_stdout():

@@ -3,7 +3,7 @@
 import click
 
 from . import options
-from .common import parse_exclude, run, setup_logging
+from .common import parse_exclude, run, setup_logging, step_progress
 
 
 @click.group(name="coron3")
@@ -15,6 +15,7 @@ def cli():
     \b
     Examples:
       coron3 demo --outdir demo_out
+      coron3 check jw1234_coron_asn.json --outdir products
       coron3 run jw1234_coron_asn.json --outdir products --truncate 30
     """
 
@@ -49,13 +50,17 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis):
 
 
 @cli.command(name="run", no_args_is_help=True)
-@click.argument("asn", metavar="ASN")
+@click.argument("asn", metavar="ASN", type=click.Path())
 @click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
+              type=click.Path(),
               help="Existing folder for the products.")
 @_klip_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON summary on standard output: the products written (kind, "
+                   "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
 def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, bad_bits,
-            star_flux, psf_offaxis, fwhm, verbose, quiet, debug):
+            star_flux, psf_offaxis, fwhm, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
 
     Writes, into DIR, for every product of the ASN: <product>_psfstack.fits;
@@ -65,21 +70,92 @@ def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, b
     <product>_contrast.fits. Products are identical to those of the single
     tools chained by hand.
 
+    Each product is written atomically when it is ready: an interrupted run
+    (Ctrl-C, SIGTERM, a failed write) leaves the products finished so far
+    and no partial file. On a terminal a progress bar is shown on standard
+    error; -v adds the timing of every step; standard output stays empty
+    unless --json is given.
+
     \b
-    Example:
+    Examples:
       coron3 run jw1234_coron_asn.json --outdir products --truncate 30
+      coron3 run jw1234_coron_asn.json --json -q > run.json
     """
     setup_logging("coron3", verbose, quiet)
-    from ..pipeline import run_association
+    import time
 
+    from ..asn import read_asn
+    from ..pipeline import plan, run_association, step_count
+
+    t0 = time.perf_counter()
     truncs, excl, star_flux = _resolve(truncate, exclude, star_flux, psf_offaxis)
-    run_association(asn, outdir, truncate=truncs, annuli=annuli, subsections=subsections,
-                    exclude=excl, annuli_width=annuli_width, bad_bits=bad_bits,
-                    star_flux=star_flux, fwhm=fwhm)
+    total = step_count(plan(read_asn(asn), outdir))
+    with step_progress(total, enabled=not quiet) as on_step:
+        summary = run_association(asn, outdir, truncate=truncs, annuli=annuli,
+                                  subsections=subsections, exclude=excl,
+                                  annuli_width=annuli_width, bad_bits=bad_bits,
+                                  star_flux=star_flux, fwhm=fwhm, on_step=on_step)
+    if as_json:
+        _echo_json(summary, time.perf_counter() - t0)
+
+
+def _echo_json(summary, elapsed):
+    import json
+
+    import numpy as np
+
+    from .. import __version__
+
+    def plain(obj):
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        if isinstance(obj, (set, frozenset)):
+            return sorted(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+    out = {"tool": "coron3 run", "coron_version": __version__, **summary,
+           "elapsed": round(elapsed, 3)}
+    out["timings"] = {k: round(v, 3) for k, v in summary.get("timings", {}).items()}
+    click.echo(json.dumps(out, indent=2, default=plain))
+
+
+@cli.command(name="check", no_args_is_help=True)
+@click.argument("asn", metavar="ASN", type=click.Path())
+@click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
+              type=click.Path(),
+              help="Folder the products would go to (must exist and be writable).")
+@options.bad_bits
+@options.common
+def check_cmd(asn, outdir, bad_bits, verbose, quiet, debug):
+    """Check an association and list the products a run would write.
+
+    Reads the association and every member: each must exist and be a
+    readable FITS exposure with SCI data (ERR and DQ of the same shape),
+    with some pixels not flagged; every product needs science and psf
+    members whose frames have the same size; DIR must be a writable folder
+    and no product may overwrite an input. Writes nothing. Prints the plan
+    on standard output, one product a line: KIND, a tab, PATH. Exit status
+    0 when 'coron3 run' can start, 2 with one line naming the problem
+    otherwise.
+
+    \b
+    Examples:
+      coron3 check jw1234_coron_asn.json --outdir products
+      coron3 check jw1234_coron_asn.json | cut -f2      # the file names only
+    """
+    setup_logging("coron3", verbose, quiet)
+    from ..pipeline import check_association
+
+    _, planned = check_association(asn, outdir, bad_bits=bad_bits)
+    for kind, path, _ in planned:
+        click.echo(f"{kind}\t{path}")
 
 
 @cli.command(name="demo")
 @click.option("-d", "--outdir", default="demo_out", show_default=True, metavar="DIR",
+              type=click.Path(),
               help="Folder for the simulated data and the products (created if missing).")
 @click.option("--size", type=click.Choice(["small", "medium", "large"]), default="medium",
               show_default=True,
