@@ -1,6 +1,6 @@
 """Exceptions that the command layer turns into one-line messages."""
 
-__all__ = ["CoronError", "InputError", "OutputError"]
+__all__ = ["CoronError", "InputError", "OutputClosed", "OutputError"]
 
 
 class CoronError(Exception):
@@ -33,3 +33,10 @@ class InputError(CoronError):
 
 class OutputError(CoronError):
     """An output cannot be written (missing or read-only folder, disk full...)."""
+
+
+class OutputClosed(Exception):
+    """Standard output was closed by its reader (``| head``): end quietly.
+
+    Not an OSError on purpose: click turns EPIPE into exit status 1 itself.
+    """

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, OutputError
+from .errors import InputError, OutputClosed, OutputError
 
 __all__ = [
     "Product",
@@ -373,21 +373,31 @@ def write_product(product, path):
         if sys.stdout.isatty():
             raise OutputError("-", "refusing to write binary FITS to a terminal; "
                                    "use -o FILE or pipe the output")
-        data = product_bytes(product)
-        stream.write(data)
-        stream.flush()
+        view = memoryview(product_bytes(product))
+        try:
+            while view:
+                # a pipe may take fewer bytes than offered; a closed one raises
+                n = stream.write(view)
+                if not n:
+                    raise BrokenPipeError("standard output closed")
+                view = view[n:]
+            stream.flush()
+        except BrokenPipeError:
+            raise OutputClosed() from None
         return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OutputError(path, f"output folder {folder} does not exist")
     if os.path.isdir(path):
         raise OutputError(path, "is a directory")
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                   suffix=".part", dir=folder)
-    except OSError as exc:
-        raise OutputError(path, f"cannot write in {folder} ({exc.strerror or exc})") from None
-    try:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                                       suffix=".part", dir=folder)
+        except OSError as exc:
+            raise OutputError(path, f"cannot write in {folder} "
+                                    f"({exc.strerror or exc})") from None
         with os.fdopen(fd, "wb") as fh:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -398,12 +408,31 @@ def write_product(product, path):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except OSError as exc:
-        _unlink(tmp)
-        raise OutputError(path, f"write failed ({exc.strerror or _short(exc)})") from None
-    except BaseException:
-        _unlink(tmp)
+    except OutputError:
         raise
+    except Exception as exc:
+        if tmp:
+            _unlink(tmp)
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        reason = cause.strerror or "disk full or file-size limit"
+        raise OutputError(path, f"write failed ({reason})") from None
+    except BaseException:
+        if tmp:
+            _unlink(tmp)
+        raise
+
+
+def _os_error(exc):
+    """The OSError behind an exception (astropy wraps some), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _unlink(path):

@@ -212,9 +212,6 @@ def test_closed_pipe_ends_quietly(medium):
     assert code in (0, 141)
 
 
-@pytest.mark.xfail(strict=True, reason="products.write_product('-') ignores the short count "
-                   "that BufferedWriter.write returns when the reader goes away, so a cut "
-                   "stream exits 0; it should write until every byte is out (EPIPE -> 141)")
 def test_closed_pipe_is_not_reported_as_success(medium):
     code, _, stderr = _stack_into_head(medium)
     assert stderr == b"" and code == 141  # 128 + SIGPIPE, as a shell reports it
@@ -252,13 +249,8 @@ def test_failing_write_keeps_earlier_products_and_no_partial_file(small_asn, tmp
     assert _hashes(tmp_path) == before
 
 
-_EFBIG_XFAIL = pytest.mark.xfail(
-    strict=True, reason="astropy turns the OSError of a failed write into an AttributeError "
-    "(its _free_space_check), which products.write_product does not map to OutputError: "
-    "exit 1 'internal error' instead of exit 2 naming the product")
 
 
-@_EFBIG_XFAIL
 def test_failing_write_is_exit_2_naming_the_product(small_asn, tmp_path):
     p, _, _ = _run_with_fsize_limit(small_asn, tmp_path)
     assert p.returncode == 2, p.stderr

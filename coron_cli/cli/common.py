@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from ..errors import CoronError, InputError, OutputError
+from ..errors import CoronError, InputError, OutputClosed, OutputError
 
 __all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "step_progress",
            "Terminated"]
@@ -181,7 +181,7 @@ def run(command, prog=None, args=None):
     except Terminated:
         _error(prog, "terminated")
         code = 143
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputClosed):
         _quiet_stdout()
         code = 141
     except MemoryError:
