@@ -203,3 +203,30 @@ def test_binary_output_never_to_terminal(chained, tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 2
     assert b"terminal" in out and b"SIMPLE" not in out
+
+
+def test_align_dither_method_needs_dithers(chained, tmp_path, runner):
+    out = tmp_path / "d_psfalign.fits"
+    r = invoke(runner, align, ["targ1_calints.fits", "tiny_nircam_psfstack.fits", "--method",
+                               "dither", "-o", str(out)])
+    assert r.exit_code == 2 and "dither" in r.stderr and not out.exists()
+    r = invoke(runner, align, ["targ1_calints.fits", "tiny_nircam_psfstack.fits", "--method",
+                               "fourier", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    with fits.open(out) as h:
+        assert h["SCI"].header["ALIGNMTH"] == "fourier"
+
+
+def test_align_uses_dither_model_on_dithered_references(demo_data, tmp_path, runner):
+    folder = demo_data["folder"]
+    refs = sorted(str(folder / n) for n in os.listdir(folder) if "_ref_" in n)
+    stack_out = tmp_path / "s_psfstack.fits"
+    assert invoke(runner, stack, refs + ["-o", str(stack_out)]).exit_code == 0
+    with fits.open(stack_out) as h:
+        assert np.isfinite(h["REFS"].data["xoffset"]).all()
+    out = tmp_path / "a_psfalign.fits"
+    sci = str(folder / "demo_sci_roll1_calints.fits")
+    r = invoke(runner, align, [sci, str(stack_out), "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    with fits.open(out) as h:
+        assert h["SCI"].header["ALIGNMTH"] == "dither"

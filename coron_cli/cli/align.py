@@ -12,18 +12,23 @@ from .common import check_output, check_stdin_once, run, setup_logging, timed
 @options.output("Output file (default: <exposure>_<asn_id>_psfalign.fits in the current "
                 "folder).")
 @options.mask
+@options.registration
 @options.bad_bits
 @click.option("--asn-id", default=None, metavar="ID",
               help="Association id for the default output name (default: the psfstack's "
                    "ASN_ID keyword).")
 @options.common
-def cli(science, psfstack, output, mask, bad_bits, asn_id, verbose, quiet, debug):
+def cli(science, psfstack, output, mask, method, bad_bits, asn_id, verbose, quiet, debug):
     """Align every reference slice onto every science integration.
 
-    Fits, in float64 and per (integration, reference) pair, the sub-pixel
-    shift dx, dy and the flux scale that best match the reference to the
-    science image, and shifts the references with the Fourier shift
-    theorem. Writes a psfalign product: SCI/ERR/DQ of shape
+    Measures, in float64, the offset of the star in every reference slice
+    relative to every science integration, and the flux scale, then shifts
+    the references with the Fourier shift theorem. When the references come
+    from a small-grid dither (XOFFSET/YOFFSET in their headers), the offsets
+    come from a model of how the coronagraphic image changes with the
+    star's position, learned from the dithered references (the image behind
+    a coronagraph does not move rigidly); otherwise from a rigid shift fit
+    per pair (see --method). Writes a psfalign product: SCI/ERR/DQ of shape
     (nints_sci, nrefs, ny, nx) and a SHIFTS table (sci_int, ref, dx, dy,
     scale; dx, dy = science centre minus reference centre, in pixels).
 
@@ -57,7 +62,7 @@ def cli(science, psfstack, output, mask, bad_bits, asn_id, verbose, quiet, debug
             raise InputError(mask, "mask excludes every pixel")
     with timed("align"):
         product = align_step(sci, stack, mask=weights, bad_bits=bad_bits, asn_id=asn_id,
-                             params={"science": science, "psfstack": psfstack})
+                             method=method, params={"science": science, "psfstack": psfstack})
     write_product(product, output)
 
 

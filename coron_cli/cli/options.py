@@ -5,6 +5,7 @@ Who uses what:
 - ``output``: every command that writes one product (-o/--output, '-' = stdout).
 - ``verbosity``, ``debug``, ``version``: every command (see :func:`common`).
 - ``bad_bits``: coron-stack, coron-align, coron-klip, coron3 run.
+- ``registration`` (--method), ``mask``: coron-align (and coron3 run for --method).
 - ``truncate``, ``klip_zones``, ``exclude``: coron-klip, coron3 run.
 - ``annuli_width``: coron-klip, coron-hlsp, coron3 run.
 - ``star_flux``: coron-hlsp, coron3 run.
@@ -15,7 +16,7 @@ import click
 from .. import __version__
 
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude",
-           "annuli_width", "star_flux", "mask"]
+           "annuli_width", "star_flux", "mask", "registration"]
 
 
 def _compose(*decorators):
@@ -77,6 +78,15 @@ star_flux = _compose(
                  help="Unocculted PSF image of the star (same units): its peak is the star "
                       "flux."),
 )
+
+#: coron-align, coron3 run
+registration = click.option(
+    "--method", type=click.Choice(["auto", "dither", "fourier"]), default="auto",
+    show_default=True,
+    help="How offsets are measured: 'dither' learns from a small-grid-dithered reference "
+         "set (XOFFSET/YOFFSET) how the coronagraphic image changes with the star's "
+         "position and fits every frame with it; 'fourier' fits a rigid shift and flux "
+         "scale per pair; 'auto' uses 'dither' when the references allow it.")
 
 mask = click.option(
     "--mask", default=None, metavar="FILE",
