@@ -5,6 +5,10 @@ with its planet-free twin, runs the pipeline on both, and prints per planet the 
 each roll and in the combined image for coron and for classical RDI (the scaled mean of
 the aligned references subtracted), the registration error against the simulated
 truth, and the false-alarm and error-calibration checks on the twin.
+
+``python -m coron_cli.evaluate --size medium --contrast-check`` instead checks the
+throughput-calibrated 5-sigma contrast curve of the twin against planets injected into it
+(:func:`contrast_check`).
 """
 
 import json
@@ -19,7 +23,8 @@ from .demo import write_simulation
 from .pipeline import run_association
 from .products import Product, read_product, star_center
 
-__all__ = ["evaluate", "registration_error", "planet_snr", "classical_rdi", "twin_checks"]
+__all__ = ["evaluate", "registration_error", "planet_snr", "classical_rdi", "twin_checks",
+           "contrast_check"]
 
 
 def registration_error(outdir, truth, asn_id="c1001", root="demo"):
@@ -193,6 +198,157 @@ def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), annuli=1, subse
     return result
 
 
+def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
+                   groups_lod=((3.0, 8.0), (4.5, 10.0), (6.0, 12.0)), n_pa=6, level=1.5):
+    """Check the calibrated 5-sigma contrast curve against injected planets.
+
+    The planet-free twin is run with ``contrast=True`` (throughput by
+    fake-source injection) and aperture photometry (star flux and noise as
+    sums in disks of diameter lambda/D, the photometry of the t-test below),
+    giving the calibrated curve. Then planets (the off-axis PSF scaled by a contrast) are added to
+    copies of the twin's science exposures, relative to the pipeline's star
+    position, at the separations of one group of `groups_lod` (lambda/D;
+    far apart, so that one planet's rings do not reach another's reference
+    apertures) and `n_pa` position angles per separation, one angle per
+    copy, at the contrast ``level * curve(r)`` (the curve interpolated
+    linearly in log contrast between its annuli); each copy goes through the
+    whole pipeline (align, KLIP, combine). In the i2d, every planet's
+    aperture t-test (Mawet et al. 2014, :func:`coron_cli.core.aperture_snr`)
+    is measured with the other planets avoided and without the two
+    reference apertures next to the planet (which hold its own wings), as
+    is the same position in the twin (contrast 0). The t value of a
+    Gaussian 5 sigma (Student-t with ``n2 - 1`` degrees of freedom, n2
+    reference apertures) is reached, by linear interpolation in the
+    injected contrast, at the measured 5-sigma contrast of that angle; its
+    median over the angles is compared with the calibrated curve.
+
+    Returns
+    -------
+    dict
+        'rows': per separation (sep_lod, sep_pix, curve, measured, ratio
+        measured/curve, per-angle values); 'timings'; 'outdir'.
+    """
+    import time
+
+    from astropy.table import Table
+    from scipy import stats
+
+    from .products import write_product
+    from .simulate import simulate_dataset
+
+    outdir = outdir or tempfile.mkdtemp(prefix="coron_contrast_")
+    os.makedirs(outdir, exist_ok=True)
+    ds = simulate_dataset(size, seed=seed)
+    paths = write_simulation(ds, outdir)
+    lod = ds.truth["lambda_over_d_pix"]
+    psf = np.asarray(ds.offaxis_psf, dtype=np.float64)
+    method = "aperture"
+    star = core.psf_flux(psf, method=method, fwhm=lod)
+    twin_dir = os.path.join(outdir, "twin")
+    os.makedirs(twin_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    summ = run_association(paths["asn_noplanet"], twin_dir, truncate=truncate, star_flux=star,
+                           star_flux_method=method, fwhm=lod, offaxis_psf=psf, contrast=True)
+    timings = {"twin_with_contrast": time.perf_counter() - t0, **summ["timings"]}
+    curve_t = Table.read(_find(twin_dir, "_contrast.fits"), hdu="CONTRAST")
+    rc = np.asarray(curve_t["radius"], float)
+    cc = np.asarray(curve_t["contrast_5sigma_calibrated"], float)
+    good = np.isfinite(cc) & (cc > 0)
+    twin_sci = [read_product(os.path.join(outdir, t.name)) for t in ds.twin]
+    twin_i2d = read_product(_find(twin_dir, "_i2d.fits"), ndims=(2,))
+    npix = twin_sci[0].sci.shape[-1]
+    rmax = (npix - 1) / 2.0 - 1.5 * lod - 2
+    asn = json.loads(open(paths["asn_noplanet"]).read())
+    fpf = stats.norm.sf(5.0)
+
+    def tests(i2d, sky):
+        c2, _ = star_center(i2d.sci_header, i2d.sci.shape)
+        t = [core.aperture_snr(i2d.sci, sky[j:j + 1], c2, fwhm=lod, avoid=sky)[0][0]
+             for j in range(len(sky))]
+        n2 = np.array([_reference_count(sky, j, c2, lod) for j in range(len(sky))])
+        return np.array(t), n2
+
+    results = {}
+    t0 = time.perf_counter()
+    for g, group in enumerate(groups_lod):
+        seps = np.array([v for v in group if v * lod <= rmax]) * lod
+        if not seps.size:
+            continue
+        curve = np.exp(np.interp(seps, rc[good], np.log(cc[good])))  # read on a log scale
+        pa = core.injection_grid(seps, n_pa, base=17.0 * g)
+        for k in range(n_pa):
+            tag = f"g{g}k{k}"
+            names = {}
+            for exp in twin_sci:
+                roll, _ = steps.roll_angle(exp.sci_header, exp.primary)
+                c, _ = star_center(exp.sci_header, exp.sci.shape)
+                pos = np.asarray(c) + steps._offsets(seps, pa[k], roll)
+                fake = core.inject_sources(exp.sci.shape[-2:], psf, pos, level * curve)
+                name = os.path.basename(exp.path).replace("_calints", f"_{tag}_calints")
+                write_product(Product(sci=(exp.sci + fake[None]).astype(np.float32),
+                                      err=exp.err, dq=exp.dq, primary=exp.primary,
+                                      sci_header=exp.sci_header), os.path.join(outdir, name))
+                names[os.path.basename(exp.path)] = name
+            a = json.loads(json.dumps(asn))
+            a["products"][0]["name"] += f"_{tag}"
+            for m in a["products"][0]["members"]:
+                m["expname"] = names.get(m["expname"], m["expname"])
+            apath = os.path.join(outdir, f"{tag}_asn.json")
+            with open(apath, "w") as fh:
+                json.dump(a, fh)
+            run_dir = os.path.join(outdir, tag)
+            os.makedirs(run_dir, exist_ok=True)
+            run_association(apath, run_dir, truncate=truncate)
+            i2d = read_product(_find(run_dir, "_i2d.fits"), ndims=(2,))
+            c2, _ = star_center(i2d.sci_header, i2d.sci.shape)
+            sky = np.asarray(c2) + steps._offsets(seps, pa[k], 0.0)
+            t1, n2 = tests(i2d, sky)
+            t0_, _ = tests(twin_i2d, sky)
+            tau = stats.t.isf(fpf, n2 - 1)            # t value of a Gaussian 5 sigma
+            c5 = level * curve * (tau - t0_) / (t1 - t0_)
+            for j, sep in enumerate(seps):
+                r = results.setdefault(float(sep), {"curve": float(curve[j]), "c5": [],
+                                                    "tau": float(tau[j])})
+                r["c5"].append(float(c5[j]))
+    timings["injected_runs"] = time.perf_counter() - t0
+    rows = []
+    for sep in sorted(results):
+        r = results[sep]
+        med = float(np.nanmedian(r["c5"]))
+        rows.append({"sep_lod": sep / lod, "sep_pix": sep, "curve": r["curve"],
+                     "measured": med, "ratio": med / r["curve"], "per_pa": r["c5"],
+                     "tau": r["tau"]})
+    return {"size": size, "seed": seed, "method": method, "rows": rows, "timings": timings,
+            "outdir": outdir}
+
+
+def _reference_count(sky, j, center, fwhm):
+    """Reference apertures :func:`core.aperture_snr` uses for planet j with ``avoid=sky``."""
+    x, y = sky[j]
+    dx, dy = x - center[0], y - center[1]
+    r = np.hypot(dx, dy)
+    n = int(np.floor(2 * np.pi * r / fwhm))
+    ang = np.arctan2(dy, dx) + 2 * np.pi * np.arange(1, n) / n
+    xs, ys = center[0] + r * np.cos(ang), center[1] + r * np.sin(ang)
+    d = np.hypot(xs[:, None] - sky[None, :, 0], ys[:, None] - sky[None, :, 1])
+    return int((d > 1.5 * fwhm).all(axis=1).sum())
+
+
+def format_contrast_check(res):
+    """The contrast check as a plain-text table."""
+    lines = [f"# calibrated 5-sigma contrast ({res['method']}) of the planet-free twin vs the "
+             f"contrast at which injected planets reach 5 sigma (t-test), {res['size']}, "
+             f"seed {res['seed']}",
+             f"{'sep_lod':>7} {'sep_pix':>7} {'curve':>9} {'measured':>9} {'ratio':>6} "
+             f"{'tau':>5}  per-angle / curve"]
+    for r in res["rows"]:
+        per = " ".join(f"{v / r['curve']:.2f}" for v in r["per_pa"])
+        lines.append(f"{r['sep_lod']:7.2f} {r['sep_pix']:7.2f} {r['curve']:9.2e} "
+                     f"{r['measured']:9.2e} {r['ratio']:6.2f} {r['tau']:5.2f}  {per}")
+    lines.append("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res["timings"].items()))
+    return "\n".join(lines)
+
+
 def format_report(res):
     """The evaluation as a plain-text report."""
     lines = [f"# coron science evaluation: {res['size']} simulation, seed {res['seed']}",
@@ -238,7 +394,14 @@ def main(argv=None):
     ap.add_argument("--outdir", default=None)
     ap.add_argument("--truncate", default="50")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--contrast-check", action="store_true",
+                    help="instead: check the calibrated 5-sigma contrast curve (aperture "
+                         "photometry) against planets injected into the planet-free twin")
     a = ap.parse_args(argv)
+    if a.contrast_check:
+        res = contrast_check(a.size, a.seed, a.outdir, truncate=steps.parse_truncate(a.truncate))
+        print(json.dumps(res, indent=1) if a.json else format_contrast_check(res))
+        return 0
     res = evaluate(a.size, a.seed, a.outdir, truncate=steps.parse_truncate(a.truncate))
     if a.json:
         print(json.dumps(res, indent=1))

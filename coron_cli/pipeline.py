@@ -12,7 +12,8 @@ import time
 from . import core, steps
 from .asn import read_asn
 from .errors import InputError, OutputError
-from .products import exposure_root, read_product, write_product
+from .products import (exposure_root, pixel_scale_arcsec, read_product, star_center, write_ecsv,
+                       write_product)
 
 __all__ = ["plan", "step_count", "run_association", "check_association", "check_outdir"]
 
@@ -27,8 +28,11 @@ def check_outdir(outdir):
         raise OutputError(outdir, "output folder is not writable")
 
 
-def plan(asn, outdir):
+def plan(asn, outdir, *, detect=False, table_format="fits", plot=False):
     """Products an association will give, in the order they are written.
+
+    `detect`, `table_format` and `plot` add the detection tables, the ECSV
+    copy of the contrast table and the figures (see :func:`run_association`).
 
     Returns
     -------
@@ -44,13 +48,31 @@ def plan(asn, outdir):
         out.append(("i2d", os.path.join(outdir, f"{prod.name}_i2d.fits"), prod.science))
         out.append(("snr", os.path.join(outdir, f"{prod.name}_snr.fits"), []))
         out.append(("contrast", os.path.join(outdir, f"{prod.name}_contrast.fits"), []))
+        out.extend((kind, os.path.join(outdir, prod.name + name), []) for kind, name in
+                   _hlsp_extras(detect=detect, table_format=table_format, plot=plot))
     return out
 
 
+def _hlsp_extras(*, detect, table_format, plot):
+    """(kind, name suffix) of the optional files the hlsp step writes after its products."""
+    out = []
+    if table_format == "ecsv":
+        out.append(("contrast_ecsv", "_contrast.ecsv"))
+    if detect:
+        out += [("detections", "_detections.fits"), ("detections_ecsv", "_detections.ecsv")]
+    if plot:
+        out += [("contrast_png", "_contrast.png"), ("snr_png", "_snr.png")]
+    return out
+
+
+#: kinds of product that each start a step of their own (``on_step``)
+_STEP_KINDS = ("psfstack", "psfalign", "psfsub", "i2d", "snr")
+
+
 def step_count(planned):
-    """Number of steps (``on_step`` calls) of a run: one per product but the contrast table,
-    which the hlsp step writes with the SNR image."""
-    return sum(1 for kind, _, _ in planned if kind != "contrast")
+    """Number of steps (``on_step`` calls) of a run: one per product but the contrast table
+    and the optional files, which the hlsp step writes with the SNR image."""
+    return sum(1 for kind, _, _ in planned if kind in _STEP_KINDS)
 
 
 def _check_not_inputs(asn, outdir):
@@ -108,7 +130,9 @@ def check_association(asn_path, outdir=".", *, bad_bits=1):
 
 def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsections=1,
                     exclude=(), annuli_width=2, bad_bits=1, star_flux=None, fwhm=None,
-                    mask=None, on_step=None):
+                    star_flux_method="peak", offaxis_psf=None, contrast=False,
+                    snr_method="ratio", detect=None, inner_radius=None, table_format="fits",
+                    plot=False, mask=None, on_step=None):
     """Run the whole chain on an association.
 
     Parameters
@@ -121,6 +145,25 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         As for coron-klip / coron-hlsp.
     star_flux, fwhm : float, optional
         For the contrast table.
+    star_flux_method, snr_method : str
+        As for coron-hlsp.
+    offaxis_psf : ndarray of shape (py, px), optional
+        The unocculted PSF: injected by `contrast`, and used by `detect` to
+        tell a bright source's sidelobes from other sources.
+    contrast : bool
+        Measure the algorithmic throughput by fake-source injection
+        (:func:`coron_cli.steps.klip_inject_step`, in the KLIP step): every
+        psfsub and the i2d get a THROUGHPUT table, and the contrast table the
+        calibrated contrast; ``timings["contrast"]`` is the time spent
+        combining and measuring the fakes for the i2d.
+    detect : float, optional
+        SNR threshold of the detection table (``<product>_detections.fits``
+        and ``.ecsv``); `inner_radius` as for coron-hlsp.
+    table_format : {"fits", "ecsv"}
+        ``ecsv`` also writes ``<product>_contrast.ecsv``.
+    plot : bool
+        Write ``<product>_contrast.png`` and ``<product>_snr.png``
+        (needs matplotlib).
     mask : ndarray, optional
         Registration weights.
     on_step : callable(str), optional
@@ -137,6 +180,12 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         log.warning("%s", w)
     check_outdir(outdir)
     truncs = steps.parse_truncate(truncate)
+    if contrast and offaxis_psf is None:
+        raise InputError("--contrast", "needs --psf-offaxis FILE (the unocculted PSF to inject)")
+    if plot:
+        from .plots import require_matplotlib
+
+        require_matplotlib()
     written, timings = [], {}
     _check_not_inputs(asn, outdir)
 
@@ -158,7 +207,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         del refs
         emit("psfstack", stack, os.path.join(outdir, f"{prod.name}_psfstack.fits"))
         tick("stack", t0)
-        psfsubs = []
+        psfsubs, injections = [], []
         for sci_path in prod.science:
             root = exposure_root(sci_path) + (f"_{asn.asn_id}" if asn.asn_id else "")
             if on_step:
@@ -173,10 +222,14 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
             if on_step:
                 on_step(f"klip {os.path.basename(sci_path)}")
             t0 = time.perf_counter()
-            sub = steps.klip_step(sci, aligned, truncate=truncs, annuli=annuli,
-                                  subsections=subsections, exclude=exclude,
-                                  annuli_width=annuli_width, bad_bits=bad_bits,
-                                  params={"science": sci_path, "psfalign": "in memory"})
+            kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=exclude,
+                      annuli_width=annuli_width, bad_bits=bad_bits,
+                      params={"science": sci_path, "psfalign": "in memory"})
+            if contrast:
+                sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, fwhm=fwhm, **kw)
+                injections.append(inj)
+            else:
+                sub = steps.klip_step(sci, aligned, **kw)
             del aligned
             path = os.path.join(outdir, f"{root}_psfsub.fits")
             emit("psfsub", sub, path)
@@ -188,16 +241,54 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
             on_step(f"combine {prod.name}")
         t0 = time.perf_counter()
         i2d = steps.combine_step(psfsubs, annuli_width=annuli_width)
+        t_fake = 0.0
+        if contrast and injections and all(j is not None for j in injections):
+            t1 = time.perf_counter()
+            fakes = steps.combine_injections(psfsubs, injections)
+            i2d = steps.add_throughput(i2d, steps.throughput_table(
+                fakes, fwhm=fwhm, scale=pixel_scale_arcsec(i2d.sci_header)))
+            del fakes
+            t_fake = time.perf_counter() - t1
+            tick("contrast", t1)
+        del injections
         emit("i2d", i2d, os.path.join(outdir, f"{prod.name}_i2d.fits"))
-        tick("combine", t0)
+        tick("combine", t0 + t_fake)
         if on_step:
             on_step(f"hlsp {prod.name}")
         t0 = time.perf_counter()
         i2d.path = os.path.join(outdir, f"{prod.name}_i2d.fits")
-        snr, contrast = steps.hlsp_step(i2d, annuli_width=annuli_width, star_flux=star_flux,
-                                        fwhm=fwhm, params={"image": i2d.path})
+        snr, con = steps.hlsp_step(i2d, annuli_width=annuli_width, star_flux=star_flux,
+                                   star_flux_method=star_flux_method, fwhm=fwhm,
+                                   snr_method=snr_method, params={"image": i2d.path})
         emit("snr", snr, os.path.join(outdir, f"{prod.name}_snr.fits"))
-        emit("contrast", contrast, os.path.join(outdir, f"{prod.name}_contrast.fits"))
+        emit("contrast", con, os.path.join(outdir, f"{prod.name}_contrast.fits"))
+        det = None
+        if detect is not None:
+            det = steps.detect_step(i2d, snr, threshold=detect, inner_radius=inner_radius,
+                                    fwhm=fwhm, star_flux=star_flux,
+                                    star_flux_method=star_flux_method, psf=offaxis_psf,
+                                    params={"image": i2d.path, "snr_method": snr_method})
+        extras = {kind: os.path.join(outdir, prod.name + name) for kind, name in
+                  _hlsp_extras(detect=detect is not None, table_format=table_format,
+                               plot=plot)}
+        for kind, path in extras.items():
+            if kind == "contrast_ecsv":
+                write_ecsv(con.tables["CONTRAST"], path)
+            elif kind == "detections":
+                write_product(det, path)
+            elif kind == "detections_ecsv":
+                write_ecsv(det.tables["DETECTIONS"], path)
+            elif kind == "contrast_png":
+                from .plots import plot_contrast
+
+                plot_contrast(con.tables["CONTRAST"], path, title=prod.name)
+            elif kind == "snr_png":
+                from .plots import plot_snr
+
+                plot_snr(snr.sci, path, center=star_center(snr.sci_header, snr.sci.shape)[0],
+                         detections=det.tables["DETECTIONS"] if det is not None else None,
+                         title=f"{prod.name}: SNR ({snr_method})")
+            written.append({"kind": kind, "path": path})
         tick("hlsp", t0)
     return {
         "asn": asn_path,
@@ -206,5 +297,9 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         "timings": timings,
         "parameters": {"truncate": truncs, "annuli": annuli, "subsections": subsections,
                        "exclude": [list(e) for e in exclude], "annuli_width": annuli_width,
-                       "bad_bits": bad_bits, "star_flux": star_flux, "fwhm": fwhm},
+                       "bad_bits": bad_bits, "star_flux": star_flux, "fwhm": fwhm,
+                       "star_flux_method": star_flux_method, "contrast": contrast,
+                       "snr_method": snr_method, "detect": detect,
+                       "inner_radius": inner_radius, "table_format": table_format,
+                       "plot": plot},
     }

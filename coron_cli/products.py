@@ -4,6 +4,7 @@ Everything that touches a file lives here (with the association parser in
 :mod:`coron_cli.asn`); numerics never see a path.
 """
 
+import contextlib
 import datetime as _dt
 import io
 import os
@@ -27,12 +28,15 @@ __all__ = [
     "pixel_scale_arcsec",
     "exposure_root",
     "replace_suffix",
+    "sibling_path",
+    "atomic_output",
+    "write_ecsv",
     "KNOWN_SUFFIXES",
 ]
 
 #: Product suffixes, longest first so that replacing one never leaves a stub.
-KNOWN_SUFFIXES = ("_calints", "_psfstack", "_psfalign", "_psfsub", "_i2d", "_snr",
-                  "_contrast", "_calint", "_cal")
+KNOWN_SUFFIXES = ("_detections", "_calints", "_psfstack", "_psfalign", "_psfsub", "_i2d",
+                  "_snr", "_contrast", "_calint", "_cal")
 
 _STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT",
                "BZERO", "BSCALE", "BLANK", "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM",
@@ -385,43 +389,15 @@ def write_product(product, path):
         except BrokenPipeError:
             raise OutputClosed() from None
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutputError(path, f"output folder {folder} does not exist")
     if os.path.isdir(path):
         raise OutputError(path, "is a directory")
-    tmp = None
-    try:
-        try:
-            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                       suffix=".part", dir=folder)
-        except OSError as exc:
-            raise OutputError(path, f"cannot write in {folder} "
-                                    f"({exc.strerror or exc})") from None
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _hdulist(product).writeto(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OutputError:
-        raise
-    except Exception as exc:
-        if tmp:
-            _unlink(tmp)
-        cause = _os_error(exc)
-        if cause is None:
-            raise
-        reason = cause.strerror or "disk full or file-size limit"
-        raise OutputError(path, f"write failed ({reason})") from None
-    except BaseException:
-        if tmp:
-            _unlink(tmp)
-        raise
 
 
 def _os_error(exc):
@@ -530,3 +506,70 @@ def exposure_root(path):
 def replace_suffix(path, suffix):
     """'x/a_psfsub.fits', '_snr' -> 'a_snr.fits' (basename only)."""
     return exposure_root(path) + suffix + ".fits"
+
+
+def sibling_path(path, suffix, ext=".fits", *, base=None):
+    """Name after a product: ('out/a_snr.fits', '_contrast', '.ecsv') -> 'out/a_contrast.ecsv'.
+
+    For standard output ('-') the name is made from `base` (the input) in
+    the current folder.
+    """
+    if path == "-":
+        return exposure_root(base or "stdin") + suffix + ext
+    return os.path.join(os.path.dirname(path), exposure_root(path) + suffix + ext)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a hidden temporary path next to `path`; rename it over `path` on success.
+
+    On any failure or interruption the temporary file is removed and `path`
+    is left as it was.
+
+    Raises
+    ------
+    OutputError
+        Missing folder, or the write failed.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(path, f"output folder {folder} does not exist")
+    tmp = None
+    try:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                                       suffix=".part", dir=folder)
+            os.close(fd)
+        except OSError as exc:
+            raise OutputError(path, f"cannot write in {folder} "
+                                    f"({exc.strerror or exc})") from None
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except OutputError:
+        if tmp:
+            _unlink(tmp)
+        raise
+    except Exception as exc:
+        if tmp:
+            _unlink(tmp)
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        # astropy wraps some OSErrors (e.g. EFBIG under a file-size limit)
+        reason = cause.strerror or "disk full or file-size limit"
+        raise OutputError(path, f"write failed ({reason})") from None
+    except BaseException:
+        if tmp:
+            _unlink(tmp)
+        raise
+
+
+def write_ecsv(table, path):
+    """Write a table as ECSV (astropy's self-describing text format), atomically."""
+    with atomic_output(path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table.write(tmp, format="ascii.ecsv", overwrite=True)

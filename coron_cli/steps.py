@@ -8,6 +8,7 @@ Messages go through the ``coron`` logger.
 
 import logging
 import os
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,6 +23,15 @@ __all__ = [
     "klip_step",
     "combine_step",
     "hlsp_step",
+    "detect_step",
+    "Injection",
+    "klip_inject_step",
+    "injection_separations",
+    "combine_injections",
+    "throughput_table",
+    "add_throughput",
+    "offaxis_image",
+    "offaxis_flux",
     "parse_truncate",
     "estimate_err",
     "offaxis_peak",
@@ -345,6 +355,23 @@ def _exclusion_mask(shape, exclude):
     return fit
 
 
+def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=()):
+    """What KLIP needs besides the science: references, star, zones and fit mask."""
+    refs = psfalign.sci
+    if not np.isfinite(refs).all():
+        refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
+    ny, nx = science.sci.shape[-2:]
+    hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
+    center, src = star_center(hdr, science.sci.shape)
+    zones = None
+    if annuli > 1 or subsections > 1:
+        zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
+    fit = _exclusion_mask((ny, nx), exclude)
+    if not fit.any():
+        raise InputError("--exclude", "the exclusion circles cover the whole image")
+    return refs, center, src, zones, fit
+
+
 def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
               annuli_width=2, bad_bits=core.DO_NOT_USE, params=None):
     """KLIP-subtract every science integration with its aligned references.
@@ -367,6 +394,77 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     variance is added that makes the robust spread of SCI/ERR equal to 1
     (:func:`coron_cli.core.calibrate_error`).
     """
+    return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
+                 exclude=exclude, annuli_width=annuli_width, bad_bits=bad_bits,
+                 params=params)[0]
+
+
+def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
+                     subsections=1, exclude=(), annuli_width=2, bad_bits=core.DO_NOT_USE,
+                     n_pa=6, step=1.0, inner=2.0, params=None):
+    """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
+
+    Fake point sources (the off-axis PSF, shifted) are placed at
+    separations from ``inner * fwhm`` to the edge of the frame every
+    ``step * fwhm`` pixels, at `n_pa` position angles each (east of north,
+    through the exposure's roll); the sources of one image are spread by
+    the golden angle so that they do not overlap
+    (:func:`coron_cli.core.injection_grid`). The images are KLIP-subtracted
+    with the science, as extra targets of the same decomposition (same
+    aligned references, zones, fit mask and truncation), then averaged over
+    integrations and measured (:func:`throughput_table`).
+
+    Parameters
+    ----------
+    science, psfalign :
+        As for :func:`klip_step`.
+    psf : ndarray of shape (py, px)
+        Unocculted PSF (:func:`offaxis_image`).
+    fwhm : float, optional
+        Resolution element in pixels (default 2).
+    n_pa, step, inner :
+        Grid: angles per separation, spacing and first separation (in fwhm).
+
+    Returns
+    -------
+    psfsub : Product
+        As :func:`klip_step`'s, plus a THROUGHPUT table.
+    injection : Injection or None
+        The fakes in the detector frame (first truncation); None, and no
+        table, when the frame is too small for a single separation.
+
+    Notes
+    -----
+    With its references fixed, KLIP is linear in the target image: every
+    step (zone means, projection on the KL modes of the references,
+    subtraction) is a linear map of the target, and the basis does not
+    depend on it. So KLIP(science + fakes) = KLIP(science) + KLIP(fakes)
+    exactly, and injecting into copies of the science, re-running KLIP with
+    the same aligned references and taking the difference is the same as
+    KLIP-subtracting the fakes alone, which is what is done, without the
+    noise and without a second decomposition. The references are not
+    re-aligned (fakes far fainter than the star would not move the
+    registration), and bad-pixel repair and ERR do not enter the flux
+    ratio. Inputs are not modified, and the science residual is the same
+    as without fakes (to rounding).
+    """
+    fwhm = 2.0 if fwhm is None else float(fwhm)
+    params = dict(params or {})
+    params.update(contrast=True, fwhm=fwhm, inject_pa=int(n_pa), inject_step=float(step),
+                  inject_inner=float(inner))
+    product, inj = _klip(science, psfalign, truncate=truncate, annuli=annuli,
+                         subsections=subsections, exclude=exclude, annuli_width=annuli_width,
+                         bad_bits=bad_bits, params=params,
+                         fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
+    if inj is not None:
+        product = add_throughput(product, throughput_table(
+            inj, fwhm=fwhm, scale=pixel_scale_arcsec(science.sci_header)))
+    return product, inj
+
+
+def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
+          bad_bits, params, fakes=None):
+    """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     truncate = parse_truncate(truncate)
     if psfalign.sci.ndim != 4:
         raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
@@ -381,23 +479,26 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     if max(truncate) > nref:
         log.warning("--truncate %s exceeds the %d references; using at most %d modes",
                     ",".join(map(str, truncate)), nref, nref)
-    refs = psfalign.sci
-    if not np.isfinite(refs).all():
-        refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
-    ny, nx = sci.shape[-2:]
-    hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
-    center, src = star_center(hdr, sci.shape)
-    zones = None
-    if annuli > 1 or subsections > 1:
-        zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
-    fit = _exclusion_mask((ny, nx), exclude)
-    if not fit.any():
-        raise InputError("--exclude", "the exclusion circles cover the whole image")
+    refs, center, src, zones, fit = _klip_geometry(science, psfalign, annuli=annuli,
+                                                   subsections=subsections, exclude=exclude)
     ref_var = None
     if psfalign.err is not None:
         ref_var = np.where(np.isfinite(psfalign.err), psfalign.err, 0.0) ** 2
-    residual, mvar, nmodes = core.klip_subtract(sci, refs, truncations=truncate, zones=zones,
-                                                fit_mask=fit, reference_variance=ref_var)
+    inj = None
+    targets = sci
+    if fakes is not None:
+        inj = _injection_grid(science, center, **fakes)
+        if inj is not None:
+            targets = np.concatenate(
+                [sci[:, None], np.broadcast_to(inj.model[None], (nint,) + inj.model.shape)],
+                axis=1)
+    residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
+                                                zones=zones, fit_mask=fit,
+                                                reference_variance=ref_var)
+    if inj is not None:
+        inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
+        residual = np.ascontiguousarray(residual[:, :, 0])
+        mvar = None if mvar is None else mvar[:, :, 0]
     var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
     if mvar is not None:
         var = var + mvar[0]
@@ -426,7 +527,7 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     log.info("KLIP-subtracted %d integrations with %d references (modes %s)",
              nint, nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
     return Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
-                   images=images, path="psfsub")
+                   images=images, path="psfsub"), inj
 
 
 def _mean_over_integrations(product):
@@ -517,40 +618,93 @@ def _star_world(product):
     return float(ra), float(dec)
 
 
-def hlsp_step(image, *, annuli_width=2, star_flux=None, fwhm=None, params=None):
+def _throughput_at(throughput, radius, method):
+    """Throughput interpolated at `radius` (NaN outside the measured separations)."""
+    col = "throughput_aperture" if method == "aperture" else "throughput"
+    r = np.asarray(throughput["radius"], dtype=np.float64)
+    t = np.asarray(throughput[col], dtype=np.float64)
+    ok = np.isfinite(r) & np.isfinite(t)
+    if ok.sum() == 0:
+        return np.full(np.shape(radius), np.nan)
+    return np.interp(radius, r[ok], t[ok], left=np.nan, right=np.nan)
+
+
+def _star_cards(primary, star_flux, method, fwhm):
+    primary["STARFLUX"] = (float(star_flux), f"star flux used for contrast ({method})")
+    primary["STARFMTH"] = (method, "star flux: peak pixel or aperture sum")
+    if method == "aperture":
+        primary["STARFAPD"] = (float(fwhm), "aperture diameter for the star flux, pixels")
+
+
+def hlsp_step(image, *, annuli_width=2, star_flux=None, star_flux_method="peak", fwhm=None,
+              snr_method="ratio", throughput=None, params=None):
     """High-level products of a KLIP-subtracted image: SNR image and contrast table.
 
     Parameters
     ----------
     image : Product
-        2-D image or 3-D cube (averaged over integrations first).
+        2-D image or 3-D cube (averaged over integrations first). A
+        THROUGHPUT table in it (from :func:`throughput_table`) is used when
+        `throughput` is not given.
     annuli_width : int
         Annulus width in whole pixels.
     star_flux : float, optional
-        The star's unocculted peak flux in the image's units; adds the
-        5-sigma contrast column.
+        The star's unocculted flux in the image's units, measured as
+        `star_flux_method` says; adds the 5-sigma contrast column.
+    star_flux_method : {"peak", "aperture"}
+        ``peak``: the star flux is the PSF's peak pixel and the noise is the
+        per-pixel standard deviation in the annulus (column ``sigma``).
+        ``aperture``: the star flux is the sum in a disk of diameter `fwhm`
+        and the noise the standard deviation of such aperture sums in the
+        annulus (column ``sigma_aperture``).
     fwhm : float, optional
-        Resolution element in pixels for the small-sample correction
-        (default 2, about lambda/D at Nyquist sampling).
+        Resolution element in pixels for the small-sample correction and
+        the apertures (default 2, about lambda/D at Nyquist sampling).
+    snr_method : {"ratio", "mawet"}
+        ``ratio``: SCI/ERR. ``mawet``: the per-pixel aperture t-test of
+        Mawet et al. 2014 (:func:`coron_cli.core.snr_map_mawet`).
+    throughput : astropy.table.Table, optional
+        Algorithmic throughput against radius (columns radius, throughput,
+        throughput_aperture).
 
     Returns
     -------
     snr : Product
-        SCI = SCI/ERR (NaN where ERR is not positive).
+        SCI = the SNR map (NaN where it is undefined).
     contrast : Product
         No image; a CONTRAST table (radius, sigma, npix, and radius_arcsec,
-        contrast_5sigma when known).
+        sigma_aperture, contrast_5sigma, throughput, contrast_5sigma_calibrated
+        when known) and the THROUGHPUT table when there is one.
+
+    Notes
+    -----
+    ``contrast_5sigma = student_t_factor(2 pi r / fwhm) * noise / star_flux``
+    (:func:`coron_cli.core.contrast_curve`, Mawet et al. 2014), and
+    ``contrast_5sigma_calibrated = contrast_5sigma / throughput(r)``, the
+    throughput interpolated linearly at each radius (NaN outside the
+    separations where it was measured).
     """
     from astropy.table import Table
 
     if int(annuli_width) < 1:
         raise InputError("--annuli-width", "must be a positive integer")
+    if star_flux_method not in ("peak", "aperture"):
+        raise InputError("--star-flux-method",
+                         f"must be peak or aperture, not {star_flux_method!r}")
+    if snr_method not in ("ratio", "mawet"):
+        raise InputError("--snr-method", f"must be ratio or mawet, not {snr_method!r}")
     img, var = _mean_over_integrations(image)
     err = np.sqrt(var)
     if not np.isfinite(image.sci).any():  # zero/NaN ERR only makes NaN SNR there
         raise InputError(image.path, "no finite pixel in SCI")
+    if throughput is None:
+        throughput = image.tables.get("THROUGHPUT")
     center, src = star_center(image.sci_header, img.shape)
-    snr = core.snr_image(img, err)
+    fwhm = 2.0 if fwhm is None else float(fwhm)
+    if snr_method == "mawet":
+        snr = core.snr_map_mawet(img, center, fwhm=fwhm)
+    else:
+        snr = core.snr_image(img, err)
     radius, sigma, npix = core.annular_profile(img, center, width=int(annuli_width))
     table = Table()
     table["radius"] = radius
@@ -561,35 +715,369 @@ def hlsp_step(image, *, annuli_width=2, star_flux=None, fwhm=None, params=None):
         table["radius_arcsec"].unit = "arcsec"
     table["npix"] = npix
     table["sigma"] = sigma
-    fwhm = 2.0 if fwhm is None else float(fwhm)
+    noise = sigma
+    if star_flux_method == "aperture":
+        ar, asig, _ = core.annular_profile(core.aperture_sums(img, fwhm=fwhm), center,
+                                           width=int(annuli_width))
+        sig_ap = np.full(radius.shape, np.nan)
+        idx = np.searchsorted(radius, ar)
+        hit = (idx < radius.size) & (radius[np.minimum(idx, radius.size - 1)] == ar)
+        sig_ap[idx[hit]] = asig[hit]
+        table["sigma_aperture"] = sig_ap
+        table["sigma_aperture"].description = (f"standard deviation of the sums in disks of "
+                                               f"diameter {fwhm:g} pix")
+        noise = sig_ap
     if star_flux:
-        table["contrast_5sigma"] = core.contrast_curve(radius, sigma, star_flux=star_flux,
+        table["contrast_5sigma"] = core.contrast_curve(radius, noise, star_flux=star_flux,
                                                        fwhm=fwhm)
+        table["contrast_5sigma"].description = (
+            "5-sigma-equivalent detection limit / star flux, Student-t corrected "
+            "(Mawet et al. 2014)")
+    if throughput is not None:
+        table["throughput"] = _throughput_at(throughput, radius, star_flux_method)
+        if star_flux:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                table["contrast_5sigma_calibrated"] = np.where(
+                    table["throughput"] > 0, table["contrast_5sigma"] / table["throughput"],
+                    np.nan)
+            table["contrast_5sigma_calibrated"].description = \
+                "contrast_5sigma / algorithmic throughput"
     params = dict(params or {})
-    params.update(annuli_width=int(annuli_width), star_flux=star_flux, fwhm=fwhm)
+    params.update(annuli_width=int(annuli_width), star_flux=star_flux, fwhm=fwhm,
+                  star_flux_method=star_flux_method, snr_method=snr_method,
+                  throughput="yes" if throughput is not None else "none")
     primary = add_provenance(image.primary, "coron-hlsp", params)
     if star_flux:
-        primary["STARFLUX"] = (float(star_flux), "star peak flux used for contrast")
+        _star_cards(primary, star_flux, star_flux_method, fwhm)
     header = image.sci_header.copy()
     header["STARCENX"] = (center[0], f"star x, 0-based pixels (from {src})")
     header["STARCENY"] = (center[1], f"star y, 0-based pixels (from {src})")
     header["BUNIT"] = ("", "signal-to-noise ratio")
+    header["SNRMETH"] = (snr_method, "ratio: SCI/ERR; mawet: aperture t-test map")
+    if snr_method == "mawet":
+        header["SNRFWHM"] = (fwhm, "aperture diameter of the t-test, pixels")
     dq = np.where(np.isfinite(snr), 0, core.DO_NOT_USE).astype(np.uint32)
     snr_product = Product(sci=snr, err=None, dq=dq, primary=primary, sci_header=header,
                           path="snr")
-    contrast_product = Product(sci=None, primary=primary.copy(), tables={"CONTRAST": table},
+    tables = {"CONTRAST": table}
+    if throughput is not None:
+        tables["THROUGHPUT"] = throughput
+    contrast_product = Product(sci=None, primary=primary.copy(), tables=tables,
                                path="contrast")
     return snr_product, contrast_product
 
 
-def offaxis_peak(product):
-    """The star's flux from an unocculted PSF image: its peak value."""
-    import numpy as np
+def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star_flux=None,
+                star_flux_method="peak", throughput=None, psf=None, params=None):
+    """Point-source candidates in an SNR map: a DETECTIONS table.
 
+    Parameters
+    ----------
+    image : Product
+        The KLIP-subtracted image (2-D, or a cube averaged over integrations)
+        the SNR map was made from: fluxes are measured in it; its WCS (or
+        ROLL_REF) orients the position angles; a THROUGHPUT table in it is
+        used when `throughput` is not given.
+    snr : Product
+        The SNR map (:func:`hlsp_step`).
+    threshold : float
+        Candidates are local maxima with ``snr >= threshold``.
+    inner_radius : float, optional
+        The star's core, not searched: pixels (default ``2 fwhm``).
+    fwhm : float, optional
+        Resolution element in pixels (default 2).
+    star_flux, star_flux_method :
+        As for :func:`hlsp_step`: with a star flux, the contrast columns.
+    psf : ndarray of shape (py, px), optional
+        Unocculted PSF: with it, maxima that the rings and spikes of a
+        brighter candidate can explain are not candidates
+        (:func:`coron_cli.core.find_candidates`); without it, only maxima
+        within 2 fwhm of a brighter one are merged.
+
+    Returns
+    -------
+    Product
+        No image; a DETECTIONS table with one row per candidate, brightest
+        first: x, y (0-based pixels: the image's peak within fwhm / 2 of the
+        SNR peak, to sub-pixel), sep (pixels), sep_arcsec (when the
+        scale is known), pa (degrees east of north), snr, flux (peak pixel,
+        or background-subtracted aperture sum, following
+        `star_flux_method`), contrast (flux / star flux) and
+        contrast_calibrated (divided by the throughput at that separation)
+        when known.
+
+    Notes
+    -----
+    The position angle is ``roll + atan2(-dx, dy)`` with (dx, dy) the offset
+    from the star and roll the position angle of the image's +y axis (0 for
+    a north-up i2d; the WCS roll of a detector-frame psfsub), which assumes
+    the usual sky parity (east to the left when north is up). Without WCS
+    or ROLL_REF, the angle is counted from the image's +y axis and the
+    table's PAFRAME says so.
+    """
+    from astropy.table import Table
+
+    img, _ = _mean_over_integrations(image)
+    center, _ = star_center(image.sci_header, img.shape)
+    fwhm = 2.0 if fwhm is None else float(fwhm)
+    inner = 2.0 * fwhm if inner_radius is None else float(inner_radius)
+    if throughput is None:
+        throughput = image.tables.get("THROUGHPUT")
+    snr_map = np.asarray(snr.sci, dtype=np.float64).reshape(img.shape)
+    flux_map = envelope = None
+    if psf is not None:
+        if snr.sci_header.get("SNRMETH") == "mawet":
+            flux_map = core.aperture_sums(img, fwhm=fwhm)
+            envelope = core.psf_envelope(psf, fwhm=fwhm)
+        else:
+            flux_map, envelope = img, core.psf_envelope(psf)
+    cand = core.find_candidates(snr_map, center, threshold=threshold, inner_radius=inner,
+                                fwhm=fwhm, flux=flux_map, envelope=envelope)
+    s = cand[:, 2]
+    x, y = core.refine_peaks(img, cand[:, :2], radius=0.5 * fwhm).T
+    dx, dy = x - center[0], y - center[1]
+    roll, roll_src = roll_angle(image.sci_header, image.primary)
+    frame = f"east of north (image +y axis at {roll:.3f} deg, from {roll_src})" \
+        if roll is not None else "from the image +y axis (no WCS or ROLL_REF)"
+    table = Table()
+    table["x"], table["y"] = x, y
+    table["sep"] = np.hypot(dx, dy)
+    for col in ("x", "y", "sep"):
+        table[col].unit = "pix"
+    scale = pixel_scale_arcsec(image.sci_header)
+    if scale:
+        table["sep_arcsec"] = table["sep"] * scale
+        table["sep_arcsec"].unit = "arcsec"
+    table["pa"] = np.mod((roll or 0.0) + np.degrees(np.arctan2(-dx, dy)), 360.0)
+    table["pa"].unit = "deg"
+    table["snr"] = s
+    if star_flux_method == "aperture":
+        pos = np.column_stack([x, y])
+        flux = np.array([core.aperture_snr(img, pos[i:i + 1], center, fwhm=fwhm,
+                                           avoid=np.delete(pos, i, axis=0))[1][0]
+                         for i in range(len(pos))])
+    else:
+        iy = np.clip(np.rint(y).astype(int), 0, img.shape[0] - 1)
+        ix = np.clip(np.rint(x).astype(int), 0, img.shape[1] - 1)
+        flux = img[iy, ix]
+    table["flux"] = np.asarray(flux, dtype=np.float64).reshape(len(table))
+    if star_flux:
+        table["contrast"] = table["flux"] / float(star_flux)
+        if throughput is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                table["contrast_calibrated"] = table["contrast"] / _throughput_at(
+                    throughput, np.asarray(table["sep"]), star_flux_method)
+    table.meta["THRESH"] = float(threshold)
+    table.meta["INNERRAD"] = inner
+    table.meta["FWHM"] = fwhm
+    table.meta["PAFRAME"] = frame
+    table.meta["FLUXMETH"] = star_flux_method
+    params = dict(params or {})
+    params.update(threshold=float(threshold), inner_radius=inner, fwhm=fwhm,
+                  star_flux=star_flux, star_flux_method=star_flux_method)
+    primary = add_provenance(image.primary, "coron-hlsp detect", params, history=[
+        f"{len(table)} candidates with SNR >= {threshold:g} beyond {inner:.2f} pix; "
+        f"pa {frame}"])
+    if star_flux:
+        _star_cards(primary, star_flux, star_flux_method, fwhm)
+    log.info("%d candidate(s) above SNR %g", len(table), threshold)
+    return Product(sci=None, primary=primary, tables={"DETECTIONS": table}, path="detections")
+
+
+@dataclass
+class Injection:
+    """Fake point sources and what the processing made of them.
+
+    Attributes
+    ----------
+    model : ndarray of shape (nimg, ny, nx)
+        The fakes as injected (each image holds one source per separation).
+    recovered : ndarray of shape (nimg, ny, nx)
+        The same after KLIP (and combination), averaged over integrations.
+    positions : ndarray of shape (nimg, nsep, 2)
+        Source positions (x, y) in those images, 0-based pixels.
+    separations : ndarray of shape (nsep,)
+        Separations, pixels.
+    pa : ndarray of shape (nimg, nsep)
+        Position angles, degrees east of north.
+    """
+
+    model: np.ndarray
+    recovered: np.ndarray
+    positions: np.ndarray
+    separations: np.ndarray
+    pa: np.ndarray
+
+
+def offaxis_image(product):
+    """The 2-D unocculted PSF of an off-axis PSF product (first integration of a cube)."""
     data = np.asarray(product.sci, dtype=np.float64)
+    data = data.reshape(-1, *data.shape[-2:])[0] if data.ndim > 2 else data
     if not np.isfinite(data).any():
         raise InputError(product.path, "off-axis PSF has no finite pixel")
-    peak = float(np.nanmax(data))
-    if not peak > 0:
+    if not np.nanmax(data) > 0:
         raise InputError(product.path, "off-axis PSF peak is not positive")
-    return peak
+    return data
+
+
+def _offsets(separations, pa, roll):
+    """Offsets (dx, dy) from the star of sources at (separation, PA) for an image roll."""
+    a = np.radians(np.asarray(pa) - roll)
+    sep = np.asarray(separations)
+    return np.stack([-sep * np.sin(a), sep * np.cos(a)], axis=-1)
+
+
+def _injection_grid(science, center, *, psf, fwhm, n_pa, step, inner):
+    """The fake sources of :func:`klip_inject_step` for an exposure (recovered not yet known)."""
+    ny, nx = science.sci.shape[-2:]
+    roll, _ = roll_angle(science.sci_header, science.primary)
+    roll = 0.0 if roll is None else roll
+    seps = injection_separations((ny, nx), center, fwhm=fwhm, step=step, inner=inner)
+    if seps.size == 0:
+        log.warning("%s: frame too small to inject fake sources; no throughput", science.path)
+        return None
+    pa = core.injection_grid(seps, n_pa)
+    pos = np.asarray(center) + _offsets(seps[None, :], pa, roll)
+    model = core.inject_sources((ny, nx), psf, pos)
+    log.info("injecting %d fake sources in %d images (%d separations x %d angles)",
+             pos.shape[0] * pos.shape[1], pos.shape[0], seps.size, pa.shape[0])
+    return Injection(model=model, recovered=None, positions=pos, separations=seps, pa=pa)
+
+
+def injection_separations(shape, center, *, fwhm, step=1.0, inner=2.0):
+    """Separations (pixels) of the fake-source grid: from ``inner * fwhm`` every
+    ``step * fwhm`` to ``1.5 fwhm + 1`` pixels inside the largest circle about the
+    star that fits in the frame (and about the frame centre, where the i2d puts it)."""
+    ny, nx = shape
+    cx, cy = center
+    edge = min(cx, nx - 1 - cx, cy, ny - 1 - cy, (nx - 1) / 2.0, (ny - 1) / 2.0)
+    rmax = edge - 1.5 * fwhm - 1.0
+    return np.arange(inner * fwhm, rmax + 1e-9, step * fwhm)
+
+
+def combine_injections(psfsubs, injections):
+    """The fakes of every exposure combined like :func:`combine_step` does the images.
+
+    Parameters
+    ----------
+    psfsubs : list of Product
+        The exposures' psfsub products (their ERR gives the weights).
+    injections : list of Injection
+        Their fakes (:func:`klip_inject_step`), on the same sky grid.
+
+    Returns
+    -------
+    Injection
+        North-up, star at the frame centre: each exposure's model and
+        recovered fakes rotated about the star (same angle, centre and
+        interpolation as the image) and averaged with the image's
+        inverse-variance weights.
+    """
+    first = psfsubs[0]
+    ny, nx = first.sci.shape[-2:]
+    out_center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    models, recs, vars_ = [], [], []
+    for p, inj in zip(psfsubs, injections):
+        _, var = _mean_over_integrations(p)
+        angle, _ = roll_angle(p.sci_header, p.primary)
+        angle = 0.0 if angle is None else angle
+        center, _ = star_center(p.sci_header, p.sci.shape)
+
+        def rot(a, order):
+            return core.north_up(a, angle, center, out_center=out_center, order=order)
+
+        models.append([rot(m, 3) for m in inj.model])
+        recs.append([rot(r, 3) for r in inj.recovered])
+        vars_.append(rot(var, 1))
+    v = np.stack(vars_)
+    n = len(injections[0].model)
+    model = np.stack([core.combine_images(np.stack([m[k] for m in models]), v)[0]
+                      for k in range(n)])
+    rec = np.stack([core.combine_images(np.stack([r[k] for r in recs]), v)[0]
+                    for k in range(n)])
+    inj = injections[0]
+    pos = np.asarray(out_center) + _offsets(inj.separations[None, :], inj.pa, 0.0)
+    return Injection(model=model, recovered=rec, positions=pos, separations=inj.separations,
+                     pa=inj.pa)
+
+
+def throughput_table(injection, *, fwhm=None, scale=None):
+    """THROUGHPUT table of an injection: recovered over injected flux per separation.
+
+    Parameters
+    ----------
+    injection : Injection
+    fwhm : float, optional
+        Resolution element in pixels (default 2).
+    scale : float, optional
+        Pixel scale in arcsec, for a radius_arcsec column.
+
+    Returns
+    -------
+    astropy.table.Table
+        radius (pixels), radius_arcsec, throughput (median over the position
+        angles of the least-squares amplitude of the injected PSF within
+        `fwhm` of each source), throughput_aperture (median ratio of the sums
+        in a disk of diameter `fwhm`), throughput_std (spread of the former
+        over the angles), npa.
+    """
+    from astropy.table import Table
+
+    fwhm = 2.0 if fwhm is None else float(fwhm)
+    fit, ap = core.source_ratios(injection.recovered, injection.model, injection.positions,
+                                 fwhm=fwhm)
+    table = Table()
+    table["radius"] = injection.separations
+    table["radius"].unit = "pix"
+    if scale:
+        table["radius_arcsec"] = injection.separations * scale
+        table["radius_arcsec"].unit = "arcsec"
+    with np.errstate(invalid="ignore"):
+        table["throughput"] = np.nanmedian(fit, axis=0)
+        table["throughput_aperture"] = np.nanmedian(ap, axis=0)
+        table["throughput_std"] = np.nanstd(fit, axis=0)
+    table["npa"] = np.isfinite(fit).sum(axis=0).astype(np.int32)
+    table["throughput"].description = "recovered/injected amplitude (PSF fit), median over PAs"
+    table["throughput_aperture"].description = \
+        f"recovered/injected sum in disks of diameter {fwhm:g} pix, median over PAs"
+    table.meta["FWHM"] = fwhm
+    table.meta["NPA"] = int(injection.pa.shape[0])
+    return table
+
+
+def add_throughput(product, table, *, history=None):
+    """A copy of a product with a THROUGHPUT table (and a HISTORY line)."""
+    out = replace(product, tables=dict(product.tables), primary=product.primary.copy())
+    out.tables["THROUGHPUT"] = table
+    t = np.asarray(table["throughput"])
+    out.primary.add_history(history or (
+        f"throughput by fake-source injection: {len(table)} separations x "
+        f"{table.meta.get('NPA', '?')} angles, {np.nanmin(t):.3f}-{np.nanmax(t):.3f}"))
+    return out
+
+
+def offaxis_flux(product, *, method="peak", fwhm=None):
+    """The star's flux from an unocculted PSF image.
+
+    Parameters
+    ----------
+    product : Product
+        The off-axis PSF (first integration of a cube).
+    method : {"peak", "aperture"}
+        Its peak pixel, or its sum in a disk of diameter `fwhm` centred on it
+        (:func:`coron_cli.core.psf_flux`).
+    fwhm : float, optional
+        Aperture diameter in pixels (default 2).
+    """
+    if method not in ("peak", "aperture"):
+        raise InputError("--star-flux-method", f"must be peak or aperture, not {method!r}")
+    flux = core.psf_flux(offaxis_image(product), method=method,
+                         fwhm=2.0 if fwhm is None else float(fwhm))
+    if not flux > 0:
+        raise InputError(product.path, f"off-axis PSF {method} flux is not positive")
+    return flux
+
+
+def offaxis_peak(product):
+    """The star's flux from an unocculted PSF image: its peak value."""
+    return offaxis_flux(product, method="peak")

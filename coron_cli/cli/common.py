@@ -13,7 +13,7 @@ import click
 from ..errors import CoronError, InputError, OutputClosed, OutputError
 
 __all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "step_progress",
-           "Terminated"]
+           "resolve_star_flux", "Terminated"]
 
 log = logging.getLogger("coron")
 
@@ -276,3 +276,31 @@ def parse_exclude(values):
             raise InputError("--exclude", f"radius must be positive in {value!r}")
         out.append((x, y, r))
     return out
+
+
+def resolve_star_flux(star_flux, psf_offaxis, method="peak", fwhm=None, *, need_psf=False):
+    """The star flux from --star-flux or --psf-offaxis, and the off-axis PSF image.
+
+    Returns
+    -------
+    star_flux : float or None
+        --star-flux as given (taken to be measured as `method` says), or the
+        peak / aperture flux of the --psf-offaxis image.
+    psf : ndarray of shape (py, px) or None
+        The off-axis PSF image when --psf-offaxis was given.
+    """
+    from ..products import read_product
+    from ..steps import offaxis_flux, offaxis_image
+
+    if star_flux is not None and psf_offaxis is not None:
+        raise InputError("--star-flux", "give either --star-flux or --psf-offaxis, not both")
+    if star_flux is not None and not star_flux > 0:
+        raise InputError("--star-flux", "must be a positive number")
+    if need_psf and psf_offaxis is None:
+        raise InputError("--contrast", "needs --psf-offaxis FILE (the unocculted PSF to inject)")
+    psf = None
+    if psf_offaxis is not None:
+        product = read_product(psf_offaxis, what="off-axis PSF image")
+        psf = offaxis_image(product)
+        star_flux = offaxis_flux(product, method=method, fwhm=fwhm)
+    return star_flux, psf

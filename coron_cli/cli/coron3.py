@@ -3,7 +3,7 @@
 import click
 
 from . import options
-from .common import parse_exclude, run, setup_logging, step_progress
+from .common import parse_exclude, resolve_star_flux, run, setup_logging, step_progress
 
 
 @click.group(name="coron3")
@@ -23,30 +23,22 @@ def cli():
 def _klip_options(func):
     for dec in reversed([options.truncate, options.klip_zones, options.exclude,
                          options.annuli_width, options.bad_bits, options.star_flux,
-                         click.option("--fwhm", type=click.FloatRange(min=0.5), default=None,
-                                      metavar="PIX",
-                                      help="Resolution element in pixels for the contrast "
-                                           "correction [default: 2].")]):
+                         options.fwhm]):
         func = dec(func)
     return func
 
 
-def _resolve(truncate, exclude, star_flux, psf_offaxis):
+def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None,
+             contrast=False):
     from ..errors import InputError
-    from ..products import read_product
-    from ..steps import offaxis_peak, parse_truncate
+    from ..steps import parse_truncate
 
     try:
         truncs = parse_truncate(truncate)
     except ValueError as exc:
         raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
-    if star_flux is not None and psf_offaxis is not None:
-        raise InputError("--star-flux", "give either --star-flux or --psf-offaxis, not both")
-    if star_flux is not None and not star_flux > 0:
-        raise InputError("--star-flux", "must be a positive number")
-    if psf_offaxis is not None:
-        star_flux = offaxis_peak(read_product(psf_offaxis, what="off-axis PSF image"))
-    return truncs, parse_exclude(exclude), star_flux
+    star_flux, psf = resolve_star_flux(star_flux, psf_offaxis, method, fwhm, need_psf=contrast)
+    return truncs, parse_exclude(exclude), star_flux, psf
 
 
 @cli.command(name="run", no_args_is_help=True)
@@ -55,12 +47,18 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis):
               type=click.Path(),
               help="Existing folder for the products.")
 @_klip_options
+@options.contrast
+@options.snr_method
+@options.detect
+@options.table_format
+@options.plot
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON summary on standard output: the products written (kind, "
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
 def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, bad_bits,
-            star_flux, psf_offaxis, fwhm, as_json, verbose, quiet, debug):
+            star_flux, psf_offaxis, star_flux_method, fwhm, contrast, snr_method, detect,
+            inner_radius, table_format, plot, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
 
     Writes, into DIR, for every product of the ASN: <product>_psfstack.fits;
@@ -69,6 +67,16 @@ def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, b
     <product>_i2d.fits; and its <product>_snr.fits and
     <product>_contrast.fits. Products are identical to those of the single
     tools chained by hand.
+
+    With --contrast (which needs --psf-offaxis), fake planets made from the
+    off-axis PSF are KLIP-subtracted with each exposure's references and
+    combined like the images: every psfsub and the i2d get a THROUGHPUT
+    table (recovered over injected flux against separation) and the
+    contrast table the throughput-calibrated 5-sigma contrast; inputs and
+    real products are not touched. --detect SNR adds
+    <product>_detections.fits and .ecsv (the candidates of the SNR map),
+    --format ecsv <product>_contrast.ecsv, and --plot the figures
+    <product>_contrast.png and <product>_snr.png.
 
     Each product is written atomically when it is ready: an interrupted run
     (Ctrl-C, SIGTERM, a failed write) leaves the products finished so far
@@ -80,6 +88,7 @@ def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, b
     Examples:
       coron3 run jw1234_coron_asn.json --outdir products --truncate 30
       coron3 run jw1234_coron_asn.json --json -q > run.json
+      coron3 run jw1234_coron_asn.json --psf-offaxis offaxis_psf.fits --contrast --detect 5
     """
     setup_logging("coron3", verbose, quiet)
     import time
@@ -88,13 +97,22 @@ def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, b
     from ..pipeline import plan, run_association, step_count
 
     t0 = time.perf_counter()
-    truncs, excl, star_flux = _resolve(truncate, exclude, star_flux, psf_offaxis)
+    if plot:
+        from ..plots import require_matplotlib
+
+        require_matplotlib()
+    truncs, excl, star_flux, psf = _resolve(truncate, exclude, star_flux, psf_offaxis,
+                                            star_flux_method, fwhm, contrast)
     total = step_count(plan(read_asn(asn), outdir))
     with step_progress(total, enabled=not quiet) as on_step:
         summary = run_association(asn, outdir, truncate=truncs, annuli=annuli,
                                   subsections=subsections, exclude=excl,
                                   annuli_width=annuli_width, bad_bits=bad_bits,
-                                  star_flux=star_flux, fwhm=fwhm, on_step=on_step)
+                                  star_flux=star_flux, star_flux_method=star_flux_method,
+                                  fwhm=fwhm, offaxis_psf=psf, contrast=contrast,
+                                  snr_method=snr_method, detect=detect,
+                                  inner_radius=inner_radius, table_format=table_format,
+                                  plot=plot, on_step=on_step)
     if as_json:
         _echo_json(summary, time.perf_counter() - t0)
 
@@ -187,7 +205,7 @@ def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
     from ..steps import offaxis_peak
 
     log = logging.getLogger("coron")
-    truncs, _, _ = _resolve(truncate, (), None, None)
+    truncs, _, _, _ = _resolve(truncate, (), None, None)
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as exc:

@@ -1,9 +1,9 @@
-"""coron-hlsp: signal-to-noise image and contrast table of a KLIP-subtracted product."""
+"""coron-hlsp: SNR image, contrast table, detections and figures of a KLIP-subtracted product."""
 
 import click
 
 from . import options
-from .common import check_output, run, setup_logging, timed
+from .common import check_output, resolve_star_flux, run, setup_logging, timed
 
 
 @click.command(name="coron-hlsp", no_args_is_help=True)
@@ -15,51 +15,88 @@ from .common import check_output, run, setup_logging, timed
                    "_contrast, in the current folder).")
 @options.annuli_width
 @options.star_flux
-@click.option("--fwhm", type=click.FloatRange(min=0.5), default=None, metavar="PIX",
-              help="Resolution element in pixels for the small-sample correction "
-                   "[default: 2].")
+@options.fwhm
+@options.snr_method
+@options.detect
+@options.table_format
+@options.plot
 @options.common
-def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, fwhm, verbose,
-        quiet, debug):
+def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, star_flux_method,
+        fwhm, snr_method, detect, inner_radius, table_format, plot, verbose, quiet, debug):
     """Make the SNR image and the contrast table of a KLIP-subtracted image.
 
     IMAGE is a psfsub cube (averaged over integrations first) or a combined
-    i2d image. The SNR image is SCI/ERR (NaN where ERR is not positive). The
-    contrast table (extension CONTRAST) gives, in annuli of whole pixels
-    about the star, the radius (pixels; arcsec when the WCS gives the scale),
-    the number of pixels and the 1-sigma noise; with the star's flux it
-    adds the 5-sigma contrast with the small-sample correction of Mawet et
-    al. (2014).
+    i2d image. The SNR image is SCI/ERR (NaN where ERR is not positive), or
+    with --snr-method mawet the aperture t-test of Mawet et al. (2014) at
+    every pixel. The contrast table (extension CONTRAST) gives, in annuli
+    of whole pixels about the star, the radius (pixels; arcsec when the WCS
+    gives the scale), the number of pixels and the 1-sigma noise; with the
+    star's flux it adds the 5-sigma contrast with the small-sample
+    correction of Mawet et al. (2014), and when IMAGE carries a THROUGHPUT
+    table (coron-klip or coron3 run with --contrast) the throughput and the
+    calibrated contrast. --detect lists the point-source candidates of the
+    SNR map in <root>_detections.fits and .ecsv; --plot draws the contrast
+    curve and the SNR map as PNG files.
 
     \b
     Examples:
       coron-hlsp sci_c1001_psfsub.fits          # sci_c1001_snr.fits, sci_c1001_contrast.fits
       coron-hlsp target_i2d.fits --annuli-width 3 --psf-offaxis offaxis_psf.fits
+      coron-hlsp target_i2d.fits --psf-offaxis offaxis_psf.fits --snr-method mawet \\
+          --detect 5 --format ecsv --plot
     """
     setup_logging("coron-hlsp", verbose, quiet)
     from ..errors import InputError
-    from ..products import read_product, replace_suffix, write_product
-    from ..steps import hlsp_step, offaxis_peak
+    from ..products import read_product, replace_suffix, sibling_path, write_ecsv, write_product
+    from ..steps import detect_step, hlsp_step
 
+    if plot:
+        from ..plots import require_matplotlib
+
+        require_matplotlib()
     base = image if image != "-" else "stdin.fits"
     output = output or replace_suffix(base, "_snr")
     contrast_output = contrast_output or replace_suffix(base, "_contrast")
     if contrast_output == "-" and output == "-":
         raise InputError("-o", "only one product can go to standard output")
-    check_output(output, [image, psf_offaxis])
-    check_output(contrast_output, [image, psf_offaxis])
-    if star_flux is not None and psf_offaxis is not None:
-        raise InputError("--star-flux", "give either --star-flux or --psf-offaxis, not both")
-    if star_flux is not None and not star_flux > 0:
-        raise InputError("--star-flux", "must be a positive number")
-    if psf_offaxis is not None:
-        star_flux = offaxis_peak(read_product(psf_offaxis, what="off-axis PSF image"))
+    extra = {}
+    if table_format == "ecsv":
+        extra["ecsv"] = sibling_path(contrast_output, "_contrast", ".ecsv", base=base)
+    if detect is not None:
+        extra["detections"] = sibling_path(output, "_detections", base=base)
+        extra["detections_ecsv"] = sibling_path(output, "_detections", ".ecsv", base=base)
+    if plot:
+        extra["contrast_png"] = sibling_path(contrast_output, "_contrast", ".png", base=base)
+        extra["snr_png"] = sibling_path(output, "_snr", ".png", base=base)
+    for path in [output, contrast_output, *extra.values()]:
+        check_output(path, [image, psf_offaxis])
+    star_flux, psf = resolve_star_flux(star_flux, psf_offaxis, star_flux_method, fwhm)
     img = read_product(image, ndims=(2, 3), what="KLIP-subtracted image")
     with timed("hlsp"):
         snr, contrast = hlsp_step(img, annuli_width=annuli_width, star_flux=star_flux,
-                                  fwhm=fwhm, params={"image": image})
+                                  star_flux_method=star_flux_method, fwhm=fwhm,
+                                  snr_method=snr_method, params={"image": image})
     write_product(snr, output)
     write_product(contrast, contrast_output)
+    if "ecsv" in extra:
+        write_ecsv(contrast.tables["CONTRAST"], extra["ecsv"])
+    det = None
+    if detect is not None:
+        det = detect_step(img, snr, threshold=detect, inner_radius=inner_radius, fwhm=fwhm,
+                          star_flux=star_flux, star_flux_method=star_flux_method, psf=psf,
+                          params={"image": image, "snr_method": snr_method})
+        write_product(det, extra["detections"])
+        write_ecsv(det.tables["DETECTIONS"], extra["detections_ecsv"])
+    if plot:
+        from ..plots import plot_contrast, plot_snr
+        from ..products import exposure_root, star_center
+
+        name = exposure_root(base)
+        plot_contrast(contrast.tables["CONTRAST"], extra["contrast_png"], title=name)
+        center, _ = star_center(snr.sci_header, snr.sci.shape)
+        plot_snr(snr.sci, extra["snr_png"], center=center,
+                 detections=det.tables["DETECTIONS"] if det is not None else None,
+                 title=f"{name}: SNR ({snr_method})")
 
 
 def main():

@@ -1,9 +1,12 @@
 """coron-klip: KLIP PSF subtraction of a science exposure."""
 
+import logging
+
 import click
 
 from . import options
-from .common import check_output, check_stdin_once, parse_exclude, run, setup_logging, timed
+from .common import (check_output, check_stdin_once, parse_exclude, resolve_star_flux, run,
+                     setup_logging, timed)
 
 
 @click.command(name="coron-klip", no_args_is_help=True)
@@ -16,9 +19,12 @@ from .common import check_output, check_stdin_once, parse_exclude, run, setup_lo
 @options.exclude
 @options.annuli_width
 @options.bad_bits
+@options.contrast
+@options.psf_offaxis
+@options.fwhm
 @options.common
 def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annuli_width,
-        bad_bits, verbose, quiet, debug):
+        bad_bits, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Each integration is fitted with its own layer of aligned references:
@@ -30,15 +36,22 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annul
     noise measured in annuli; DQ is the science DQ. Several truncations add
     a KLSUB extension (ntrunc, nint, ny, nx); SCI holds the first.
 
+    With --contrast, fake planets made from --psf-offaxis are
+    KLIP-subtracted with the same references (at 6 position angles, every
+    FWHM from 2 FWHM to the edge) and a THROUGHPUT table (recovered over
+    injected flux against separation) is added, which coron-hlsp uses for
+    the calibrated contrast. The science and its residuals are not touched.
+
     \b
     Examples:
       coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 30
       coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 5,10,30 --annuli 4
+      coron-klip sci_calints.fits sci_c1001_psfalign.fits --contrast --psf-offaxis psf.fits
     """
     setup_logging("coron-klip", verbose, quiet)
     from ..errors import InputError
     from ..products import exposure_root, read_product, write_product
-    from ..steps import klip_step, parse_truncate
+    from ..steps import klip_inject_step, klip_step, parse_truncate
 
     try:
         truncs = parse_truncate(truncate)
@@ -51,13 +64,22 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annul
             output = exposure_root(psfalign) + "_psfsub.fits"
         else:
             output = (exposure_root(science) if science != "-" else "stdin") + "_psfsub.fits"
-    check_output(output, [science, psfalign])
+    check_output(output, [science, psfalign, psf_offaxis])
+    psf = None
+    if contrast:
+        _, psf = resolve_star_flux(None, psf_offaxis, fwhm=fwhm, need_psf=True)
+    elif psf_offaxis is not None:
+        logging.getLogger("coron").warning("--psf-offaxis is only used with --contrast")
     sci = read_product(science, what="science exposure")
     refs = read_product(psfalign, ndims=(4,), what="psfalign product")
+    kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
+              annuli_width=annuli_width, bad_bits=bad_bits,
+              params={"science": science, "psfalign": psfalign})
     with timed("klip"):
-        product = klip_step(sci, refs, truncate=truncs, annuli=annuli, subsections=subsections,
-                            exclude=zones_excl, annuli_width=annuli_width, bad_bits=bad_bits,
-                            params={"science": science, "psfalign": psfalign})
+        if contrast:
+            product, _ = klip_inject_step(sci, refs, psf, fwhm=fwhm, **kw)
+        else:
+            product = klip_step(sci, refs, **kw)
     write_product(product, output)
 
 

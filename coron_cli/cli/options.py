@@ -8,7 +8,12 @@ Who uses what:
 - ``registration`` (--method), ``mask``: coron-align (and coron3 run for --method).
 - ``truncate``, ``klip_zones``, ``exclude``: coron-klip, coron3 run.
 - ``annuli_width``: coron-klip, coron-hlsp, coron3 run.
-- ``star_flux``: coron-hlsp, coron3 run.
+- ``star_flux`` (--star-flux, --psf-offaxis, --star-flux-method): coron-hlsp, coron3 run.
+- ``psf_offaxis``: coron-klip (and, within ``star_flux``, coron-hlsp, coron3 run).
+- ``contrast``: coron-klip, coron3 run.
+- ``fwhm``: coron-klip, coron-hlsp, coron3 run.
+- ``snr_method``, ``detect`` (--detect, --inner-radius), ``plot``, ``table_format``:
+  coron-hlsp, coron3 run.
 """
 
 import click
@@ -16,7 +21,8 @@ import click
 from .. import __version__
 
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude",
-           "annuli_width", "star_flux", "mask", "registration"]
+           "annuli_width", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
+           "detect", "plot", "table_format", "mask", "registration"]
 
 
 def _compose(*decorators):
@@ -70,23 +76,68 @@ annuli_width = click.option(
     "--annuli-width", default=2, show_default=True, type=click.IntRange(min=1), metavar="W",
     help="Width in whole pixels of the annuli for noise profiles and error calibration.")
 
+psf_offaxis = click.option(
+    "--psf-offaxis", default=None, metavar="FILE",
+    help="Unocculted (off-axis) PSF image of the star, in the image's units: its peak or "
+         "aperture flux (--star-flux-method) is the star flux, --contrast injects it as fake "
+         "planets, and --detect uses its rings to tell a bright source's sidelobes from "
+         "other sources.")
+
 star_flux = _compose(
     click.option("--star-flux", type=float, default=None, metavar="FLUX",
-                 help="The star's unocculted peak flux, in the image's units; adds the "
-                      "5-sigma contrast to the contrast table."),
-    click.option("--psf-offaxis", default=None, metavar="FILE",
-                 help="Unocculted PSF image of the star (same units): its peak is the star "
-                      "flux."),
+                 help="The star's unocculted flux, in the image's units (its peak, or its "
+                      "aperture sum with --star-flux-method aperture); adds the 5-sigma "
+                      "contrast to the contrast table."),
+    psf_offaxis,
+    click.option("--star-flux-method", type=click.Choice(["peak", "aperture"]), default="peak",
+                 show_default=True,
+                 help="How the star flux and the noise are measured: the peak pixel against "
+                      "the per-pixel noise, or the sum in a disk of diameter --fwhm against "
+                      "the spread of such sums in the annulus."),
 )
 
-#: coron-align, coron3 run
+fwhm = click.option(
+    "--fwhm", type=click.FloatRange(min=0.5), default=None, metavar="PIX",
+    help="Resolution element (about lambda/D) in pixels: the small-sample correction, the "
+         "apertures, the detection and the fake-source grid use it [default: 2].")
+
+contrast = click.option(
+    "--contrast", is_flag=True,
+    help="Measure the algorithmic throughput: fake planets made from --psf-offaxis are "
+         "KLIP-subtracted like the science (6 angles every FWHM from 2 FWHM to the edge); "
+         "adds a THROUGHPUT table and the calibrated contrast. Inputs and the real products "
+         "are not touched.")
+
+snr_method = click.option(
+    "--snr-method", type=click.Choice(["ratio", "mawet"]), default="ratio", show_default=True,
+    help="SNR map: ratio = SCI/ERR; mawet = the aperture t-test of Mawet et al. (2014) at "
+         "every pixel (apertures of diameter --fwhm against the others at the same radius).")
+
+detect = _compose(
+    click.option("--detect", type=float, default=None, metavar="SNR",
+                 help="Find point-source candidates with SNR >= this in the SNR map; writes "
+                      "<root>_detections.fits (table DETECTIONS) and <root>_detections.ecsv."),
+    click.option("--inner-radius", type=click.FloatRange(min=0), default=None, metavar="PIX",
+                 help="Do not search inside this radius about the star [default: 2 FWHM]."),
+)
+
+plot = click.option(
+    "--plot", is_flag=True,
+    help="Also write PNG figures: <root>_contrast.png (contrast curve) and <root>_snr.png "
+         "(SNR map, candidates marked). Needs matplotlib: pip install 'coron[plot]'.")
+
+table_format = click.option(
+    "--format", "table_format", type=click.Choice(["fits", "ecsv"]), default="fits",
+    show_default=True,
+    help="ecsv also writes the contrast table as <root>_contrast.ecsv next to the FITS one.")
+
 registration = click.option(
     "--method", type=click.Choice(["auto", "dither", "fourier"]), default="auto",
     show_default=True,
-    help="How offsets are measured: 'dither' learns from a small-grid-dithered reference "
-         "set (XOFFSET/YOFFSET) how the coronagraphic image changes with the star's "
-         "position and fits every frame with it; 'fourier' fits a rigid shift and flux "
-         "scale per pair; 'auto' uses 'dither' when the references allow it.")
+    help="How offsets are measured: 'dither' learns from a small-grid-dithered reference set "
+         "(XOFFSET/YOFFSET) how the coronagraphic image changes with the star's position and "
+         "fits every frame with it; 'fourier' fits a rigid shift and flux scale per pair; "
+         "'auto' uses 'dither' when the references allow it.")
 
 mask = click.option(
     "--mask", default=None, metavar="FILE",

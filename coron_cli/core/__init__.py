@@ -7,18 +7,31 @@ badpix       bad-pixel masks, outlier (cosmic-ray) detection and repair
 registration sub-pixel offset and flux-scale fitting, Fourier shifts
 klip         Karhunen-Loeve image projection (KLIP) PSF subtraction
 combine      rotation to north-up and inverse-variance combination
+inject       fake point sources, injection grids, throughput photometry
 metrics      SNR images, annular noise, contrast and aperture SNR
 """
 
 from .badpix import DO_NOT_USE, OUTLIER, bad_pixel_mask, find_outliers, repair_bad_pixels
 from .combine import combine_images, north_up
+from .inject import (
+    inject_sources,
+    injection_grid,
+    psf_center,
+    psf_envelope,
+    psf_flux,
+    source_ratios,
+)
 from .klip import klip_subtract, annulus_zones
 from .metrics import (
     annular_profile,
     aperture_snr,
+    aperture_sums,
     calibrate_error,
     contrast_curve,
+    find_candidates,
+    refine_peaks,
     snr_image,
+    snr_map_mawet,
     student_t_factor,
 )
 from .registration import align_references, dither_positions, fit_offsets, shift_images
@@ -31,18 +44,28 @@ __all__ = [
     "annular_profile",
     "annulus_zones",
     "aperture_snr",
+    "aperture_sums",
     "bad_pixel_mask",
     "calibrate_error",
     "combine_images",
     "dither_positions",
     "contrast_curve",
+    "find_candidates",
     "find_outliers",
+    "inject_sources",
+    "injection_grid",
     "fit_offsets",
     "klip_subtract",
     "north_up",
+    "psf_center",
+    "psf_envelope",
+    "psf_flux",
+    "refine_peaks",
     "repair_bad_pixels",
     "shift_images",
     "snr_image",
+    "snr_map_mawet",
+    "source_ratios",
     "stack_cubes",
     "student_t_factor",
 ]

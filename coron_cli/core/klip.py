@@ -47,8 +47,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
 
     Parameters
     ----------
-    science : ndarray of shape (nint, ny, nx)
-        Science integrations; must be finite (repair bad pixels first).
+    science : ndarray of shape (nint, ny, nx) or (nint, ntarget, ny, nx)
+        Science integrations; must be finite (repair bad pixels first). With
+        4 dimensions, every integration has `ntarget` images that share its
+        references and decomposition (e.g. injected fake sources, whose
+        KLIP is cheap once the basis exists).
     references : ndarray of shape (nint, nref, ny, nx)
         For each integration its own aligned references (finite).
     truncations : sequence of int
@@ -70,7 +73,8 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     Returns
     -------
     residual : ndarray of float32, shape (ntrunc, nint, ny, nx)
-        Science minus its mean minus the KLIP model, per truncation.
+        Science minus its mean minus the KLIP model, per truncation
+        ((ntrunc, nint, ntarget, ny, nx) for a 4-D `science`).
     model_variance : ndarray of float32 of that shape, or None
         Variance of the PSF model from `reference_variance`.
     nmodes : ndarray of int of shape (ntrunc, nint)
@@ -99,10 +103,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     """
     sci = np.asarray(science)
     refs = np.asarray(references)
-    if sci.ndim != 3 or refs.ndim != 4 or refs.shape[0] != sci.shape[0] \
-            or refs.shape[2:] != sci.shape[1:]:
+    if sci.ndim not in (3, 4) or refs.ndim != 4 or refs.shape[0] != sci.shape[0] \
+            or refs.shape[2:] != sci.shape[-2:]:
         raise ValueError(f"science {sci.shape} and references {refs.shape} do not match")
     nint, nref, ny, nx = refs.shape
+    ntg = sci.shape[1] if sci.ndim == 4 else 1
     truncs = np.asarray(list(truncations), dtype=int)
     if truncs.size == 0 or np.any(truncs < 1):
         raise ValueError("truncations must be positive integers")
@@ -111,12 +116,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         zones = np.zeros((ny, nx), dtype=int)
     zones = np.asarray(zones)
     fit = np.ones((ny, nx), bool) if fit_mask is None else np.asarray(fit_mask, bool)
-    residual = np.full((ntr, nint, ny * nx), np.nan, dtype=np.float32)
+    residual = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     mvar = None
     if reference_variance is not None:
-        mvar = np.full((ntr, nint, ny * nx), np.nan, dtype=np.float32)
+        mvar = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     nmodes = np.full((ntr, nint), np.iinfo(np.int64).max, dtype=np.int64)
-    sci2 = sci.reshape(nint, ny * nx)
+    sci2 = sci.reshape(nint, ntg, ny * nx)
     refs2 = refs.reshape(nint, nref, ny * nx)
     var2 = None if reference_variance is None else \
         np.asarray(reference_variance).reshape(nint, nref, ny * nx)
@@ -131,12 +136,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         for i0 in range(0, nint, chunk):
             sl = slice(i0, min(nint, i0 + chunk))
             R = refs2[sl][:, :, zpix].astype(np.float64)          # (c, nref, npix)
-            t = sci2[sl][:, zpix].astype(np.float64)              # (c, npix)
+            t = sci2[sl][:, :, zpix].astype(np.float64)           # (c, ntg, npix)
             Rf = R[:, :, zfit]
             rmean = Rf.mean(axis=2)
-            tmean = t[:, zfit].mean(axis=1)
+            tmean = t[:, :, zfit].mean(axis=2)
             Rf = Rf - rmean[:, :, None]
-            tf = t[:, zfit] - tmean[:, None]
+            tf = t[:, :, zfit] - tmean[:, :, None]
             C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
             lam, V = np.linalg.eigh(C)
             lam = lam[:, ::-1]
@@ -144,24 +149,26 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             lam_max = np.maximum(lam[:, :1], np.finfo(float).tiny)
             good = lam > lam_max * nref * np.finfo(np.float64).eps * 10
             usable = good.sum(axis=1)                             # (c,)
-            a = np.einsum("cjp,cp->cj", Rf, tf)                   # R t
-            u = np.einsum("cjk,cj->ck", V, a)                     # V^T R t
+            a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
+            u = a @ V                                             # V^T R t
             with np.errstate(divide="ignore", invalid="ignore"):
-                w = np.where(good, u / np.where(good, lam, 1.0), 0.0)
+                w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
             k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
             keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
-            B = np.einsum("cjk,ctk->ctj", V, keep * w[:, None, :])  # (c, ntr, nref)
-            model = B @ R - (B @ rmean[:, :, None])               # (c, ntr, npix)
-            res = (t - tmean[:, None])[:, None, :] - model
-            residual[:, sl][..., zpix] = np.moveaxis(res, 1, 0).reshape(ntr, -1, zpix.size)
+            W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)
+            B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
+            model = (B @ R - (B @ rmean[:, :, None])).reshape(-1, ntg, ntr, zpix.size)
+            res = (t - tmean[:, :, None])[:, :, None, :] - model  # (c, ntg, ntr, npix)
+            residual[:, sl][..., zpix] = np.moveaxis(res, 2, 0)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
             if var2 is not None:
                 Vr = var2[sl][:, :, zpix].astype(np.float64)
-                mv = (B ** 2) @ Vr
-                mvar[:, sl][..., zpix] = np.moveaxis(mv, 1, 0).reshape(ntr, -1, zpix.size)
+                mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zpix.size)
+                mvar[:, sl][..., zpix] = np.moveaxis(mv, 2, 0)
             del R, Rf, C
     nmodes[nmodes == np.iinfo(np.int64).max] = 0
-    residual = residual.reshape(ntr, nint, ny, nx)
+    shape = (ntr, nint) + sci.shape[1:-2] + (ny, nx)
+    residual = residual.reshape(shape)
     if mvar is not None:
-        mvar = mvar.reshape(ntr, nint, ny, nx)
+        mvar = mvar.reshape(shape)
     return residual, mvar, nmodes

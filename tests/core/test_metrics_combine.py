@@ -43,12 +43,13 @@ def test_annular_profile_whole_pixel_bins():
 
 def test_student_t_factor_tabulated():
     fpf = stats.norm.sf(5)
-    # n = 10 resolution elements: 9 noise apertures, 8 degrees of freedom
-    assert_allclose(student_t_factor(10), stats.t.isf(fpf, 8) * np.sqrt(1 + 1 / 9))
+    # n = 10 resolution elements: Student-t with 9 degrees of freedom, times sqrt(1 + 1/10)
+    assert_allclose(student_t_factor(10), stats.t.isf(fpf, 9) * np.sqrt(1 + 1 / 10))
+    assert_allclose(student_t_factor(10.9), student_t_factor(10))  # whole elements
     # it tends to 5 for large n and is much larger close in
     assert_allclose(student_t_factor(1e6), 5.0, rtol=1e-3)
     assert student_t_factor(2 * np.pi * 1) > 15
-    assert np.isnan(student_t_factor(2))
+    assert np.isnan(student_t_factor(1.5))
 
 
 def test_contrast_curve_scales_with_flux():
