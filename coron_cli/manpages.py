@@ -1,6 +1,5 @@
 """Man pages generated from the click definitions (``make man``, checked by a test)."""
 
-import datetime as _dt
 import os
 import re
 

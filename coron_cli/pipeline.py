@@ -132,7 +132,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                     exclude=(), annuli_width=2, bad_bits=1, star_flux=None, fwhm=None,
                     star_flux_method="peak", offaxis_psf=None, contrast=False,
                     snr_method="ratio", detect=None, inner_radius=None, table_format="fits",
-                    plot=False, mask=None, on_step=None):
+                    plot=False, mask=None, method="auto", on_step=None):
     """Run the whole chain on an association.
 
     Parameters
@@ -215,7 +215,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
             t0 = time.perf_counter()
             sci = read_product(sci_path, what="science exposure")
             aligned = steps.align_step(sci, stack, mask=mask, bad_bits=bad_bits,
-                                       asn_id=asn.asn_id,
+                                       asn_id=asn.asn_id, method=method,
                                        params={"science": sci_path, "psfstack": "in memory"})
             emit("psfalign", aligned, os.path.join(outdir, f"{root}_psfalign.fits"))
             tick("align", t0)
@@ -301,5 +301,5 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                        "star_flux_method": star_flux_method, "contrast": contrast,
                        "snr_method": snr_method, "detect": detect,
                        "inner_radius": inner_radius, "table_format": table_format,
-                       "plot": plot},
+                       "plot": plot, "method": method},
     }

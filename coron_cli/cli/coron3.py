@@ -46,6 +46,7 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
 @click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
               type=click.Path(),
               help="Existing folder for the products.")
+@options.registration
 @_klip_options
 @options.contrast
 @options.snr_method
@@ -56,7 +57,7 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
               help="Print a JSON summary on standard output: the products written (kind, "
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
-def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, bad_bits,
+def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, annuli_width, bad_bits,
             star_flux, psf_offaxis, star_flux_method, fwhm, contrast, snr_method, detect,
             inner_radius, table_format, plot, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
@@ -112,7 +113,7 @@ def run_cmd(asn, outdir, truncate, annuli, subsections, exclude, annuli_width, b
                                   fwhm=fwhm, offaxis_psf=psf, contrast=contrast,
                                   snr_method=snr_method, detect=detect,
                                   inner_radius=inner_radius, table_format=table_format,
-                                  plot=plot, on_step=on_step)
+                                  plot=plot, method=method, on_step=on_step)
     if as_json:
         _echo_json(summary, time.perf_counter() - t0)
 
@@ -194,7 +195,6 @@ def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
     signal-to-noise in the combined image goes to standard output.
     """
     setup_logging("coron3", verbose, quiet)
-    import logging
     import os
 
     from ..demo import measure_planets, write_simulation
@@ -204,18 +204,18 @@ def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
     from ..simulate import simulate_dataset
     from ..steps import offaxis_peak
 
-    log = logging.getLogger("coron")
     truncs, _, _, _ = _resolve(truncate, (), None, None)
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as exc:
         raise OutputError(outdir, f"cannot create the folder ({exc.strerror})") from None
-    log.warning("simulating a %s data set (seed %d) in %s", size, seed, outdir) \
-        if not quiet else None
+    if not quiet:
+        click.echo(f"coron3: simulating a {size} data set (seed {seed}) in {outdir}", err=True)
     ds = simulate_dataset(size, seed=seed)
     paths = write_simulation(ds, outdir)
     star = offaxis_peak(read_product(paths["offaxis"], what="off-axis PSF"))
-    log.warning("running the pipeline on %s", paths["asn"]) if not quiet else None
+    if not quiet:
+        click.echo(f"coron3: running the pipeline on {paths['asn']}", err=True)
     summary = run_association(paths["asn"], outdir, truncate=truncs, annuli_width=annuli_width,
                               star_flux=star, fwhm=ds.truth.get("lambda_over_d_pix"))
     i2d_path = next(p["path"] for p in summary["products"] if p["kind"] == "i2d")
