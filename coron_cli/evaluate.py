@@ -387,6 +387,9 @@ def format_report(res):
 
 def main(argv=None):
     import argparse
+    import logging
+
+    logging.getLogger("coron").setLevel(logging.ERROR)  # the report is the output
 
     ap = argparse.ArgumentParser(prog="python -m coron_cli.evaluate", description=__doc__)
     ap.add_argument("--size", default="medium", choices=["small", "medium", "large"])
