@@ -1,6 +1,7 @@
 """Exceptions that the command layer turns into one-line messages."""
 
-__all__ = ["CoronError", "InputError", "OutputClosed", "OutputError"]
+__all__ = ["CoronError", "InputError", "Interrupted", "OutputClosed", "OutputError", "Terminated",
+           "check_signals", "clear_lost_signals", "note_lost_signal"]
 
 
 class CoronError(Exception):
@@ -40,3 +41,32 @@ class OutputClosed(Exception):
 
     Not an OSError on purpose: click turns EPIPE into exit status 1 itself.
     """
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that clean-up code runs."""
+
+
+class Interrupted(BaseException):
+    """Raised on SIGINT instead of KeyboardInterrupt (click would print a blank line first)."""
+
+
+#: A signal whose exception was lost (raised inside a finalizer, where Python
+#: only reports it): set by the command layer, honoured at the next safe point.
+_pending = []
+
+
+def note_lost_signal(exc_type):
+    """Remember a signal exception that Python swallowed."""
+    _pending.append(exc_type)
+
+
+def check_signals():
+    """Raise a remembered signal exception; called before committing an output."""
+    if _pending:
+        raise _pending.pop()()
+
+
+def clear_lost_signals():
+    """Forget remembered signals (at the start of a command run in-process)."""
+    _pending.clear()

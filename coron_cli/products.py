@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError, OutputClosed, OutputError
+from .errors import InputError, OutputClosed, OutputError, check_signals
 
 __all__ = [
     "Product",
@@ -544,6 +544,7 @@ def atomic_output(path):
             raise OutputError(path, f"cannot write in {folder} "
                                     f"({exc.strerror or exc})") from None
         yield tmp
+        check_signals()  # never commit an output after a signal, even a swallowed one
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

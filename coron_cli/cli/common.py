@@ -10,7 +10,8 @@ import warnings
 
 import click
 
-from ..errors import CoronError, InputError, OutputClosed, OutputError
+from ..errors import (CoronError, InputError, Interrupted, OutputClosed, OutputError,
+                      Terminated, check_signals, clear_lost_signals, note_lost_signal)
 
 __all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "step_progress",
            "resolve_star_flux", "Terminated"]
@@ -18,12 +19,7 @@ __all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "st
 log = logging.getLogger("coron")
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that clean-up code runs."""
-
-
-class _Interrupted(BaseException):
-    """Raised on SIGINT instead of KeyboardInterrupt: click would print a blank line first."""
+_Interrupted = Interrupted
 
 
 class _StderrHandler(logging.Handler):
@@ -139,6 +135,30 @@ def _on_sigint(signum, frame):
     raise _Interrupted()
 
 
+def _redeliver(unraisable, _hook=sys.unraisablehook):
+    """A signal's exception raised inside a finalizer is swallowed: send the signal again.
+
+    Python runs signal handlers between bytecodes, which may be inside a
+    garbage-collection callback or ``__del__``; the exception raised there
+    is reported as "Exception ignored" and lost, and the run would go on.
+    The signal is sent again a moment later from another thread (so that it
+    is not handled inside this hook, itself Python code), and the handler
+    raises again where it counts.
+    """
+    import threading
+
+    exc_type = unraisable.exc_type
+    if exc_type is not None and issubclass(exc_type, (Terminated, _Interrupted,
+                                                      KeyboardInterrupt)):
+        signum = signal.SIGTERM if issubclass(exc_type, Terminated) else signal.SIGINT
+        note_lost_signal(Terminated if signum == signal.SIGTERM else Interrupted)
+        timer = threading.Timer(0.005, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    _hook(unraisable)
+
+
 def run(command, prog=None, args=None):
     """Run a click command with coron's error policy and exit.
 
@@ -153,10 +173,14 @@ def run(command, prog=None, args=None):
         warnings.simplefilter("ignore")
     previous = {}
     code = 0
+    old_hook = sys.unraisablehook
+    clear_lost_signals()
     try:
         # inside the try: a signal that comes as soon as a handler is set is handled too
+        sys.unraisablehook = _redeliver
         _set_signal_handlers(previous)
         rv = command.main(args=argv, prog_name=prog, standalone_mode=False)
+        check_signals()  # a signal whose exception a finalizer swallowed still counts
         code = rv if isinstance(rv, int) else 0
     except CoronError as exc:
         _error(prog, exc.format())
@@ -196,6 +220,7 @@ def run(command, prog=None, args=None):
     _flush_stdout()
     for signum, handler in previous.items():  # as they were, for callers in the same process
         signal.signal(signum, handler)
+    sys.unraisablehook = old_hook
     sys.exit(code)
 
 
