@@ -24,6 +24,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench.py
+
 science: $(VENV)/.installed
 	$(BIN)/python -m coron_cli.evaluate --size medium
 

@@ -42,7 +42,7 @@ def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=No
 
 
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
-                  reference_variance=None, max_bytes=512 * 2 ** 20):
+                  reference_variance=None, max_bytes=64 * 2 ** 20):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -135,13 +135,17 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             zfit = np.arange(zpix.size)
         for i0 in range(0, nint, chunk):
             sl = slice(i0, min(nint, i0 + chunk))
-            R = refs2[sl][:, :, zpix].astype(np.float64)          # (c, nref, npix)
-            t = sci2[sl][:, :, zpix].astype(np.float64)           # (c, ntg, npix)
-            Rf = R[:, :, zfit]
-            rmean = Rf.mean(axis=2)
-            tmean = t[:, :, zfit].mean(axis=2)
-            Rf = Rf - rmean[:, :, None]
-            tf = t[:, :, zfit] - tmean[:, :, None]
+            whole = zpix.size == ny * nx
+            fit_all = zfit.size == zpix.size
+            # one float64 copy of the references, centred in place: no further copies
+            R = (refs2[sl] if whole else refs2[sl][:, :, zpix]).astype(np.float64)
+            t = (sci2[sl] if whole else sci2[sl][:, :, zpix]).astype(np.float64)
+            rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
+            tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
+            R -= rmean[:, :, None]
+            t -= tmean[:, :, None]
+            Rf = R if fit_all else R[:, :, zfit]
+            tf = t if fit_all else t[:, :, zfit]
             C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
             lam, V = np.linalg.eigh(C)
             lam = lam[:, ::-1]
@@ -157,12 +161,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
             W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)
             B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
-            model = (B @ R - (B @ rmean[:, :, None])).reshape(-1, ntg, ntr, zpix.size)
-            res = (t - tmean[:, :, None])[:, :, None, :] - model  # (c, ntg, ntr, npix)
+            model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
+            res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
             residual[:, sl][..., zpix] = np.moveaxis(res, 2, 0)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
             if var2 is not None:
-                Vr = var2[sl][:, :, zpix].astype(np.float64)
+                Vr = (var2[sl] if whole else var2[sl][:, :, zpix]).astype(np.float64)
                 mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zpix.size)
                 mvar[:, sl][..., zpix] = np.moveaxis(mv, 2, 0)
             del R, Rf, C
