@@ -218,6 +218,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                                        asn_id=asn.asn_id, method=method,
                                        params={"science": sci_path, "psfstack": "in memory"})
             emit("psfalign", aligned, os.path.join(outdir, f"{root}_psfalign.fits"))
+            aligned.dq = None  # written; KLIP does not use it (a full cube freed)
             tick("align", t0)
             if on_step:
                 on_step(f"klip {os.path.basename(sci_path)}")

@@ -483,7 +483,10 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                                                    subsections=subsections, exclude=exclude)
     ref_var = None
     if psfalign.err is not None:
-        ref_var = np.where(np.isfinite(psfalign.err), psfalign.err, 0.0) ** 2
+        # float32, squared in place: one array the size of the references, not three
+        ref_var = np.array(psfalign.err, dtype=np.float32)
+        ref_var[~np.isfinite(ref_var)] = 0.0
+        np.square(ref_var, out=ref_var)
     inj = None
     targets = sci
     if fakes is not None:
