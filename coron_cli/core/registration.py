@@ -145,25 +145,42 @@ def fit_offsets(references, target, *, weights=None, max_iter=30, tol=1e-7, work
     return _fit_image(R, tgt, w, dx, dy, ky, kx, max_iter, tol, workers)
 
 
+def _moments(X, dx, dy, ky, kx, cy, cx):
+    """Weighted sums of conj(P(d)) X over the half-plane, by separable products.
+
+    The shift phase and the Hermitian weights factor into a y part and an x
+    part, so every moment is a contraction over x (a batched matrix
+    product) followed by one over y; no full-size complex array is formed.
+
+    Returns
+    -------
+    re, im : ndarray of shape (n, 6)
+        Moments with weights c, c kx, c ky, c kx^2, c ky^2, c kx ky.
+    """
+    px = np.exp(1j * _TWO_PI * kx.ravel()[None, :] * dx[:, None])     # conj of the x phase
+    py = np.exp(1j * _TWO_PI * ky.ravel()[None, :] * dy[:, None])     # conj of the y phase
+    kxv, kyv = kx.ravel(), ky.ravel()
+    gx = np.stack([cx, cx * kxv, cx * kxv ** 2], axis=1)               # (nkx, 3)
+    fy = np.stack([cy, cy * kyv, cy * kyv ** 2], axis=0)               # (3, ny)
+    A = X @ (px[:, :, None] * gx[None])                                # (n, ny, 3)
+    M = (py[:, None, :] * fy[None]) @ A                                 # (n, 3, 3)
+    m = np.stack([M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 0, 2], M[:, 2, 0], M[:, 1, 1]],
+                 axis=1)
+    return m.real, m.imag
+
+
 def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol):
-    ny, nkx = X.shape[-2:]
-    kxx = np.broadcast_to(kx, (ny, nkx))
-    kyy = np.broadcast_to(ky, (ny, nkx))
-    # Moments: columns are c, c*kx, c*ky, c*kx^2, c*ky^2, c*kx*ky
-    basis = np.stack([c, c * kxx, c * kyy, c * kxx ** 2, c * kyy ** 2, c * kxx * kyy],
-                     axis=-1).reshape(-1, 6)
     nref = X.shape[0]
-    Xf = X.reshape(nref, -1)
-    norm = (np.abs(R.reshape(nref, -1)) ** 2) @ basis[:, 0]
+    # the Hermitian weights are separable: c = cy (rows) x cx (columns)
+    cx = c[0] / (c[0, 0] if c[0, 0] else 1.0)
+    cy = c[:, 0] / cx[0]
+    norm = np.einsum("nyx,y,x->n", np.abs(R) ** 2, cy, cx)
     active = np.ones(nref, bool)
     for _ in range(max_iter):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
             break
-        P = _phase(ky, kx, dx[idx], dy[idx]).reshape(idx.size, -1)
-        Q = np.conj(P) * Xf[idx]
-        re = Q.real @ basis
-        im = Q.imag @ basis
+        re, im = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx)
         # gradient of F and Hessian
         gx = -_TWO_PI * im[:, 1]
         gy = -_TWO_PI * im[:, 2]
@@ -183,10 +200,9 @@ def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol):
         dx[idx] += stx
         dy[idx] += sty
         active[idx] = (np.abs(stx) > tol) | (np.abs(sty) > tol)
-    P = _phase(ky, kx, dx, dy).reshape(nref, -1)
-    F = (np.conj(P) * Xf).real @ basis[:, 0]
+    re, _ = _moments(X, dx, dy, ky, kx, cy, cx)
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(norm > 0, F / norm, np.nan)
+        scale = np.where(norm > 0, re[:, 0] / norm, np.nan)
     return dx, dy, scale
 
 
