@@ -115,3 +115,28 @@ def tree_hashes():
                 if os.path.isfile(os.path.join(folder, p))}
 
     return snapshot
+
+
+def run_in_pty(argv, cwd, env=None):
+    """Run a command with a pseudo-terminal as stdin/stdout/stderr; (exit code, output)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        try:
+            os.chdir(cwd)
+            os.execve(argv[0], argv, os.environ if env is None else env)
+        finally:
+            os._exit(127)
+    out = b""
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out

@@ -10,6 +10,7 @@ from astropy.io import fits
 
 from coron_cli.cli import align, coron3, hlsp, klip, stack
 from coron_cli.cli.common import run
+from tests.conftest import run_in_pty
 
 BIN = os.path.dirname(sys.executable)
 
@@ -185,23 +186,8 @@ def test_subprocess_exit_codes(tmp_path):
 
 def test_binary_output_never_to_terminal(chained, tmp_path):
     # a pseudo-terminal on stdout: the tool must refuse
-    import pty
-
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        os.chdir(tmp_path)
-        os.execv(f"{BIN}/coron-hlsp", [f"{BIN}/coron-hlsp", str(chained["targ1"]), "-o", "-"])
-    out = b""
-    try:
-        while True:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            out += chunk
-    except OSError:
-        pass
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 2
+    code, out = run_in_pty([f"{BIN}/coron-hlsp", str(chained["targ1"]), "-o", "-"], tmp_path)
+    assert code == 2
     assert b"terminal" in out and b"SIMPLE" not in out
 
 

@@ -21,6 +21,7 @@ from astropy.io import fits
 
 from coron_cli.cli import coron3
 from coron_cli.cli.common import run
+from tests.conftest import run_in_pty
 
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,28 +273,7 @@ def test_failed_overwrite_keeps_the_old_product(small_asn, tmp_path):
 
 # --------------------------------------------------------------------------- progress, -q
 
-def _run_in_pty(argv, cwd, env):
-    import pty
-
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        try:
-            os.chdir(cwd)
-            os.execve(argv[0], argv, env)
-        finally:
-            os._exit(127)
-    out = b""
-    try:
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            out += chunk
-    except OSError:
-        pass
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out
+_run_in_pty = run_in_pty
 
 
 def test_progress_bar_on_a_terminal_only(small_asn, tmp_path):

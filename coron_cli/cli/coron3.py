@@ -43,9 +43,7 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
 
 @cli.command(name="run", no_args_is_help=True)
 @click.argument("asn", metavar="ASN", type=click.Path())
-@click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
-              type=click.Path(),
-              help="Existing folder for the products.")
+@options.outdir("Existing folder for the products.")
 @options.registration
 @_klip_options
 @options.contrast
@@ -142,9 +140,7 @@ def _echo_json(summary, elapsed):
 
 @cli.command(name="check", no_args_is_help=True)
 @click.argument("asn", metavar="ASN", type=click.Path())
-@click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
-              type=click.Path(),
-              help="Folder the products would go to (must exist and be writable).")
+@options.outdir("Folder the products would go to (must exist and be writable).")
 @options.bad_bits
 @options.common
 def check_cmd(asn, outdir, bad_bits, verbose, quiet, debug):

@@ -22,7 +22,7 @@ from .. import __version__
 
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude",
            "annuli_width", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
-           "detect", "plot", "table_format", "mask", "registration"]
+           "detect", "plot", "table_format", "mask", "registration", "outdir"]
 
 
 def _compose(*decorators):
@@ -138,6 +138,12 @@ registration = click.option(
          "(XOFFSET/YOFFSET) how the coronagraphic image changes with the star's position and "
          "fits every frame with it; 'fourier' fits a rigid shift and flux scale per pair; "
          "'auto' uses 'dither' when the references allow it.")
+
+def outdir(help_text):
+    """-d/--outdir DIR (coron3 run, coron3 check)."""
+    return click.option("-d", "--outdir", default=".", show_default=True, metavar="DIR",
+                        type=click.Path(), help=help_text)
+
 
 mask = click.option(
     "--mask", default=None, metavar="FILE",
