@@ -134,7 +134,7 @@ def twin_checks(i2d, truth, *, inner_lod=2.0, calib_lod=3.0, width=None):
 
 
 def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), annuli=1, subsections=1,
-             exclude=()):
+             exclude=(), protect=5.0):
     """Run the whole evaluation; returns a JSON-able dict (see module docstring)."""
     from .simulate import simulate_dataset
 
@@ -148,7 +148,8 @@ def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), annuli=1, subse
     twin_dir = os.path.join(outdir, "products_noplanet")
     os.makedirs(prod_dir, exist_ok=True)
     os.makedirs(twin_dir, exist_ok=True)
-    kw = dict(truncate=truncate, annuli=annuli, subsections=subsections, exclude=exclude)
+    kw = dict(truncate=truncate, annuli=annuli, subsections=subsections, exclude=exclude,
+              protect=protect)
     run_association(paths["asn"], prod_dir, **kw)
     run_association(paths["asn_noplanet"], twin_dir, **kw)
     i2d = read_product(_find(prod_dir, "_i2d.fits"), ndims=(2,))

@@ -373,7 +373,7 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=()):
 
 
 def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
-              annuli_width=2, bad_bits=core.DO_NOT_USE, params=None):
+              protect=5.0, annuli_width=2, bad_bits=core.DO_NOT_USE, params=None):
     """KLIP-subtract every science integration with its aligned references.
 
     Returns
@@ -391,17 +391,29 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     coefficients b (see :func:`coron_cli.core.klip_subtract`). Then the
     residual speckle noise, which no propagation sees, is measured: in
     annuli `annuli_width` pixels wide about the star the smallest extra
-    variance is added that makes the robust spread of SCI/ERR equal to 1
-    (:func:`coron_cli.core.calibrate_error`).
+    variance is added that makes the robust spread of SCI/ERR equal to 1,
+    with the sources (companions above 5 sigma, with their rings and halo)
+    left out of that measurement (:func:`coron_cli.core.calibrate_error`).
+
+    Source protection (`protect`, an SNR; None or 0 turns it off): a
+    companion inside the fitted region pulls the KL coefficients, so it
+    loses flux and the star's halo around it is over-subtracted. The
+    integrations are therefore averaged after a first pass, the sources
+    above `protect` found (:func:`coron_cli.core.source_regions`) and left
+    out of the fit of a second pass, like `exclude` circles (unless they
+    would cover more than half of the fitted pixels). KLPROTEC in the SCI
+    header counts the pixels left out. Fake sources of
+    :func:`klip_inject_step` are not protected: they measure the throughput
+    of sources too faint to be found.
     """
     return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
-                 exclude=exclude, annuli_width=annuli_width, bad_bits=bad_bits,
-                 params=params)[0]
+                 exclude=exclude, protect=protect, annuli_width=annuli_width,
+                 bad_bits=bad_bits, params=params)[0]
 
 
 def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
-                     subsections=1, exclude=(), annuli_width=2, bad_bits=core.DO_NOT_USE,
-                     n_pa=6, step=1.0, inner=2.0, params=None):
+                     subsections=1, exclude=(), protect=5.0, annuli_width=2,
+                     bad_bits=core.DO_NOT_USE, n_pa=6, step=1.0, inner=2.0, params=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
     Fake point sources (the off-axis PSF, shifted) are placed at
@@ -453,8 +465,8 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
     params.update(contrast=True, fwhm=fwhm, inject_pa=int(n_pa), inject_step=float(step),
                   inject_inner=float(inner))
     product, inj = _klip(science, psfalign, truncate=truncate, annuli=annuli,
-                         subsections=subsections, exclude=exclude, annuli_width=annuli_width,
-                         bad_bits=bad_bits, params=params,
+                         subsections=subsections, exclude=exclude, protect=protect,
+                         annuli_width=annuli_width, bad_bits=bad_bits, params=params,
                          fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
     if inj is not None:
         product = add_throughput(product, throughput_table(
@@ -462,8 +474,24 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
     return product, inj
 
 
+def _sources_in(residual, err, model_var, center, threshold, annuli_width):
+    """Pixels of sources in an exposure's first KLIP pass (2-D bool).
+
+    The integrations are averaged, the error of the mean calibrated in
+    annuli, and the sources found in the significance map
+    (:func:`coron_cli.core.source_regions`).
+    """
+    var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
+    if model_var is not None:
+        var = var + model_var
+    img, mvar = _mean_frames(residual, np.sqrt(var))
+    e = core.calibrate_error(img, np.sqrt(mvar), center, width=annuli_width)
+    z = np.nan_to_num(core.snr_image(img, e))
+    return core.source_regions(z, threshold)
+
+
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
-          bad_bits, params, fakes=None):
+          bad_bits, params, protect=None, fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     truncate = parse_truncate(truncate)
     if psfalign.sci.ndim != 4:
@@ -498,6 +526,19 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
                                                 zones=zones, fit_mask=fit,
                                                 reference_variance=ref_var)
+    protected = 0
+    if protect:
+        first = residual[0] if inj is None else residual[0][:, 0]
+        fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
+        found = _sources_in(first, err, fvar, center, protect, annuli_width) & fit
+        if found.any() and found.sum() <= 0.5 * fit.sum():
+            protected = int(found.sum())
+            log.info("protecting %d pixels of sources above %g sigma from the KL fit",
+                     protected, protect)
+            fit = fit & ~found
+            residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
+                                                        zones=zones, fit_mask=fit,
+                                                        reference_variance=ref_var)
     if inj is not None:
         inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
         residual = np.ascontiguousarray(residual[:, :, 0])
@@ -511,6 +552,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     header["STARCENY"] = (center[1], f"star y, 0-based pixels (from {src})")
     header["KLMODES"] = (",".join(str(int(k)) for k in nmodes[:, 0]),
                          "KL modes used (per truncation)")
+    header["KLPROTEC"] = (protected, "source pixels left out of the KL fit")
     images = {}
     if len(truncate) > 1:
         from astropy.io import fits
@@ -522,6 +564,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         images["KLSUB"] = (residual, kh)
     params = dict(params or {})
     params.update(truncate=truncate, annuli=annuli, subsections=subsections,
+                  protect=protect or "off",
                   exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
                   annuli_width=annuli_width)
     primary = add_provenance(science.primary, "coron-klip", params, history=[
@@ -538,6 +581,12 @@ def _mean_over_integrations(product):
     if sci.ndim == 2:
         sci = sci[None]
     err = product.err if product.err is not None else estimate_err(sci)
+    return _mean_frames(sci, err)
+
+
+def _mean_frames(sci, err):
+    """Mean over integrations of (nint, ny, nx) images and the variance of the mean."""
+    sci = np.asarray(sci, dtype=np.float64)
     err = np.asarray(err, dtype=np.float64).reshape(sci.shape)
     good = np.isfinite(sci) & np.isfinite(err) & (err > 0)
     n = good.sum(axis=0)
@@ -553,7 +602,11 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
     Each exposure's integrations are averaged, rotated about the star to
     north-up (angle from its WCS, else ROLL_REF) with the star at the frame
     centre, and the exposures are averaged with inverse-variance weights.
-    The error is then recalibrated on the combined residuals in annuli.
+    The error is then recalibrated on the combined residuals in annuli,
+    both ways: raised where residual speckles exceed it, and scaled down
+    where the rotation's interpolation, which smooths the noise, has left
+    the propagated error larger than the residual spread
+    (:func:`coron_cli.core.calibrate_error` with ``deflate=True``).
 
     Returns
     -------
@@ -581,7 +634,7 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
         hist.append(f"{os.path.basename(p.path)}: rotated by {angle:.3f} deg ({src}) about "
                     f"({center[0]:.3f}, {center[1]:.3f})")
     img, var = core.combine_images(np.stack(imgs), np.stack(vars_))
-    err = core.calibrate_error(img, np.sqrt(var), out_center, width=annuli_width)
+    err = core.calibrate_error(img, np.sqrt(var), out_center, width=annuli_width, deflate=True)
     dq = np.where(np.isfinite(img), 0, core.DO_NOT_USE).astype(np.uint32)
     header = fits.Header()
     scale = pixel_scale_arcsec(first.sci_header)

@@ -105,6 +105,19 @@ def test_klip_several_truncations(chained, tmp_path, runner):
         np.testing.assert_allclose(kl[2], full["SCI"].data, atol=1e-4)
 
 
+def test_klip_protect_option(chained, tmp_path, runner):
+    out = tmp_path / "p0.fits"
+    r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
+                              "--truncate", "5", "--protect", "0", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    with fits.open(out) as h:
+        assert h["SCI"].header["KLPROTEC"] == 0
+        assert h[0].header["HIERARCH CORON PROTECT"] == "off"
+    r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
+                              "--protect", "-1", "-o", str(tmp_path / "bad.fits")])
+    assert r.exit_code == 2 and "--protect" in r.stderr
+
+
 def test_klip_clamps_truncation_with_warning(chained, tmp_path, runner):
     r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
                               "--truncate", "100", "-o", str(tmp_path / "c.fits")])

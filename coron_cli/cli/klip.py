@@ -17,13 +17,14 @@ from .common import (check_output, check_stdin_once, parse_exclude, resolve_star
 @options.truncate
 @options.klip_zones
 @options.exclude
+@options.protect
 @options.annuli_width
 @options.bad_bits
 @options.contrast
 @options.psf_offaxis
 @options.fwhm
 @options.common
-def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annuli_width,
+def cli(science, psfalign, output, truncate, annuli, subsections, exclude, protect, annuli_width,
         bad_bits, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
@@ -35,6 +36,12 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annul
     the noise the references carry into the model and the residual speckle
     noise measured in annuli; DQ is the science DQ. Several truncations add
     a KLSUB extension (ntrunc, nint, ny, nx); SCI holds the first.
+
+    A bright companion inside the fitted region pulls the KL coefficients
+    and loses part of its flux (and the star's halo around it is
+    over-subtracted). So sources found above --protect SNR in a first pass
+    are left out of the fit of a second pass, like --exclude circles; the
+    psfsub header's KLPROTEC gives how many pixels were left out.
 
     With --contrast, fake planets made from --psf-offaxis are
     KLIP-subtracted with the same references (at 6 position angles, every
@@ -73,7 +80,7 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, annul
     sci = read_product(science, what="science exposure")
     refs = read_product(psfalign, ndims=(4,), what="psfalign product")
     kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
-              annuli_width=annuli_width, bad_bits=bad_bits,
+              protect=protect or None, annuli_width=annuli_width, bad_bits=bad_bits,
               params={"science": science, "psfalign": psfalign})
     with timed("klip"):
         if contrast:

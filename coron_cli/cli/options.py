@@ -20,7 +20,7 @@ import click
 
 from .. import __version__
 
-__all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude",
+__all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude", "protect",
            "annuli_width", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
            "detect", "plot", "table_format", "mask", "registration", "outdir"]
 
@@ -71,6 +71,12 @@ exclude = click.option(
     "--exclude", multiple=True, metavar="X,Y,R",
     help="Leave the circle of radius R (pixels) about (X, Y) (0-based, detector pixels) out "
          "of the KL fit, e.g. a known companion; it is still subtracted. Repeatable.")
+
+protect = click.option(
+    "--protect", default=5.0, show_default=True, type=click.FloatRange(min=0), metavar="SNR",
+    help="Sources found above SNR in a first KLIP pass (an exposure's mean over "
+         "integrations) are left out of the KL fit of a second pass, so that a companion "
+         "does not bias the fit and lose flux; 0 turns this off.")
 
 annuli_width = click.option(
     "--annuli-width", default=2, show_default=True, type=click.IntRange(min=1), metavar="W",

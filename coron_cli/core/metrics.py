@@ -14,6 +14,7 @@ __all__ = [
     "snr_map_mawet",
     "find_candidates",
     "refine_peaks",
+    "source_regions",
 ]
 
 
@@ -104,8 +105,9 @@ def _grouped_robust_std(values, groups, ngroups):
     return 1.4826 * mad
 
 
-def calibrate_error(residual, err, center, *, width=2, iterations=6):
-    """Inflate an error map so that it matches the residual noise in annuli.
+def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0,
+                    deflate=False):
+    """Match an error map to the residual noise measured in annuli.
 
     Parameters
     ----------
@@ -117,19 +119,45 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6):
         Star position.
     width : int
         Annulus width in pixels.
+    iterations : int
+        Fixed-point iterations of the excess.
+    sources : float or None
+        Significance (|residual / err|) from which a pixel is taken to belong
+        to a source (a companion, a disk) rather than to the noise; None
+        keeps every pixel in the statistics.
+    deflate : bool
+        Also scale the error down in annuli where it is larger than the
+        residual spread (no excess needed, robust spread of residual / err
+        below 1), e.g. after an interpolation, which smooths the noise but
+        not the propagated error. Without it the error is only increased.
 
     Returns
     -------
     ndarray of float32, same shape
-        ``sqrt(err**2 + e(r)**2)``, with ``e(r)`` the smallest excess (zero
-        or more) per annulus for which the robust standard deviation
-        (1.4826 MAD) of ``residual / err_new`` is 1.
+        ``sqrt(f(r)**2 err**2 + e(r)**2)``, with ``e(r)`` the smallest excess
+        variance (zero or more) per annulus for which the robust standard
+        deviation (1.4826 MAD) of ``residual / err_new`` is 1, and ``f(r)``
+        1, or with `deflate` that robust spread where it is below 1 (and
+        ``e(r)`` is 0).
 
     Notes
     -----
     Residual speckles are an additive noise that the propagated error does
-    not see; the robust statistics keep planets from inflating it. Pixels
-    where `err` is not finite or not positive are left unchanged.
+    not see. The robust statistics resist a few bright pixels, but a bright
+    companion is not a few pixels: its core, rings and halo reach over
+    several annuli and would inflate ``e(r)`` several times. So once the
+    excess has converged, the sources are found, left out, and the excess
+    is fitted again, once: the sources are disks around every region of
+    ``|z| > sources`` (positive or negative) of the first fit, sized by the
+    source's core and brightness (:func:`source_regions`). With several
+    images (leading axes) the sources are found in their mean, with the
+    error of one image, so that a static speckle does not pass for a
+    source. Finding the sources once, against the first (higher) noise,
+    keeps a bright source's ring fragments from passing for sources of
+    their own. An annulus that the disks cover by more than three quarters
+    takes its excess from the neighbouring annuli. On pure noise the
+    threshold is rarely reached and the result is unchanged.
+    Pixels where `err` is not finite or not positive are left unchanged.
     """
     res = np.asarray(residual, dtype=np.float64)
     e = np.asarray(err, dtype=np.float64)
@@ -138,10 +166,56 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6):
     ring = (r // int(width)).astype(np.int64)
     ok = np.isfinite(res) & np.isfinite(e) & (e > 0)
     nring = int(ring.max()) + 1
-    g = ring[ok]
-    rv = res[ok]
-    ev2 = e[ok] ** 2
-    counts = np.bincount(g, minlength=nring)
+    e2 = np.where(ok, e, 1.0) ** 2
+    counts = np.bincount(ring[ok], minlength=nring)
+    excess = _fit_excess(res[ok], e2[ok], ring[ok], nring, counts, iterations)
+    src = np.zeros(res.shape[-2:], dtype=bool)
+    if sources is not None:
+        src = source_regions(_mean_significance(res, e2, excess[ring], ok), sources)
+        if src.any():
+            use = ok & ~src
+            kept = np.bincount(ring[use], minlength=nring)
+            masked = _fit_excess(res[use], e2[use], ring[use], nring, kept, iterations)
+            good = kept >= np.maximum(8, 0.25 * counts)
+            if good.any():
+                # annuli the sources cover mostly: from the neighbouring annuli
+                bad = ~good & (counts >= 8)
+                idx = np.arange(nring)
+                masked[bad] = np.interp(idx[bad], idx[good], masked[good])
+                excess = np.where(good | bad, masked, excess)
+    factor = np.ones(nring)
+    if deflate:
+        use = ok if sources is None or not src.any() else ok & ~src
+        kept = np.bincount(ring[use], minlength=nring)
+        spread = _grouped_robust_std(res[use] / np.sqrt(e2[use]), ring[use], nring)
+        low = (kept >= 8) & (excess == 0) & np.isfinite(spread) & (spread < 1.0)
+        factor[low] = spread[low]
+    out = np.where(ok, np.sqrt((factor[ring] * e) ** 2 + excess[ring]), e)
+    return out.astype(np.float32)
+
+
+def _mean_significance(res, e2, excess, ok):
+    """Significance of the mean over the leading axes (2-D), for finding sources.
+
+    A source sits still through the integrations while most of the noise
+    does not; but residual speckles do, so the error of the mean is taken as
+    the mean error, not the mean error / sqrt(n): a static speckle keeps the
+    significance it has in one integration.
+    """
+    if res.ndim == 2:
+        return np.where(ok, res / np.sqrt(e2 + excess), 0.0)
+    flat = res.reshape(-1, *res.shape[-2:])
+    okf = ok.reshape(flat.shape)
+    n = okf.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(okf, flat, 0.0).sum(axis=0) / n
+        sd = np.sqrt(np.where(okf, (e2 + excess).reshape(flat.shape), 0.0).sum(axis=0) / n)
+        z = mean / sd
+    return np.where(n > 0, z, 0.0)
+
+
+def _fit_excess(rv, ev2, g, nring, counts, iterations):
+    """Per-ring excess variance making the robust spread of rv / sqrt(ev2 + excess) 1."""
     excess = np.zeros(nring)
     for _ in range(iterations):
         z = rv / np.sqrt(ev2 + excess[g])
@@ -149,8 +223,67 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6):
         tot = _grouped_median(ev2 + excess[g], g, nring)
         upd = excess + tot * (np.nan_to_num(s, nan=1.0) ** 2 - 1.0)
         excess = np.where(counts >= 8, np.maximum(upd, 0.0), 0.0)
-    out = np.where(ok, np.sqrt(e ** 2 + excess[ring]), e)
-    return out.astype(np.float32)
+    return excess
+
+
+_CORE_WINDOW = 6   # pixels either side of a peak searched for its half-maximum core
+
+
+def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5):
+    """Disks around the sources of a significance map.
+
+    Parameters
+    ----------
+    z : ndarray of shape (..., ny, nx)
+        Significance (residual / error); each image plane (last two axes)
+        is searched on its own. Non-finite values count as 0.
+    threshold : float
+        A source is a connected region of ``|z| > threshold`` (positive or
+        negative).
+    envelope, floor : float
+        How far a source reaches, see Notes.
+
+    Returns
+    -------
+    ndarray of bool, shape of z
+
+    Notes
+    -----
+    Each source is covered by a disk centred on its peak. The radius
+    scales with the source's core and its brightness: the half-maximum
+    region around the peak (|z| above half the peak) gives the core
+    radius ``h`` (about FWHM / 2, i.e. lambda/D / 2), and a point source's
+    rings and halo fall roughly as ``envelope * (r / (lambda/D))**-3`` of
+    the peak, so they stay above ``floor`` sigma out to
+    ``(envelope * peak / floor)**(1/3)`` lambda/D. The disk radius is that,
+    at least 1.5 lambda/D (the core and first dark ring), with lambda/D
+    taken as ``2 h``. The disk is placed by where the source is, not by the
+    noise around it, so the pixels left are a fair sample of the noise.
+    """
+    z = np.nan_to_num(np.asarray(z, dtype=np.float64))
+    planes = z.reshape(-1, *z.shape[-2:])
+    out = np.zeros(planes.shape, dtype=bool)
+    ny, nx = planes.shape[-2:]
+    yy, xx = np.indices((ny, nx))
+    for k, plane in enumerate(planes):
+        a = np.abs(plane)
+        labels, n = ndimage.label(a > threshold)
+        if not n:
+            continue
+        peaks = ndimage.maximum_position(a, labels, index=np.arange(1, n + 1))
+        for (py, px) in peaks:
+            zpk = a[py, px]
+            wy0, wx0 = max(0, py - _CORE_WINDOW), max(0, px - _CORE_WINDOW)
+            win = a[wy0:py + _CORE_WINDOW + 1, wx0:px + _CORE_WINDOW + 1]
+            half, _ = ndimage.label(win > 0.5 * zpk)
+            h = np.sqrt(np.count_nonzero(half == half[py - wy0, px - wx0]) / np.pi)
+            lod = min(max(2.0 * h, 1.0), _CORE_WINDOW)
+            radius = lod * max(1.5, (envelope * zpk / floor) ** (1.0 / 3.0))
+            y0, y1 = max(0, int(py - radius) - 1), min(ny, int(py + radius) + 2)
+            x0, x1 = max(0, int(px - radius) - 1), min(nx, int(px + radius) + 2)
+            out[k, y0:y1, x0:x1] |= ((yy[y0:y1, x0:x1] - py) ** 2
+                                     + (xx[y0:y1, x0:x1] - px) ** 2) <= radius ** 2
+    return out.reshape(z.shape)
 
 
 def student_t_factor(n, *, sigma=5.0):

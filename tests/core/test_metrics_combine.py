@@ -6,6 +6,7 @@ from coron_cli.core import (
     annular_profile,
     aperture_snr,
     calibrate_error,
+    source_regions,
     combine_images,
     contrast_curve,
     north_up,
@@ -96,6 +97,70 @@ def test_calibrate_error_matches_residual_noise():
     # an error that is already right is not inflated noticeably
     out2 = calibrate_error(res, np.full_like(res, 3.0), (50, 50), width=4)
     assert np.median(out2) < 3.3
+
+
+def _airy_like(shape, x0, y0, peak, lod=2.2):
+    """A point source with a core, a first ring and an r**-3 halo."""
+    yy, xx = np.indices(shape, dtype=np.float64)
+    r = np.hypot(xx - x0, yy - y0) / lod
+    core = np.exp(-r ** 2 / (2 * 0.45 ** 2))
+    ring = 0.0175 * np.exp(-(r - 1.63) ** 2 / (2 * 0.2 ** 2))
+    halo = np.where(r > 1.3, 0.076 / np.maximum(r, 1.3) ** 3, 0.0)
+    return peak * (core + ring + halo)
+
+
+def test_calibrate_error_not_inflated_by_bright_companions():
+    # two bright companions at nearly the same radius fill part of the annuli
+    rng = np.random.default_rng(11)
+    shape, c = (121, 121), (60.0, 60.0)
+    res = rng.normal(0, 2.0, shape)
+    res += _airy_like(shape, 72.0, 62.0, 600.0) + _airy_like(shape, 50.0, 67.0, 250.0)
+    err = np.ones(shape)
+    naive = calibrate_error(res, err, c, sources=None)
+    out = calibrate_error(res, err, c)
+    r = np.hypot(*(np.indices(shape) - 60.0))
+    ring = (r > 10) & (r < 14)
+    # the true noise is 2: the planets inflate the naive error by half or more
+    assert np.median(naive[ring]) > 3.0
+    assert_allclose(np.median(out[ring]), 2.0, rtol=0.15)
+    # far from them nothing changes
+    assert_allclose(out[r > 30], naive[r > 30], rtol=1e-6)
+
+
+def test_calibrate_error_on_pure_noise_ignores_the_source_search():
+    rng = np.random.default_rng(12)
+    res = rng.normal(0, 3.0, (3, 81, 81))
+    a = calibrate_error(res, np.ones_like(res), (40, 40))
+    b = calibrate_error(res, np.ones_like(res), (40, 40), sources=None)
+    assert_allclose(a, b)
+
+
+def test_calibrate_error_deflates_an_error_that_is_too_large():
+    rng = np.random.default_rng(13)
+    res = rng.normal(0, 1.0, (101, 101))
+    out = calibrate_error(res, np.full(res.shape, 2.0), (50, 50), width=4, deflate=True)
+    r = np.hypot(*(np.indices(res.shape) - 50))
+    assert_allclose(np.median(out[r > 8]), 1.0, rtol=0.05)
+    # without deflate the error is only ever increased
+    assert (calibrate_error(res, np.full(res.shape, 2.0), (50, 50)) >= 2.0).all()
+
+
+def test_source_regions_disks_grow_with_brightness():
+    shape = (101, 101)
+    faint = _airy_like(shape, 30.0, 50.0, 8.0)
+    bright = _airy_like(shape, 70.0, 50.0, 800.0)
+    m = source_regions(faint + bright, 5.0)
+    yy, xx = np.indices(shape)
+    assert m[50, 30] and m[50, 70] and not m[10, 10]
+    area_faint = m[(xx < 50)].sum()
+    area_bright = m[(xx >= 50)].sum()
+    assert area_bright > 3 * area_faint
+    # negative sources too; nothing on a map below the threshold
+    assert source_regions(-(faint + bright), 5.0).sum() == m.sum()
+    assert not source_regions(np.full(shape, 4.9), 5.0).any()
+    # one mask per image plane
+    both = source_regions(np.stack([faint, np.zeros(shape)]), 5.0)
+    assert both[0].any() and not both[1].any()
 
 
 def test_aperture_snr_of_injected_source():
