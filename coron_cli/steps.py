@@ -124,7 +124,8 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
         if nout:
             dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
             bad = bad | hit
-    sci = core.repair_bad_pixels(product.sci, bad)
+    # the integrations of one exposure show the same scene: repair across them first
+    sci = core.repair_bad_pixels(product.sci, bad, groups=np.zeros(product.sci.shape[0], int))
     return sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
 
 
@@ -237,7 +238,16 @@ def _stack_dithers(psfstack):
 def _repair_stack(psfstack, bad_bits):
     bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
     _check_not_all_bad(psfstack, bad)
-    return core.repair_bad_pixels(psfstack.sci, bad)
+    return core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
+
+
+def _stack_groups(psfstack):
+    """Slice labels of a psfstack, one per source exposure (REFS file), or None."""
+    refs = psfstack.tables.get("REFS") if psfstack.tables else None
+    if refs is None or "file" not in refs.colnames or len(refs) != psfstack.sci.shape[0]:
+        return None
+    _, labels = np.unique(np.asarray(refs["file"]).astype(str), return_inverse=True)
+    return labels
 
 
 def _shift_dq(dq, dx, dy):

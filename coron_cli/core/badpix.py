@@ -34,8 +34,8 @@ def bad_pixel_mask(data, dq=None, *, bad_bits=DO_NOT_USE):
     return bad
 
 
-def repair_bad_pixels(images, bad, *, max_radius=8):
-    """Replace bad pixels by the median of their good neighbours.
+def repair_bad_pixels(images, bad, *, max_radius=8, groups=None):
+    """Replace bad pixels, from the other frames of their group or their neighbours.
 
     Parameters
     ----------
@@ -46,6 +46,13 @@ def repair_bad_pixels(images, bad, *, max_radius=8):
         Neighbourhoods grow from 1 (3x3) up to this half-width for pixels
         with no good neighbour; any still without one get the median of their
         frame's good pixels (0 for a frame with none).
+    groups : ndarray of int of shape images.shape[:-2], optional
+        Frames with the same label show the same scene (the integrations of
+        one exposure). A bad pixel good in another frame of its group takes
+        the median of that pixel over the group's good frames, each
+        normalised by its frame's flux, times its own frame's flux (flux:
+        the sum over the pixels good in every frame of the group). Only
+        the others are repaired from their neighbours.
 
     Returns
     -------
@@ -54,9 +61,13 @@ def repair_bad_pixels(images, bad, *, max_radius=8):
 
     Notes
     -----
-    Only the bad pixels are visited, all at once: for every bad pixel the
-    values of its (2r+1)^2 neighbours are gathered into one array and the
-    median of the good ones taken along that axis.
+    Across frames is the better repair where the image is steep: the
+    median of the neighbours of a pixel at the peak of a star is well below
+    it, and a fit to the repaired frame (a registration's flux scale) is
+    pulled by that. Neighbour repair visits only the bad pixels, all at
+    once: for every bad pixel the values of its (2r+1)^2 neighbours are
+    gathered into one array and the median of the good ones taken along
+    that axis.
     """
     images = np.asarray(images)
     dtype = np.float64 if images.dtype == np.float64 else np.float32
@@ -66,7 +77,9 @@ def repair_bad_pixels(images, bad, *, max_radius=8):
         return out
     ny, nx = out.shape[-2:]
     flat = out.reshape(-1, ny, nx)
-    badf = bad.reshape(-1, ny, nx)
+    badf = bad.reshape(-1, ny, nx).copy()
+    if groups is not None:
+        _repair_across(flat, badf, np.asarray(groups).reshape(-1))
     good = ~badf
     todo = np.nonzero(badf)
     radius = 1
@@ -90,6 +103,37 @@ def repair_bad_pixels(images, bad, *, max_radius=8):
         lut = dict(zip(np.unique(k).tolist(), frame_med.tolist()))
         flat[todo] = np.array([lut[i] for i in k.tolist()], dtype=dtype)
     return out
+
+
+def _repair_across(flat, bad, groups):
+    """Repair, in place, bad pixels of (n, ny, nx) frames from their group; clears `bad`."""
+    for g in np.unique(groups):
+        idx = np.nonzero(groups == g)[0]
+        if idx.size < 2:
+            continue
+        sub_bad = bad[idx]
+        rows = np.nonzero(sub_bad.any(axis=(1, 2)))[0]
+        if rows.size == 0:
+            continue
+        common = ~sub_bad.any(axis=0)
+        if not common.any():
+            continue
+        frames = flat[idx].astype(np.float64)
+        flux = frames[:, common].sum(axis=1)
+        ref = np.median(flux)
+        if not (np.isfinite(ref) and ref != 0) or np.any(flux == 0):
+            continue
+        norm = flux / ref
+        scaled = np.where(sub_bad, np.nan, frames / norm[:, None, None])
+        for r in rows:
+            y, x = np.nonzero(sub_bad[r])
+            vals = scaled[:, y, x]
+            ok = np.isfinite(vals).any(axis=0)
+            if not ok.any():
+                continue
+            med = np.nanmedian(vals[:, ok], axis=0)
+            flat[idx[r], y[ok], x[ok]] = med * norm[r]
+            bad[idx[r], y[ok], x[ok]] = False
 
 
 def _robust_sigma(values, axis):
