@@ -67,27 +67,125 @@ def shift_images(images, dx, dy, *, workers=-1):
     return sfft.irfft2(spec, s=(ny, nx), workers=workers)
 
 
-def _initial_shift(X, ny, nx, workers):
-    """Integer shift maximising the cross-correlation, then a parabola."""
-    cc = sfft.irfft2(X, s=(ny, nx), workers=workers)
-    batch = cc.shape[:-2]
-    flat = cc.reshape(-1, ny * nx)
-    idx = np.argmax(flat, axis=1)
+def _cc_weights(n):
+    """Column weights of the rfft half-plane as irfft uses them (0 and Nyquist once)."""
+    w = np.full(n // 2 + 1, 2.0)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    return w
+
+
+def _subpixel(c0, cm, cp):
+    """Parabola through three samples of a peak: offset of its vertex in [-0.5, 0.5]."""
+    den = cm - 2 * c0 + cp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(den < 0, 0.5 * (cm - cp) / den, 0.0)
+    return np.clip(s, -0.5, 0.5)
+
+
+def _wrap(i, n):
+    return np.where(i > n // 2, i - n, i)
+
+
+def _full_peak(X, ny, nx, workers):
+    """Integer cross-correlation peak and parabola, from the full inverse FFT."""
+    cc = sfft.irfft2(X, s=(ny, nx), workers=workers).reshape(-1, ny, nx)
+    idx = np.argmax(cc.reshape(cc.shape[0], -1), axis=1)
     iy, ix = np.unravel_index(idx, (ny, nx))
-    cc2 = cc.reshape(-1, ny, nx)
-    b = np.arange(cc2.shape[0])
+    b = np.arange(cc.shape[0])
+    c0 = cc[b, iy, ix]
+    sx = _subpixel(c0, cc[b, iy, (ix - 1) % nx], cc[b, iy, (ix + 1) % nx])
+    sy = _subpixel(c0, cc[b, (iy - 1) % ny, ix], cc[b, (iy + 1) % ny, ix])
+    return _wrap(ix, nx) + sx, _wrap(iy, ny) + sy
 
-    def sub(c0, cm, cp):
-        den = cm - 2 * c0 + cp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.where(den < 0, 0.5 * (cm - cp) / den, 0.0)
-        return np.clip(s, -0.5, 0.5)
 
-    c0 = cc2[b, iy, ix]
-    sx = sub(c0, cc2[b, iy, (ix - 1) % nx], cc2[b, iy, (ix + 1) % nx])
-    sy = sub(c0, cc2[b, (iy - 1) % ny, ix], cc2[b, (iy + 1) % ny, ix])
-    fx = np.where(ix > nx // 2, ix - nx, ix) + sx
-    fy = np.where(iy > ny // 2, iy - ny, iy) + sy
+def _coarse_peak(X, ny, nx, ky_n, kx_n, workers):
+    """Peak of the low-pass cross-correlation, from a small inverse FFT.
+
+    Only the ``ky_n x kx_n`` lowest frequencies are kept, so the correlation
+    comes out sampled every ``ny / ky_n`` (``nx / kx_n``) pixels; a parabola
+    through the samples gives the peak to about a pixel.
+    """
+    hy, hx = ky_n // 2, kx_n // 2
+    Xc = np.concatenate([X[:, :hy, :hx + 1], X[:, ny - hy:, :hx + 1]], axis=1)
+    cc = sfft.irfft2(Xc, s=(ky_n, kx_n), workers=workers)
+    idx = np.argmax(cc.reshape(cc.shape[0], -1), axis=1)
+    iy, ix = np.unravel_index(idx, (ky_n, kx_n))
+    b = np.arange(cc.shape[0])
+    c0 = cc[b, iy, ix]
+    sx = _subpixel(c0, cc[b, iy, (ix - 1) % kx_n], cc[b, iy, (ix + 1) % kx_n])
+    sy = _subpixel(c0, cc[b, (iy - 1) % ky_n, ix], cc[b, (iy + 1) % ky_n, ix])
+    return (_wrap(ix, kx_n) + sx) * (nx / kx_n), (_wrap(iy, ky_n) + sy) * (ny / ky_n)
+
+
+def _window_cc(X, ix, iy, ky, kx, cx, half):
+    """Cross-correlation at integer shifts ``(ix + a, iy + b)``, |a|, |b| <= half.
+
+    Evaluated as a direct Fourier sum restricted to the window (two batched
+    matrix products, no FFT); equal to ``irfft2(X)`` at those shifts times the
+    number of pixels. Returns an array of shape (n, 2 half + 1, 2 half + 1),
+    indexed [pair, b, a].
+    """
+    off = np.arange(-half, half + 1)
+    ex = np.exp(1j * _TWO_PI * kx.ravel()[None, :, None] * (ix[:, None, None] + off))
+    ex *= cx[None, :, None]                                               # (n, nkx, w)
+    ey = np.exp(1j * _TWO_PI * ky.ravel()[None, None, :] * (iy[:, None, None] + off[:, None]))
+    return (ey @ (X @ ex)).real                                           # (n, w, w)
+
+
+def _initial_shift(X, ny, nx, workers, *, decimate=4, half=2, rounds=3):
+    """Starting shifts: the integer cross-correlation peak, then a parabola.
+
+    The peak is first located on the low-pass correlation from the central
+    ``1/decimate`` of the spectrum (a small inverse FFT), then the exact
+    correlation is evaluated on a (2 half + 1)^2 window of integer shifts
+    around it; the window moves to its maximum until the maximum is inside
+    (at most `rounds` times). Pairs whose peak is still on the window edge,
+    and images too small to decimate, use the full inverse FFT. The result
+    is that of the full cross-correlation whenever its global peak is the
+    one nearest the low-pass peak, i.e. for any shift of a rigid image.
+    """
+    batch = X.shape[:-2]
+    X = X.reshape((-1,) + X.shape[-2:])
+    n = X.shape[0]
+    ky_n = 2 * (ny // (2 * decimate))
+    kx_n = 2 * (nx // (2 * decimate))
+    if decimate <= 1 or ky_n < 8 or kx_n < 8:
+        fx, fy = _full_peak(X, ny, nx, workers)
+        return fx.reshape(batch), fy.reshape(batch)
+    ky, kx = _freqs(ny, nx)
+    cx = _cc_weights(nx)
+    cx0, cy0 = _coarse_peak(X, ny, nx, ky_n, kx_n, workers)
+    ix = np.rint(cx0).astype(np.int64)
+    iy = np.rint(cy0).astype(np.int64)
+    fx = np.empty(n)
+    fy = np.empty(n)
+    todo = np.arange(n)
+    w = 2 * half + 1
+    for _ in range(rounds):
+        cc = _window_cc(X[todo], ix[todo], iy[todo], ky, kx, cx, half)
+        k = np.argmax(cc.reshape(todo.size, -1), axis=1)
+        b, a = np.divmod(k, w)
+        inside = (a > 0) & (a < w - 1) & (b > 0) & (b < w - 1)
+        j = np.nonzero(inside)[0]
+        if j.size:
+            a_j, b_j = a[j], b[j]
+            c0 = cc[j, b_j, a_j]
+            sx = _subpixel(c0, cc[j, b_j, a_j - 1], cc[j, b_j, a_j + 1])
+            sy = _subpixel(c0, cc[j, b_j - 1, a_j], cc[j, b_j + 1, a_j])
+            t = todo[j]
+            fx[t] = _wrap((ix[t] + a_j - half) % nx, nx) + sx
+            fy[t] = _wrap((iy[t] + b_j - half) % ny, ny) + sy
+        out = ~inside
+        t = todo[out]
+        ix[t] += a[out] - half
+        iy[t] += b[out] - half
+        todo = t
+        if todo.size == 0:
+            break
+    if todo.size:
+        fx[todo], fy[todo] = _full_peak(X[todo], ny, nx, workers)
     return fx.reshape(batch), fy.reshape(batch)
 
 

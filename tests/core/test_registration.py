@@ -96,3 +96,44 @@ def test_dither_model_needs_two_dimensional_grid():
     refs = np.stack([gaussian_psf(SHAPE, 31 + d, 32) for d in (-0.2, 0, 0.2)])
     with pytest.raises(ValueError):
         dither_positions(refs, [[-0.2, 0], [0, 0], [0.2, 0]], refs[:1])
+
+
+def _cross_power(refs, tgt):
+    from scipy import fft as sfft
+
+    R = sfft.rfft2(np.asarray(refs, dtype=np.float64))
+    return np.conj(R) * sfft.rfft2(np.asarray(tgt, dtype=np.float64))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (96, 128), (75, 81)])
+def test_initial_shift_matches_full_correlation_for_large_offsets(shape):
+    """The coarse-then-window peak search finds the full cross-correlation peak,
+    offsets of many pixels included, and so does every fallback."""
+    from coron_cli.core.registration import _full_peak, _initial_shift
+
+    ny, nx = shape
+    rng = np.random.default_rng(5)
+    true = np.column_stack([rng.uniform(-nx / 4, nx / 4, 12), rng.uniform(-ny / 4, ny / 4, 12)])
+    true[:3] = [[0.2, -0.3], [5.6, -7.2], [-11.4, 9.1]]
+    cx, cy = nx / 2 - 0.3, ny / 2 + 0.4
+    tgt = gaussian_psf(shape, cx, cy) + rng.normal(0, 1e-3, shape)
+    refs = np.stack([gaussian_psf(shape, cx - a, cy - b) for a, b in true])
+    X = _cross_power(refs, tgt)
+    fx, fy = _full_peak(X, ny, nx, 1)
+    assert np.abs(fx - true[:, 0]).max() < 0.5 and np.abs(fy - true[:, 1]).max() < 0.5
+    for kw in ({}, {"half": 1}, {"half": 1, "rounds": 1}, {"rounds": 0}, {"decimate": 1}):
+        gx, gy = _initial_shift(X, ny, nx, 1, **kw)
+        assert_allclose(gx, fx, atol=1e-9)
+        assert_allclose(gy, fy, atol=1e-9)
+
+
+def test_align_references_large_offsets():
+    refs = np.stack([gaussian_psf(SHAPE, 31 + a, 32 + b) for a, b in [(6.3, -4.1), (-9.2, 7.4)]])
+    tg = np.stack([gaussian_psf(SHAPE, 31.1, 31.8), gaussian_psf(SHAPE, 30.7, 32.2)])
+    aligned, dx, dy, scale = align_references(refs, tg)
+    assert_allclose(dx, [[0.1 - 6.3, 0.1 + 9.2], [-0.3 - 6.3, -0.3 + 9.2]], atol=1e-3)
+    assert_allclose(dy, [[-0.2 + 4.1, -0.2 - 7.4], [0.2 + 4.1, 0.2 - 7.4]], atol=1e-3)
+    assert_allclose(scale, 1.0, atol=1e-3)
+    for i in range(2):
+        for j in range(2):
+            assert_allclose(aligned[i, j], tg[i], atol=1e-3)
