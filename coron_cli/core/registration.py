@@ -267,18 +267,31 @@ def _moments(X, dx, dy, ky, kx, cy, cx):
     return m.real, m.imag
 
 
-def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol):
-    nref = X.shape[0]
-    # the Hermitian weights are separable: c = cy (rows) x cx (columns)
+def _separable(c):
+    """The Hermitian weights as a product cy (rows) x cx (columns)."""
     cx = c[0] / (c[0, 0] if c[0, 0] else 1.0)
     cy = c[:, 0] / cx[0]
-    norm = np.einsum("nyx,y,x->n", np.abs(R) ** 2, cy, cx)
+    return cy, cx
+
+
+def _power(R, c):
+    """sum_k c_k |R_k|^2 for every spectrum of R: the scale's denominator."""
+    cy, cx = _separable(c)
+    return np.einsum("nyx,y,x->n", (R.real ** 2 + R.imag ** 2), cy, cx)
+
+
+def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None):
+    nref = X.shape[0]
+    cy, cx = _separable(c)
+    if norm is None:
+        norm = _power(R, c)
     active = np.ones(nref, bool)
+    f0 = np.empty(nref)
     for _ in range(max_iter):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
             break
-        re, im = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx)
+        re, im = _moments(X[idx] if idx.size < nref else X, dx[idx], dy[idx], ky, kx, cy, cx)
         # gradient of F and Hessian
         gx = -_TWO_PI * im[:, 1]
         gy = -_TWO_PI * im[:, 2]
@@ -297,10 +310,16 @@ def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol):
         sty = np.clip(sty, -0.5, 0.5)
         dx[idx] += stx
         dy[idx] += sty
+        # F at the new shift, to second order (the last step is below tol)
+        f0[idx] = re[:, 0] + gx * stx + gy * sty + 0.5 * (hxx * stx ** 2 + 2 * hxy * stx * sty
+                                                          + hyy * sty ** 2)
         active[idx] = (np.abs(stx) > tol) | (np.abs(sty) > tol)
-    re, _ = _moments(X, dx, dy, ky, kx, cy, cx)
+    idx = np.nonzero(active)[0]
+    if idx.size:
+        # not converged in max_iter: F exactly where the shift stopped
+        f0[idx] = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx)[0][:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(norm > 0, re[:, 0] / norm, np.nan)
+        scale = np.where(norm > 0, f0 / norm, np.nan)
     return dx, dy, scale
 
 
@@ -373,35 +392,63 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     The references' spectra are computed once and reused for the fits and
     the shifts of every integration.
     """
-    refs = np.asarray(references, dtype=np.float64)
-    tg = np.asarray(targets, dtype=np.float64)
+    refs = np.asarray(references)
     nref, ny, nx = refs.shape
+    tg = np.asarray(targets)
     nint = tg.shape[0]
     ky, kx = _freqs(ny, nx)
-    R = sfft.rfft2(refs, workers=workers)
+    R = sfft.rfft2(np.asarray(refs, dtype=np.float64), workers=workers)
+    del refs
+    Rs = R.copy()                              # spectra to shift (R becomes conj(R))
     aligned = np.empty((nint, nref, ny, nx), dtype=np.float32)
     dx = np.empty((nint, nref))
     dy = np.empty((nint, nref))
     scale = np.empty((nint, nref))
-    c = _hermitian_weights(ny, nx)
-    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if shifts is None:
+        c = _hermitian_weights(ny, nx)
+        w = None if weights is None else np.asarray(weights, dtype=np.float64)
+        norm = _power(R, c) if w is None else None
+        if w is not None:
+            Rf = R
+        else:
+            Rf = np.conjugate(R, out=R)        # conj(R), reused for every cross-power
+        X = np.empty_like(R)
+    del R
+    buf = np.empty_like(Rs)
     for i in range(nint):
         if shifts is not None:
             dx[i], dy[i], scale[i] = shifts[0][i], shifts[1][i], shifts[2][i]
-            aligned[i] = sfft.irfft2(R * _phase(ky, kx, dx[i], dy[i]), s=(ny, nx),
-                                     workers=workers)
-            continue
-        T = sfft.rfft2(tg[i], workers=workers)
-        X = np.conj(R) * T
-        x0, y0 = _initial_shift(X, ny, nx, workers)
-        if w is None:
-            dx[i], dy[i], scale[i] = _fit_fourier(R, X, c, x0, y0, ky, kx, max_iter, 1e-7)
         else:
-            dx[i], dy[i], scale[i] = _fit_image(R, tg[i], w, x0, y0, ky, kx, max_iter, 1e-7,
-                                                workers)
-        del X
-        aligned[i] = sfft.irfft2(R * _phase(ky, kx, dx[i], dy[i]), s=(ny, nx), workers=workers)
+            T = sfft.rfft2(np.asarray(tg[i], dtype=np.float64), workers=workers)
+            if w is None:
+                np.multiply(Rf, T, out=X)
+            else:
+                np.multiply(np.conj(Rf), T, out=X)
+            x0, y0 = _initial_shift(X, ny, nx, workers)
+            if w is None:
+                dx[i], dy[i], scale[i] = _fit_fourier(None, X, c, x0, y0, ky, kx, max_iter,
+                                                      1e-7, norm=norm)
+            else:
+                dx[i], dy[i], scale[i] = _fit_image(Rf, np.asarray(tg[i], dtype=np.float64),
+                                                    w, x0, y0, ky, kx, max_iter, 1e-7,
+                                                    workers)
+        aligned[i] = _shift_spectra(Rs, dx[i], dy[i], ky, kx, (ny, nx), workers, buf)
     return aligned, dx, dy, scale
+
+
+def _shift_spectra(S, dx, dy, ky, kx, shape, workers, buf=None):
+    """irfft2 of the spectra S times the shift phase, in the precision of S.
+
+    The phase is separable, so it is applied as an x factor then a y factor
+    (per image vectors) rather than formed as a full array.
+    """
+    dx = np.broadcast_to(np.asarray(dx, dtype=np.float64), S.shape[:-2])
+    dy = np.broadcast_to(np.asarray(dy, dtype=np.float64), S.shape[:-2])
+    px = np.exp(-1j * _TWO_PI * kx.ravel() * dx[..., None]).astype(S.dtype)
+    py = np.exp(-1j * _TWO_PI * ky.ravel() * dy[..., None]).astype(S.dtype)
+    buf = np.multiply(S, px[..., None, :], out=buf)
+    buf *= py[..., :, None]
+    return sfft.irfft2(buf, s=shape, workers=workers, overwrite_x=True)
 
 
 def _poly_terms(p, order):
