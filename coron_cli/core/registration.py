@@ -399,7 +399,9 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     ky, kx = _freqs(ny, nx)
     R = sfft.rfft2(np.asarray(refs, dtype=np.float64), workers=workers)
     del refs
-    Rs = R.copy()                              # spectra to shift (R becomes conj(R))
+    # the shifts are applied in single precision (the output is float32); the fits
+    # use the double-precision spectra
+    R32 = R.astype(np.complex64)
     aligned = np.empty((nint, nref, ny, nx), dtype=np.float32)
     dx = np.empty((nint, nref))
     dy = np.empty((nint, nref))
@@ -414,7 +416,7 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
             Rf = np.conjugate(R, out=R)        # conj(R), reused for every cross-power
         X = np.empty_like(R)
     del R
-    buf = np.empty_like(Rs)
+    buf = np.empty_like(R32)
     for i in range(nint):
         if shifts is not None:
             dx[i], dy[i], scale[i] = shifts[0][i], shifts[1][i], shifts[2][i]
@@ -432,7 +434,7 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
                 dx[i], dy[i], scale[i] = _fit_image(Rf, np.asarray(tg[i], dtype=np.float64),
                                                     w, x0, y0, ky, kx, max_iter, 1e-7,
                                                     workers)
-        aligned[i] = _shift_spectra(Rs, dx[i], dy[i], ky, kx, (ny, nx), workers, buf)
+        aligned[i] = _shift_spectra(R32, dx[i], dy[i], ky, kx, (ny, nx), workers, buf)
     return aligned, dx, dy, scale
 
 
