@@ -5,6 +5,9 @@ so the offset that puts a reference star onto a science star is the science
 centre minus the reference centre.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import fft as sfft
 
@@ -24,6 +27,44 @@ def _phase(ky, kx, dx, dy):
     dx = np.asarray(dx, dtype=np.float64)[..., None, None]
     dy = np.asarray(dy, dtype=np.float64)[..., None, None]
     return np.exp(-1j * _TWO_PI * ky * dy) * np.exp(-1j * _TWO_PI * kx * dx)
+
+
+def _nthreads(workers):
+    """Thread count for a scipy.fft-style `workers` (negative: from the CPU count)."""
+    if workers is None:
+        return 1
+    if workers > 0:
+        return int(workers)
+    return max(1, (os.cpu_count() or 1) + 1 + int(workers))
+
+
+_ROWS = 64
+
+
+def _matmul_rows(X, V, workers):
+    """``X @ V`` for stacks of shape (n, ny, k) @ (n, k, m) with small m.
+
+    Done in blocks of at most 64 rows, so every BLAS call is small enough to
+    run on one thread, and the blocks are shared among `workers` Python
+    threads. A threaded BLAS on the whole stack is no faster on an idle
+    machine and stalls for up to seconds per call when other processes
+    compete for the cores (its threads wait for each other).
+    """
+    n, ny, _ = X.shape
+    out = np.empty((n, ny, V.shape[-1]), dtype=np.result_type(X, V))
+    blocks = [(a, min(a + _ROWS, ny)) for a in range(0, ny, _ROWS)]
+
+    def run(part):
+        for a, b in part:
+            np.matmul(X[:, a:b], V, out=out[:, a:b])
+
+    nt = min(_nthreads(workers), len(blocks))
+    if nt <= 1 or n * ny * X.shape[-1] < 1 << 18:
+        run(blocks)
+    else:
+        with ThreadPoolExecutor(nt) as ex:
+            list(ex.map(run, [blocks[k::nt] for k in range(nt)]))
+    return out
 
 
 def _hermitian_weights(ny, nx):
@@ -119,7 +160,7 @@ def _coarse_peak(X, ny, nx, ky_n, kx_n, workers):
     return (_wrap(ix, kx_n) + sx) * (nx / kx_n), (_wrap(iy, ky_n) + sy) * (ny / ky_n)
 
 
-def _window_cc(X, ix, iy, ky, kx, cx, half):
+def _window_cc(X, ix, iy, ky, kx, cx, half, workers=1):
     """Cross-correlation at integer shifts ``(ix + a, iy + b)``, |a|, |b| <= half.
 
     Evaluated as a direct Fourier sum restricted to the window (two batched
@@ -131,7 +172,7 @@ def _window_cc(X, ix, iy, ky, kx, cx, half):
     ex = np.exp(1j * _TWO_PI * kx.ravel()[None, :, None] * (ix[:, None, None] + off))
     ex *= cx[None, :, None]                                               # (n, nkx, w)
     ey = np.exp(1j * _TWO_PI * ky.ravel()[None, None, :] * (iy[:, None, None] + off[:, None]))
-    return (ey @ (X @ ex)).real                                           # (n, w, w)
+    return (ey @ _matmul_rows(X, ex, workers)).real                       # (n, w, w)
 
 
 def _initial_shift(X, ny, nx, workers, *, decimate=4, half=2, rounds=3):
@@ -164,7 +205,8 @@ def _initial_shift(X, ny, nx, workers, *, decimate=4, half=2, rounds=3):
     todo = np.arange(n)
     w = 2 * half + 1
     for _ in range(rounds):
-        cc = _window_cc(X[todo], ix[todo], iy[todo], ky, kx, cx, half)
+        cc = _window_cc(X[todo] if todo.size < n else X, ix[todo], iy[todo], ky, kx, cx, half,
+                        workers)
         k = np.argmax(cc.reshape(todo.size, -1), axis=1)
         b, a = np.divmod(k, w)
         inside = (a > 0) & (a < w - 1) & (b > 0) & (b < w - 1)
@@ -238,12 +280,12 @@ def fit_offsets(references, target, *, weights=None, max_iter=30, tol=1e-7, work
     ky, kx = _freqs(ny, nx)
     if weights is None:
         c = _hermitian_weights(ny, nx)
-        return _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol)
+        return _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, workers=workers)
     w = np.asarray(weights, dtype=np.float64)
     return _fit_image(R, tgt, w, dx, dy, ky, kx, max_iter, tol, workers)
 
 
-def _moments(X, dx, dy, ky, kx, cy, cx):
+def _moments(X, dx, dy, ky, kx, cy, cx, workers=1):
     """Weighted sums of conj(P(d)) X over the half-plane, by separable products.
 
     The shift phase and the Hermitian weights factor into a y part and an x
@@ -260,7 +302,7 @@ def _moments(X, dx, dy, ky, kx, cy, cx):
     kxv, kyv = kx.ravel(), ky.ravel()
     gx = np.stack([cx, cx * kxv, cx * kxv ** 2], axis=1)               # (nkx, 3)
     fy = np.stack([cy, cy * kyv, cy * kyv ** 2], axis=0)               # (3, ny)
-    A = X @ (px[:, :, None] * gx[None])                                # (n, ny, 3)
+    A = _matmul_rows(X, px[:, :, None] * gx[None], workers)            # (n, ny, 3)
     M = (py[:, None, :] * fy[None]) @ A                                 # (n, 3, 3)
     m = np.stack([M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 0, 2], M[:, 2, 0], M[:, 1, 1]],
                  axis=1)
@@ -280,7 +322,7 @@ def _power(R, c):
     return np.einsum("nyx,y,x->n", (R.real ** 2 + R.imag ** 2), cy, cx)
 
 
-def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None):
+def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None, workers=1):
     nref = X.shape[0]
     cy, cx = _separable(c)
     if norm is None:
@@ -291,7 +333,8 @@ def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
             break
-        re, im = _moments(X[idx] if idx.size < nref else X, dx[idx], dy[idx], ky, kx, cy, cx)
+        re, im = _moments(X[idx] if idx.size < nref else X, dx[idx], dy[idx], ky, kx, cy, cx,
+                          workers)
         # gradient of F and Hessian
         gx = -_TWO_PI * im[:, 1]
         gy = -_TWO_PI * im[:, 2]
@@ -317,7 +360,7 @@ def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None):
     idx = np.nonzero(active)[0]
     if idx.size:
         # not converged in max_iter: F exactly where the shift stopped
-        f0[idx] = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx)[0][:, 0]
+        f0[idx] = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx, workers)[0][:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(norm > 0, f0 / norm, np.nan)
     return dx, dy, scale
@@ -429,7 +472,7 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
             x0, y0 = _initial_shift(X, ny, nx, workers)
             if w is None:
                 dx[i], dy[i], scale[i] = _fit_fourier(None, X, c, x0, y0, ky, kx, max_iter,
-                                                      1e-7, norm=norm)
+                                                      1e-7, norm=norm, workers=workers)
             else:
                 dx[i], dy[i], scale[i] = _fit_image(Rf, np.asarray(tg[i], dtype=np.float64),
                                                     w, x0, y0, ky, kx, max_iter, 1e-7,
