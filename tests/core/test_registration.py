@@ -176,3 +176,40 @@ def test_fit_scale_is_that_of_the_final_shift():
     re, _ = _moments(np.conj(R) * sfft.rfft2(tgt), fx, fy, ky, kx, *_separable(c))
     assert_allclose(s, re[:, 0] / _power(R, c), rtol=1e-12)
     assert_allclose(s, 1.3, rtol=1e-3)
+
+
+def test_shift_stack_matches_shift_images():
+    from coron_cli.core import shift_stack
+
+    rng = np.random.default_rng(4)
+    imgs = np.stack([1e3 * gaussian_psf((48, 56), 27 + a, 23 + b) + 5.0
+                     for a, b in rng.uniform(-2, 2, (4, 2))])
+    dx = rng.uniform(-4, 4, (3, 4))
+    dy = rng.uniform(-4, 4, (3, 4))
+    out = shift_stack(imgs, dx, dy)
+    assert out.shape == (3, 4, 48, 56) and out.dtype == np.float32
+    for i in range(3):
+        ref64 = shift_images(imgs, dx[i], dy[i])
+        assert np.abs(out[i] - ref64).max() < 1e-6 * np.abs(ref64).max()
+
+
+def test_shift_dq_is_the_or_of_the_four_neighbours():
+    from coron_cli.steps import _shift_dq
+
+    rng = np.random.default_rng(6)
+    nint, nref, ny, nx = 3, 4, 12, 10
+    dq = np.where(rng.random((nref, ny, nx)) < 0.2,
+                  rng.choice([1, 4, 1024, 1 | 4], (nref, ny, nx)), 0).astype(np.uint32)
+    dq[:, 5, 5] = 1 | 1024                              # a flag shared by every reference
+    dx = rng.uniform(-7, 7, (nint, nref))
+    dy = rng.uniform(-7, 7, (nint, nref))
+    got = _shift_dq(dq, dx, dy)
+    want = np.zeros((nint, nref, ny, nx), np.uint32)
+    for i in range(nint):
+        for j in range(nref):
+            fx, fy = int(np.floor(dx[i, j])), int(np.floor(dy[i, j]))
+            for oy in (0, 1):
+                for ox in (0, 1):
+                    want[i, j] |= np.roll(dq[j], (fy + oy, fx + ox), axis=(0, 1))
+    assert np.array_equal(got, want)
+    assert not _shift_dq(np.zeros_like(dq), dx, dy).any()
