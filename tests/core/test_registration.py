@@ -213,3 +213,17 @@ def test_shift_dq_is_the_or_of_the_four_neighbours():
                     want[i, j] |= np.roll(dq[j], (fy + oy, fx + ox), axis=(0, 1))
     assert np.array_equal(got, want)
     assert not _shift_dq(np.zeros_like(dq), dx, dy).any()
+
+
+def test_align_references_weighted_matches_fit_offsets():
+    rng = np.random.default_rng(9)
+    refs = np.stack([gaussian_psf(SHAPE, 31 + a, 32 + b) for a, b in rng.uniform(-3, 3, (3, 2))])
+    tg = np.stack([1.4 * gaussian_psf(SHAPE, 31.2, 31.7), gaussian_psf(SHAPE, 30.6, 32.3)])
+    w = np.ones(SHAPE)
+    w[:8] = 0.0
+    _, dx, dy, scale = align_references(refs, tg, weights=w)
+    for i in range(2):
+        fx, fy, fs = fit_offsets(refs, tg[i], weights=w)
+        assert_allclose(dx[i], fx, atol=1e-9)
+        assert_allclose(dy[i], fy, atol=1e-9)
+        assert_allclose(scale[i], fs, rtol=1e-9)
