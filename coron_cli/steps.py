@@ -254,7 +254,10 @@ def _shift_dq(dq, dx, dy):
     """DQ of shifted references: OR of the pixels the shift interpolates between.
 
     dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
-    Only flagged pixels are visited, all at once.
+    Only flagged pixels are visited, all at once. For one of the four
+    neighbour offsets the map from source to destination pixel is a
+    translation of each image, so no destination repeats and a plain indexed
+    OR (no ufunc.at) is exact.
     """
     nint = dx.shape[0]
     nref, ny, nx = dq.shape
@@ -263,13 +266,15 @@ def _shift_dq(dq, dx, dy):
     if j.size == 0:
         return out
     val = np.broadcast_to(dq[j, y, x], (nint, j.size))
-    fx = np.floor(dx).astype(np.int64)[:, j]
-    fy = np.floor(dy).astype(np.int64)[:, j]
-    ii = np.broadcast_to(np.arange(nint)[:, None], fx.shape)
-    jj = np.broadcast_to(j, fx.shape)
+    fx = np.floor(dx).astype(np.int64)[:, j] + x
+    fy = np.floor(dy).astype(np.int64)[:, j] + y
+    base = (np.arange(nint, dtype=np.int64)[:, None] * nref + j) * ny          # (nint, n)
+    flat = out.reshape(-1)
     for oy in (0, 1):
+        row = (base + (fy + oy) % ny) * nx
         for ox in (0, 1):
-            np.bitwise_or.at(out, (ii, jj, (y + fy + oy) % ny, (x + fx + ox) % nx), val)
+            idx = row + (fx + ox) % nx
+            flat[idx] |= val
     return out
 
 
@@ -322,9 +327,10 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     nint, nref = dx.shape
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
-    err = np.empty(aligned.shape, dtype=np.float32)
-    for i in range(nint):
-        err[i] = np.sqrt(np.maximum(core.shift_images(var, dx[i], dy[i]), 0.0))
+    err = core.shift_stack(var, dx, dy)          # float32; spectra of var computed once
+    del var
+    np.maximum(err, 0.0, out=err)
+    np.sqrt(err, out=err)
     dq = _shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
     shifts = Table()
     shifts["sci_int"] = np.repeat(np.arange(nint, dtype=np.int32), nref)

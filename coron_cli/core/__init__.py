@@ -35,7 +35,13 @@ from .metrics import (
     snr_map_mawet,
     student_t_factor,
 )
-from .registration import align_references, dither_positions, fit_offsets, shift_images
+from .registration import (
+    align_references,
+    dither_positions,
+    fit_offsets,
+    shift_images,
+    shift_stack,
+)
 from .stack import stack_cubes
 
 __all__ = [
@@ -65,6 +71,7 @@ __all__ = [
     "refine_peaks",
     "repair_bad_pixels",
     "shift_images",
+    "shift_stack",
     "snr_image",
     "snr_map_mawet",
     "source_ratios",

@@ -96,3 +96,134 @@ def test_dither_model_needs_two_dimensional_grid():
     refs = np.stack([gaussian_psf(SHAPE, 31 + d, 32) for d in (-0.2, 0, 0.2)])
     with pytest.raises(ValueError):
         dither_positions(refs, [[-0.2, 0], [0, 0], [0.2, 0]], refs[:1])
+
+
+def _cross_power(refs, tgt):
+    from scipy import fft as sfft
+
+    R = sfft.rfft2(np.asarray(refs, dtype=np.float64))
+    return np.conj(R) * sfft.rfft2(np.asarray(tgt, dtype=np.float64))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (96, 128), (75, 81)])
+def test_initial_shift_matches_full_correlation_for_large_offsets(shape):
+    """The coarse-then-window peak search finds the full cross-correlation peak,
+    offsets of many pixels included, and so does every fallback."""
+    from coron_cli.core.registration import _full_peak, _initial_shift
+
+    ny, nx = shape
+    rng = np.random.default_rng(5)
+    true = np.column_stack([rng.uniform(-nx / 4, nx / 4, 12), rng.uniform(-ny / 4, ny / 4, 12)])
+    true[:3] = [[0.2, -0.3], [5.6, -7.2], [-11.4, 9.1]]
+    cx, cy = nx / 2 - 0.3, ny / 2 + 0.4
+    tgt = gaussian_psf(shape, cx, cy) + rng.normal(0, 1e-3, shape)
+    refs = np.stack([gaussian_psf(shape, cx - a, cy - b) for a, b in true])
+    X = _cross_power(refs, tgt)
+    fx, fy = _full_peak(X, ny, nx, 1)
+    assert np.abs(fx - true[:, 0]).max() < 0.5 and np.abs(fy - true[:, 1]).max() < 0.5
+    for kw in ({}, {"half": 1}, {"half": 1, "rounds": 1}, {"rounds": 0}, {"decimate": 1}):
+        gx, gy = _initial_shift(X, ny, nx, 1, **kw)
+        assert_allclose(gx, fx, atol=1e-9)
+        assert_allclose(gy, fy, atol=1e-9)
+
+
+def test_align_references_large_offsets():
+    refs = np.stack([gaussian_psf(SHAPE, 31 + a, 32 + b) for a, b in [(6.3, -4.1), (-9.2, 7.4)]])
+    tg = np.stack([gaussian_psf(SHAPE, 31.1, 31.8), gaussian_psf(SHAPE, 30.7, 32.2)])
+    aligned, dx, dy, scale = align_references(refs, tg)
+    assert_allclose(dx, [[0.1 - 6.3, 0.1 + 9.2], [-0.3 - 6.3, -0.3 + 9.2]], atol=1e-3)
+    assert_allclose(dy, [[-0.2 + 4.1, -0.2 - 7.4], [0.2 + 4.1, 0.2 - 7.4]], atol=1e-3)
+    assert_allclose(scale, 1.0, atol=1e-3)
+    for i in range(2):
+        for j in range(2):
+            assert_allclose(aligned[i, j], tg[i], atol=1e-3)
+
+
+def test_single_precision_shift_matches_double():
+    """The aligned cube is shifted in complex64: within 1e-6 (relative) of the
+    float64 shift."""
+    rng = np.random.default_rng(8)
+    refs = np.stack([1e4 * gaussian_psf((80, 96), 47 + a, 40 + b) + rng.normal(0, 3, (80, 96))
+                     for a, b in rng.uniform(-2, 2, (5, 2))]).astype(np.float32)
+    dx = rng.uniform(-3, 3, (3, 5))
+    dy = rng.uniform(-3, 3, (3, 5))
+    aligned, gx, gy, gs = align_references(refs, refs[:3], shifts=(dx, dy, np.ones((3, 5))))
+    assert aligned.dtype == np.float32
+    assert np.array_equal(gx, dx) and np.array_equal(gy, dy)
+    for i in range(3):
+        ref64 = shift_images(refs, dx[i], dy[i])
+        rel = np.sqrt(np.mean((aligned[i] - ref64) ** 2) / np.mean(ref64 ** 2))
+        assert rel < 1e-6
+        assert np.abs(aligned[i] - ref64).max() < 1e-6 * np.abs(ref64).max()
+
+
+def test_fit_scale_is_that_of_the_final_shift():
+    """The flux scale is F(d) / sum c |R|^2 evaluated exactly at the returned shift
+    (the fit carries F along its Newton steps instead of re-evaluating it)."""
+    from scipy import fft as sfft
+
+    from coron_cli.core.registration import (_freqs, _hermitian_weights, _moments, _power,
+                                             _separable)
+
+    rng = np.random.default_rng(2)
+    refs = np.stack([gaussian_psf(SHAPE, 31 + a, 32 + b) + rng.normal(0, 1e-3, SHAPE)
+                     for a, b in rng.uniform(-1, 1, (6, 2))])
+    tgt = 1.3 * gaussian_psf(SHAPE, 31.2, 31.9)
+    fx, fy, s = fit_offsets(refs, tgt)
+    c = _hermitian_weights(*SHAPE)
+    R = sfft.rfft2(refs)
+    ky, kx = _freqs(*SHAPE)
+    re, _ = _moments(np.conj(R) * sfft.rfft2(tgt), fx, fy, ky, kx, *_separable(c))
+    assert_allclose(s, re[:, 0] / _power(R, c), rtol=1e-12)
+    assert_allclose(s, 1.3, rtol=1e-3)
+
+
+def test_shift_stack_matches_shift_images():
+    from coron_cli.core import shift_stack
+
+    rng = np.random.default_rng(4)
+    imgs = np.stack([1e3 * gaussian_psf((48, 56), 27 + a, 23 + b) + 5.0
+                     for a, b in rng.uniform(-2, 2, (4, 2))])
+    dx = rng.uniform(-4, 4, (3, 4))
+    dy = rng.uniform(-4, 4, (3, 4))
+    out = shift_stack(imgs, dx, dy)
+    assert out.shape == (3, 4, 48, 56) and out.dtype == np.float32
+    for i in range(3):
+        ref64 = shift_images(imgs, dx[i], dy[i])
+        assert np.abs(out[i] - ref64).max() < 1e-6 * np.abs(ref64).max()
+
+
+def test_shift_dq_is_the_or_of_the_four_neighbours():
+    from coron_cli.steps import _shift_dq
+
+    rng = np.random.default_rng(6)
+    nint, nref, ny, nx = 3, 4, 12, 10
+    dq = np.where(rng.random((nref, ny, nx)) < 0.2,
+                  rng.choice([1, 4, 1024, 1 | 4], (nref, ny, nx)), 0).astype(np.uint32)
+    dq[:, 5, 5] = 1 | 1024                              # a flag shared by every reference
+    dx = rng.uniform(-7, 7, (nint, nref))
+    dy = rng.uniform(-7, 7, (nint, nref))
+    got = _shift_dq(dq, dx, dy)
+    want = np.zeros((nint, nref, ny, nx), np.uint32)
+    for i in range(nint):
+        for j in range(nref):
+            fx, fy = int(np.floor(dx[i, j])), int(np.floor(dy[i, j]))
+            for oy in (0, 1):
+                for ox in (0, 1):
+                    want[i, j] |= np.roll(dq[j], (fy + oy, fx + ox), axis=(0, 1))
+    assert np.array_equal(got, want)
+    assert not _shift_dq(np.zeros_like(dq), dx, dy).any()
+
+
+def test_align_references_weighted_matches_fit_offsets():
+    rng = np.random.default_rng(9)
+    refs = np.stack([gaussian_psf(SHAPE, 31 + a, 32 + b) for a, b in rng.uniform(-3, 3, (3, 2))])
+    tg = np.stack([1.4 * gaussian_psf(SHAPE, 31.2, 31.7), gaussian_psf(SHAPE, 30.6, 32.3)])
+    w = np.ones(SHAPE)
+    w[:8] = 0.0
+    _, dx, dy, scale = align_references(refs, tg, weights=w)
+    for i in range(2):
+        fx, fy, fs = fit_offsets(refs, tg[i], weights=w)
+        assert_allclose(dx[i], fx, atol=1e-9)
+        assert_allclose(dy[i], fy, atol=1e-9)
+        assert_allclose(scale[i], fs, rtol=1e-9)
