@@ -85,7 +85,10 @@ class Product:
 
 
 def _clean_header(header):
-    out = header.copy(strip=True)
+    try:
+        out = header.copy(strip=True)
+    except (TypeError, ValueError, KeyError):
+        out = header.copy()  # a damaged structural card (e.g. "NAXIS < 0"): stripped below
     for key in _STRUCTURAL:
         while key in out:
             del out[key]

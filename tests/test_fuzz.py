@@ -338,6 +338,14 @@ def test_read_product_stdin(data):
         _read_ok("-", (2, 3))
 
 
+def test_read_product_damaged_naxis_card(scratch):
+    # found by the fuzzer: "NAXIS   <" in the primary header made astropy's
+    # Header.copy(strip=True) raise a TypeError
+    i = VALID_FITS.index(b"NAXIS   =")
+    damaged_bytes = VALID_FITS[:i] + b"NAXIS   <" + VALID_FITS[i + 9:]
+    _read_ok(_new_file(scratch, damaged_bytes), (2, 3))
+
+
 def test_read_product_intact_file_reads(scratch):
     path = _new_file(scratch, VALID_FITS)
     out = _read_ok(path, (2, 3))
