@@ -41,6 +41,8 @@ def _matmul_rows(X, V, workers=None):
     the blocks among Python threads gave no speed-up.) `workers` is unused.
     """
     n, ny, _ = X.shape
+    if X.dtype == np.complex64:
+        V = V.astype(np.complex64)     # a single-precision X is contracted in single
     out = np.empty((n, ny, V.shape[-1]), dtype=np.result_type(X, V))
     for a in range(0, ny, _ROWS):
         np.matmul(X[:, a:a + _ROWS], V, out=out[:, a:a + _ROWS])
@@ -473,19 +475,23 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
         norm = _power(R, c) if w is None else None
         if w is not None:
             Rf = R
+            X = np.empty_like(R)
         else:
-            Rf = np.conjugate(R, out=R)        # conj(R), reused for every cross-power
-        X = np.empty_like(R)
+            # conj(R), reused for every cross-power, in single precision: the
+            # cross-power only feeds sums (the moments), which run in double
+            Rf = np.conjugate(R32)
+            X = np.empty_like(R32)
     del R
     buf = np.empty_like(R32)
     for i in range(nint):
         if shifts is not None:
             dx[i], dy[i], scale[i] = shifts[0][i], shifts[1][i], shifts[2][i]
         else:
-            T = sfft.rfft2(np.asarray(tg[i], dtype=np.float64), workers=workers)
             if w is None:
+                T = sfft.rfft2(np.asarray(tg[i], dtype=np.float32), workers=workers)
                 np.multiply(Rf, T, out=X)
             else:
+                T = sfft.rfft2(np.asarray(tg[i], dtype=np.float64), workers=workers)
                 np.conjugate(Rf, out=X)
                 X *= T
             x0, y0 = _initial_shift(X, ny, nx, workers)
