@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from numpy.testing import assert_allclose
 from scipy import stats
 
@@ -172,3 +173,21 @@ def test_aperture_snr_of_injected_source():
     assert snr[0] > 5 and flux[0] > 0
     snr0, _ = aperture_snr(img, [[40, 60]], (40, 40), fwhm=2.5)
     assert abs(snr0[0]) < 4
+
+
+def test_grouped_median_matches_numpy_across_scales():
+    from coron_cli.core.metrics import _grouped_median, _grouped_robust_std
+
+    rng = np.random.default_rng(14)
+    g = rng.integers(0, 6, 5000)
+    # groups whose values differ by 15 orders of magnitude, with ties and outliers
+    v = rng.standard_normal(g.size) * 10.0 ** (3 * g - 6)
+    v[::7] = 0.0
+    v[::101] *= 1e9
+    for k in range(6):
+        sel = g == k
+        want = np.median(v[sel])
+        assert _grouped_median(v, g, 7)[k] == want
+        mad = 1.4826 * np.median(np.abs(v[sel] - want))
+        assert _grouped_robust_std(v, g, 7)[k] == pytest.approx(mad, rel=1e-12)
+    assert np.isnan(_grouped_median(v, g, 7)[6])
