@@ -147,16 +147,21 @@ def _wrap(i, n):
     return np.where(i > n // 2, i - n, i)
 
 
+def _periodic_peak(cc):
+    """Peak of periodic correlations (n, my, mx): signed integer position plus parabola."""
+    n, my, mx = cc.shape
+    idx = np.argmax(cc.reshape(n, -1), axis=1)
+    iy, ix = np.unravel_index(idx, (my, mx))
+    b = np.arange(n)
+    c0 = cc[b, iy, ix]
+    sx = _subpixel(c0, cc[b, iy, (ix - 1) % mx], cc[b, iy, (ix + 1) % mx])
+    sy = _subpixel(c0, cc[b, (iy - 1) % my, ix], cc[b, (iy + 1) % my, ix])
+    return _wrap(ix, mx) + sx, _wrap(iy, my) + sy
+
+
 def _full_peak(X, ny, nx, workers):
     """Integer cross-correlation peak and parabola, from the full inverse FFT."""
-    cc = sfft.irfft2(X, s=(ny, nx), workers=workers).reshape(-1, ny, nx)
-    idx = np.argmax(cc.reshape(cc.shape[0], -1), axis=1)
-    iy, ix = np.unravel_index(idx, (ny, nx))
-    b = np.arange(cc.shape[0])
-    c0 = cc[b, iy, ix]
-    sx = _subpixel(c0, cc[b, iy, (ix - 1) % nx], cc[b, iy, (ix + 1) % nx])
-    sy = _subpixel(c0, cc[b, (iy - 1) % ny, ix], cc[b, (iy + 1) % ny, ix])
-    return _wrap(ix, nx) + sx, _wrap(iy, ny) + sy
+    return _periodic_peak(sfft.irfft2(X, s=(ny, nx), workers=workers).reshape(-1, ny, nx))
 
 
 def _coarse_peak(X, ny, nx, ky_n, kx_n, workers):
@@ -168,14 +173,8 @@ def _coarse_peak(X, ny, nx, ky_n, kx_n, workers):
     """
     hy, hx = ky_n // 2, kx_n // 2
     Xc = np.concatenate([X[:, :hy, :hx + 1], X[:, ny - hy:, :hx + 1]], axis=1)
-    cc = sfft.irfft2(Xc, s=(ky_n, kx_n), workers=workers)
-    idx = np.argmax(cc.reshape(cc.shape[0], -1), axis=1)
-    iy, ix = np.unravel_index(idx, (ky_n, kx_n))
-    b = np.arange(cc.shape[0])
-    c0 = cc[b, iy, ix]
-    sx = _subpixel(c0, cc[b, iy, (ix - 1) % kx_n], cc[b, iy, (ix + 1) % kx_n])
-    sy = _subpixel(c0, cc[b, (iy - 1) % ky_n, ix], cc[b, (iy + 1) % ky_n, ix])
-    return (_wrap(ix, kx_n) + sx) * (nx / kx_n), (_wrap(iy, ky_n) + sy) * (ny / ky_n)
+    fx, fy = _periodic_peak(sfft.irfft2(Xc, s=(ky_n, kx_n), workers=workers))
+    return fx * (nx / kx_n), fy * (ny / ky_n)
 
 
 def _window_cc(X, ix, iy, ky, kx, cx, half, workers=1):
