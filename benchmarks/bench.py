@@ -949,27 +949,19 @@ def pipeline_config(n, nref, args):
 
 def help_times(args):
     """Wall time of `<tool> --help` (median of 5), plus a bare interpreter."""
-    rows = []
-    for name in ("coron-klip", "coron3", "coron-align", "coron-stack", "coron-hlsp"):
-        cmd = venv_tool(name) + ["--help"]
+    def row(label, cmd, **kw):
         ts = []
         for _ in range(5):
             t0 = time.perf_counter()
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(cmd, **kw)
             ts.append(time.perf_counter() - t0)
-        rows.append((name + " --help", statistics.median(ts), min(ts), max(ts)))
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"])
-        ts.append(time.perf_counter() - t0)
-    rows.append(("python -c pass", statistics.median(ts), min(ts), max(ts)))
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import numpy"])
-        ts.append(time.perf_counter() - t0)
-    rows.append(("python -c 'import numpy'", statistics.median(ts), min(ts), max(ts)))
+        return (label, statistics.median(ts), min(ts), max(ts))
+
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [row(name + " --help", venv_tool(name) + ["--help"], **quiet)
+            for name in ("coron-klip", "coron3", "coron-align", "coron-stack", "coron-hlsp")]
+    rows.append(row("python -c pass", [sys.executable, "-c", "pass"]))
+    rows.append(row("python -c 'import numpy'", [sys.executable, "-c", "import numpy"]))
     return rows
 
 
