@@ -417,7 +417,10 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     integrations are therefore averaged after a first pass, the sources
     above `protect` found (:func:`coron_cli.core.source_regions`) and left
     out of the fit of a second pass, like `exclude` circles (unless they
-    would cover more than half of the fitted pixels). KLPROTEC in the SCI
+    would cover more than half of the fitted pixels). No protected disk
+    reaches more than half-way from its source to the star: the bright
+    pixels near the star carry most of the fit, and leaving them out
+    changes the subtraction everywhere. KLPROTEC in the SCI
     header counts the pixels left out. Fake sources of
     :func:`klip_inject_step` are not protected: they measure the throughput
     of sources too faint to be found.
@@ -503,7 +506,7 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
     img, mvar = _mean_frames(residual, np.sqrt(var))
     e = core.calibrate_error(img, np.sqrt(mvar), center, width=annuli_width)
     z = np.nan_to_num(core.snr_image(img, e))
-    return core.source_regions(z, threshold)
+    return core.source_regions(z, threshold, center=center)
 
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,

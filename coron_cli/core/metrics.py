@@ -254,7 +254,7 @@ def _fit_excess(rv, ev2, g, nring, counts, iterations):
 _CORE_WINDOW = 6   # pixels either side of a peak searched for its half-maximum core
 
 
-def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5):
+def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
     """Disks around the sources of a significance map.
 
     Parameters
@@ -267,6 +267,10 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5):
         negative).
     envelope, floor : float
         How far a source reaches, see Notes.
+    center : (x, y), optional
+        The star. When given, no disk reaches more than half-way from its
+        source towards the star (but every disk keeps a radius of one
+        lambda/D): the star's own residuals are not a source's.
 
     Returns
     -------
@@ -284,6 +288,12 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5):
     at least 1.5 lambda/D (the core and first dark ring), with lambda/D
     taken as ``2 h``. The disk is placed by where the source is, not by the
     noise around it, so the pixels left are a fair sample of the noise.
+
+    Sources are taken brightest first. A peak inside the disk of a brighter
+    one is part of it (a ring fragment, a lobe of its halo) and adds
+    nothing. The brightest source's core is the best measured, so no
+    fainter source's core is taken as wider than it: a faint peak's
+    half-maximum region is broadened by the noise and by what it sits on.
     """
     z = np.nan_to_num(np.asarray(z, dtype=np.float64))
     planes = z.reshape(-1, *z.shape[-2:])
@@ -296,14 +306,23 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5):
         if not n:
             continue
         peaks = ndimage.maximum_position(a, labels, index=np.arange(1, n + 1))
+        peaks = sorted(peaks, key=lambda p: -a[p])
+        core_lod = None
         for (py, px) in peaks:
+            if out[k, py, px]:
+                continue              # within a brighter source's disk: part of it
             zpk = a[py, px]
             wy0, wx0 = max(0, py - _CORE_WINDOW), max(0, px - _CORE_WINDOW)
             win = a[wy0:py + _CORE_WINDOW + 1, wx0:px + _CORE_WINDOW + 1]
             half, _ = ndimage.label(win > 0.5 * zpk)
             h = np.sqrt(np.count_nonzero(half == half[py - wy0, px - wx0]) / np.pi)
             lod = min(max(2.0 * h, 1.0), _CORE_WINDOW)
+            core_lod = lod if core_lod is None else min(lod, core_lod)
+            lod = core_lod
             radius = lod * max(1.5, (envelope * zpk / floor) ** (1.0 / 3.0))
+            if center is not None:
+                sep = np.hypot(px - center[0], py - center[1])
+                radius = min(radius, max(0.5 * sep, lod))
             y0, y1 = max(0, int(py - radius) - 1), min(ny, int(py + radius) + 2)
             x0, x1 = max(0, int(px - radius) - 1), min(nx, int(px + radius) + 2)
             out[k, y0:y1, x0:x1] |= ((yy[y0:y1, x0:x1] - py) ** 2
