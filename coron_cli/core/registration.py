@@ -30,7 +30,7 @@ def _phase(ky, kx, dx, dy):
 _ROWS = 64
 
 
-def _matmul_rows(X, V, workers=None):
+def _matmul_rows(X, V):
     """``X @ V`` for stacks of shape (n, ny, k) @ (n, k, m) with small m.
 
     Done in blocks of at most 64 rows so that every BLAS call is small
@@ -38,7 +38,7 @@ def _matmul_rows(X, V, workers=None):
     about 2x faster on an idle machine (8.5 vs 16 ms for (200, 320, 161) @
     (200, 161, 3)), but its threads wait for each other, and single calls
     stalled for up to 1.6 s when another process held a core. (Splitting
-    the blocks among Python threads gave no speed-up.) `workers` is unused.
+    the blocks among Python threads gave no speed-up.)
     """
     n, ny, _ = X.shape
     if X.dtype == np.complex64:
@@ -177,7 +177,7 @@ def _coarse_peak(X, ny, nx, ky_n, kx_n, workers):
     return fx * (nx / kx_n), fy * (ny / ky_n)
 
 
-def _window_cc(X, ix, iy, ky, kx, cx, half, workers=1):
+def _window_cc(X, ix, iy, ky, kx, cx, half):
     """Cross-correlation at integer shifts ``(ix + a, iy + b)``, |a|, |b| <= half.
 
     Evaluated as a direct Fourier sum restricted to the window (two batched
@@ -189,7 +189,7 @@ def _window_cc(X, ix, iy, ky, kx, cx, half, workers=1):
     ex = np.exp(1j * _TWO_PI * kx.ravel()[None, :, None] * (ix[:, None, None] + off))
     ex *= cx[None, :, None]                                               # (n, nkx, w)
     ey = np.exp(1j * _TWO_PI * ky.ravel()[None, None, :] * (iy[:, None, None] + off[:, None]))
-    return (ey @ _matmul_rows(X, ex, workers)).real                       # (n, w, w)
+    return (ey @ _matmul_rows(X, ex)).real                                # (n, w, w)
 
 
 def _initial_shift(X, ny, nx, workers, *, decimate=4, half=2, rounds=3):
@@ -222,8 +222,7 @@ def _initial_shift(X, ny, nx, workers, *, decimate=4, half=2, rounds=3):
     todo = np.arange(n)
     w = 2 * half + 1
     for _ in range(rounds):
-        cc = _window_cc(X[todo] if todo.size < n else X, ix[todo], iy[todo], ky, kx, cx, half,
-                        workers)
+        cc = _window_cc(X[todo] if todo.size < n else X, ix[todo], iy[todo], ky, kx, cx, half)
         k = np.argmax(cc.reshape(todo.size, -1), axis=1)
         b, a = np.divmod(k, w)
         inside = (a > 0) & (a < w - 1) & (b > 0) & (b < w - 1)
@@ -297,12 +296,12 @@ def fit_offsets(references, target, *, weights=None, max_iter=30, tol=1e-7, work
     ky, kx = _freqs(ny, nx)
     if weights is None:
         c = _hermitian_weights(ny, nx)
-        return _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, workers=workers)
+        return _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol)
     w = np.asarray(weights, dtype=np.float64)
     return _fit_image(R, tgt, w, dx, dy, ky, kx, max_iter, tol, workers)
 
 
-def _moments(X, dx, dy, ky, kx, cy, cx, workers=1):
+def _moments(X, dx, dy, ky, kx, cy, cx):
     """Weighted sums of conj(P(d)) X over the half-plane, by separable products.
 
     The shift phase and the Hermitian weights factor into a y part and an x
@@ -319,7 +318,7 @@ def _moments(X, dx, dy, ky, kx, cy, cx, workers=1):
     kxv, kyv = kx.ravel(), ky.ravel()
     gx = np.stack([cx, cx * kxv, cx * kxv ** 2], axis=1)               # (nkx, 3)
     fy = np.stack([cy, cy * kyv, cy * kyv ** 2], axis=0)               # (3, ny)
-    A = _matmul_rows(X, px[:, :, None] * gx[None], workers)            # (n, ny, 3)
+    A = _matmul_rows(X, px[:, :, None] * gx[None])                     # (n, ny, 3)
     M = (py[:, None, :] * fy[None]) @ A                                 # (n, 3, 3)
     m = np.stack([M[:, 0, 0], M[:, 0, 1], M[:, 1, 0], M[:, 0, 2], M[:, 2, 0], M[:, 1, 1]],
                  axis=1)
@@ -339,7 +338,7 @@ def _power(R, c):
     return np.einsum("nyx,y,x->n", (R.real ** 2 + R.imag ** 2), cy, cx)
 
 
-def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None, workers=1):
+def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None):
     nref = X.shape[0]
     cy, cx = _separable(c)
     if norm is None:
@@ -350,8 +349,7 @@ def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None, workers=1):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
             break
-        re, im = _moments(X[idx] if idx.size < nref else X, dx[idx], dy[idx], ky, kx, cy, cx,
-                          workers)
+        re, im = _moments(X[idx] if idx.size < nref else X, dx[idx], dy[idx], ky, kx, cy, cx)
         # gradient of F and Hessian
         gx = -_TWO_PI * im[:, 1]
         gy = -_TWO_PI * im[:, 2]
@@ -377,7 +375,7 @@ def _fit_fourier(R, X, c, dx, dy, ky, kx, max_iter, tol, norm=None, workers=1):
     idx = np.nonzero(active)[0]
     if idx.size:
         # not converged in max_iter: F exactly where the shift stopped
-        f0[idx] = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx, workers)[0][:, 0]
+        f0[idx] = _moments(X[idx], dx[idx], dy[idx], ky, kx, cy, cx)[0][:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(norm > 0, f0 / norm, np.nan)
     return dx, dy, scale
@@ -496,7 +494,7 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
             x0, y0 = _initial_shift(X, ny, nx, workers)
             if w is None:
                 dx[i], dy[i], scale[i] = _fit_fourier(None, X, c, x0, y0, ky, kx, max_iter,
-                                                      1e-7, norm=norm, workers=workers)
+                                                      1e-7, norm=norm)
             else:
                 dx[i], dy[i], scale[i] = _fit_image(Rf, np.asarray(tg[i], dtype=np.float64),
                                                     w, x0, y0, ky, kx, max_iter, 1e-7,
