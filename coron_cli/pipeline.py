@@ -5,6 +5,7 @@ products passed in memory; each named product is written atomically as soon
 as it exists.
 """
 
+import functools
 import logging
 import os
 import time
@@ -128,6 +129,36 @@ def check_association(asn_path, outdir=".", *, bad_bits=1):
     return asn, plan(asn, outdir)
 
 
+class _Once(logging.Filter):
+    """Lets each distinct warning through once (per exposure they repeat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record):
+        if record.levelno != logging.WARNING:
+            return True
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
+
+
+def _warn_once(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        once = _Once()
+        log.addFilter(once)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            log.removeFilter(once)
+    return wrapper
+
+
+@_warn_once
 def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsections=1,
                     exclude=(), protect=5.0, annuli_width=2, bad_bits=1, star_flux=None,
                     fwhm=None,
