@@ -268,9 +268,8 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
     envelope, floor : float
         How far a source reaches, see Notes.
     center : (x, y), optional
-        The star. When given, no disk reaches more than half-way from its
-        source towards the star (but every disk keeps a radius of one
-        lambda/D): the star's own residuals are not a source's.
+        The star. When given, the disks are kept tight, as the KL fit needs
+        (see Notes); without it they are generous, as noise statistics need.
 
     Returns
     -------
@@ -289,11 +288,17 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
     taken as ``2 h``. The disk is placed by where the source is, not by the
     noise around it, so the pixels left are a fair sample of the noise.
 
-    Sources are taken brightest first. A peak inside the disk of a brighter
-    one is part of it (a ring fragment, a lobe of its halo) and adds
-    nothing. The brightest source's core is the best measured, so no
-    fainter source's core is taken as wider than it: a faint peak's
-    half-maximum region is broadened by the noise and by what it sits on.
+    Tight disks (`center` given), for leaving sources out of a fit whose
+    information is mostly near the star: sources are taken brightest
+    first, and a peak inside the disk of a brighter one is part of it (a
+    ring fragment, a lobe of its halo) and adds nothing; the brightest
+    source's core is the best measured, so no fainter source's core is
+    taken as wider than it (a faint peak's half-maximum region is broadened
+    by the noise and by what it sits on); and no disk reaches more than
+    half-way from its source towards the star (but every disk keeps a
+    radius of one lambda/D). Generous disks (no `center`), for noise
+    statistics, give every peak its own disk from its own core, so a bright
+    source's fragments and lobes mask more of its light.
     """
     z = np.nan_to_num(np.asarray(z, dtype=np.float64))
     planes = z.reshape(-1, *z.shape[-2:])
@@ -306,10 +311,12 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
         if not n:
             continue
         peaks = ndimage.maximum_position(a, labels, index=np.arange(1, n + 1))
-        peaks = sorted(peaks, key=lambda p: -a[p])
+        tight = center is not None
+        if tight:
+            peaks = sorted(peaks, key=lambda p: -a[p])
         core_lod = None
         for (py, px) in peaks:
-            if out[k, py, px]:
+            if tight and out[k, py, px]:
                 continue              # within a brighter source's disk: part of it
             zpk = a[py, px]
             wy0, wx0 = max(0, py - _CORE_WINDOW), max(0, px - _CORE_WINDOW)
@@ -317,10 +324,11 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
             half, _ = ndimage.label(win > 0.5 * zpk)
             h = np.sqrt(np.count_nonzero(half == half[py - wy0, px - wx0]) / np.pi)
             lod = min(max(2.0 * h, 1.0), _CORE_WINDOW)
-            core_lod = lod if core_lod is None else min(lod, core_lod)
-            lod = core_lod
+            if tight:
+                core_lod = lod if core_lod is None else min(lod, core_lod)
+                lod = core_lod
             radius = lod * max(1.5, (envelope * zpk / floor) ** (1.0 / 3.0))
-            if center is not None:
+            if tight:
                 sep = np.hypot(px - center[0], py - center[1])
                 radius = min(radius, max(0.5 * sep, lod))
             y0, y1 = max(0, int(py - radius) - 1), min(ny, int(py + radius) + 2)

@@ -164,24 +164,25 @@ def test_source_regions_disks_grow_with_brightness():
     assert both[0].any() and not both[1].any()
 
 
-def test_source_regions_fragments_and_star():
+def test_source_regions_tight_for_the_fit():
     shape = (101, 101)
+    star = (2.0, 98.0)                  # far: the half-way limit plays no part at first
     bright = _airy_like(shape, 62.0, 50.0, 400.0)
-    alone = source_regions(bright, 5.0)
+    alone = source_regions(bright, 5.0, center=star)
     # a broad lobe of the bright source's halo is part of it, not a source of its own
     yy, xx = np.indices(shape)
     lobe = 6.0 * np.exp(-((xx - 53.0) ** 2 + (yy - 50.0) ** 2) / (2 * 1.5 ** 2))
-    assert source_regions(bright + lobe, 5.0).sum() == alone.sum()
+    assert source_regions(bright + lobe, 5.0, center=star).sum() == alone.sum()
+    assert source_regions(bright + lobe, 5.0).sum() > source_regions(bright, 5.0).sum()
     # a faint isolated peak far away still is one, with a core no wider than the brightest's
     faint = 7.0 * np.exp(-((xx - 20.0) ** 2 + (yy - 80.0) ** 2) / (2 * 2.5 ** 2))
-    both = source_regions(bright + faint, 5.0)
+    both = source_regions(bright + faint, 5.0, center=star)
     assert both[80, 20] and np.hypot(xx - 20.0, yy - 80.0)[both & ~alone].max() < 5.0
     # the disk of a source 12 px from the star stops half-way to it
-    assert alone[50, 50]
-    kept = source_regions(bright, 5.0, center=(50.0, 50.0))
-    assert kept[50, 62] and not kept[50, 50] and not kept[50, 55]
-    r = np.hypot(xx - 62.0, yy - 50.0)
-    assert r[kept].max() <= 6.0 + 1e-9
+    assert source_regions(bright, 5.0)[50, 50] and alone[50, 50]
+    near = source_regions(bright, 5.0, center=(50.0, 50.0))
+    assert near[50, 62] and not near[50, 50] and not near[50, 55]
+    assert np.hypot(xx - 62.0, yy - 50.0)[near].max() <= 6.0 + 1e-9
 
 
 def test_aperture_snr_of_injected_source():
