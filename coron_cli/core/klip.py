@@ -133,12 +133,16 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         if zfit.size < 2:
             # nothing to fit with: leave the zone unsubtracted (mean removed)
             zfit = np.arange(zpix.size)
+        whole = zpix.size == ny * nx
+        fit_all = zfit.size == zpix.size
+        # one float64 buffer for the references, reused by every chunk of the zone:
+        # no fresh pages to fault in per integration
+        buf = np.empty((min(chunk, nint), nref, zpix.size))
         for i0 in range(0, nint, chunk):
             sl = slice(i0, min(nint, i0 + chunk))
-            whole = zpix.size == ny * nx
-            fit_all = zfit.size == zpix.size
-            # one float64 copy of the references, centred in place: no further copies
-            R = (refs2[sl] if whole else refs2[sl][:, :, zpix]).astype(np.float64)
+            # the float64 copy of the references, centred in place: no further copies
+            R = buf[:sl.stop - sl.start]
+            R[...] = refs2[sl] if whole else refs2[sl][:, :, zpix]
             t = (sci2[sl] if whole else sci2[sl][:, :, zpix]).astype(np.float64)
             rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
             tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
@@ -170,6 +174,7 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
                 mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zpix.size)
                 mvar[:, sl][..., zpix] = np.moveaxis(mv, 2, 0)
             del R, Rf, C
+        del buf
     nmodes[nmodes == np.iinfo(np.int64).max] = 0
     shape = (ntr, nint) + sci.shape[1:-2] + (ny, nx)
     residual = residual.reshape(shape)
