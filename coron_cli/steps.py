@@ -407,8 +407,8 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     coefficients b (see :func:`coron_cli.core.klip_subtract`). Then the
     residual speckle noise, which no propagation sees, is measured: in
     annuli `annuli_width` pixels wide about the star the smallest extra
-    variance is added that makes the robust spread of SCI/ERR equal to 1,
-    with the sources (companions above 5 sigma, with their rings and halo)
+    variance is added that makes the 3-sigma clipped standard deviation of
+    SCI/ERR equal to 1, with the sources (companions above 5 sigma, with their rings and halo)
     left out of that measurement (:func:`coron_cli.core.calibrate_error`).
 
     Source protection (`protect`, an SNR; None or 0 turns it off): a

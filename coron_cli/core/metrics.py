@@ -1,5 +1,7 @@
 """Signal-to-noise, annular noise, contrast and aperture photometry."""
 
+import math
+
 import numpy as np
 from scipy import ndimage, signal, stats
 
@@ -129,6 +131,36 @@ def _grouped_robust_std(values, groups, ngroups):
     return 1.4826 * mad
 
 
+_CLIP = 3.0
+# variance of a unit normal truncated to +-_CLIP, which a clipped std is divided by
+_CLIP_VAR = 1.0 - 2.0 * _CLIP * np.exp(-_CLIP ** 2 / 2) / np.sqrt(2 * np.pi) \
+    / math.erf(_CLIP / np.sqrt(2.0))
+
+
+def _grouped_clipped_std(values, groups, ngroups, iterations=3):
+    """Standard deviation within each group after clipping at 3 sigma.
+
+    Starts from the median and 1.4826 MAD, then `iterations` times keeps the
+    values within 3 sigma of the centre and takes their mean and standard
+    deviation (corrected for the clipping of a normal distribution). Unlike
+    the MAD, which measures only the core, this sees the shoulders of a
+    heavy-tailed distribution (residual speckles), while a few outliers
+    still cannot move it.
+    """
+    center = _grouped_median(values, groups, ngroups)
+    s = 1.4826 * _grouped_median(np.abs(values - center[groups]), groups, ngroups)
+    for _ in range(iterations):
+        keep = np.abs(values - center[groups]) <= _CLIP * s[groups]
+        g, v = groups[keep], values[keep]
+        n = np.bincount(g, minlength=ngroups)
+        mean = np.bincount(g, weights=v, minlength=ngroups) / np.maximum(n, 1)
+        var = np.bincount(g, weights=(v - mean[g]) ** 2, minlength=ngroups) / np.maximum(n - 1, 1)
+        enough = n >= 3
+        s = np.where(enough, np.sqrt(var / _CLIP_VAR), s)
+        center = np.where(enough, mean, center)
+    return s
+
+
 def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0,
                     deflate=False):
     """Match an error map to the residual noise measured in annuli.
@@ -151,7 +183,7 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
         keeps every pixel in the statistics.
     deflate : bool
         Also scale the error down in annuli where it is larger than the
-        residual spread (no excess needed, robust spread of residual / err
+        residual spread (no excess needed, spread of residual / err
         below 1), e.g. after an interpolation, which smooths the noise but
         not the propagated error. Without it the error is only increased.
 
@@ -159,10 +191,10 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     -------
     ndarray of float32, same shape
         ``sqrt(f(r)**2 err**2 + e(r)**2)``, with ``e(r)`` the smallest excess
-        variance (zero or more) per annulus for which the robust standard
-        deviation (1.4826 MAD) of ``residual / err_new`` is 1, and ``f(r)``
-        1, or with `deflate` that robust spread where it is below 1 (and
-        ``e(r)`` is 0).
+        variance (zero or more) per annulus for which the 3-sigma clipped
+        standard deviation of ``residual / err_new`` is 1, and ``f(r)``
+        1, or with `deflate` that spread where it is below 1 (and ``e(r)``
+        is 0).
 
     Notes
     -----
@@ -181,6 +213,9 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     their own. An annulus that the disks cover by more than three quarters
     takes its excess from the neighbouring annuli. On pure noise the
     threshold is rarely reached and the result is unchanged.
+    The spread is a 3-sigma clipped standard deviation, not 1.4826 MAD:
+    residual speckles are heavy-tailed, and the MAD would set the core of
+    their distribution to 1 rather than its standard deviation.
     Pixels where `err` is not finite or not positive are left unchanged.
     """
     res = np.asarray(residual, dtype=np.float64)
@@ -211,7 +246,7 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     if deflate:
         use = ok if sources is None or not src.any() else ok & ~src
         kept = np.bincount(ring[use], minlength=nring)
-        spread = _grouped_robust_std(res[use] / np.sqrt(e2[use]), ring[use], nring)
+        spread = _grouped_clipped_std(res[use] / np.sqrt(e2[use]), ring[use], nring)
         low = (kept >= 8) & (excess == 0) & np.isfinite(spread) & (spread < 1.0)
         factor[low] = spread[low]
     out = np.where(ok, np.sqrt((factor[ring] * e) ** 2 + excess[ring]), e)
@@ -239,12 +274,12 @@ def _mean_significance(res, e2, excess, ok):
 
 
 def _fit_excess(rv, ev2, g, nring, counts, iterations):
-    """Per-ring excess variance making the robust spread of rv / sqrt(ev2 + excess) 1."""
+    """Per-ring excess variance making the clipped std of rv / sqrt(ev2 + excess) 1."""
     excess = np.zeros(nring)
     med_ev2 = _grouped_median(ev2, g, nring)   # excess is constant in a ring
     for _ in range(iterations):
         z = rv / np.sqrt(ev2 + excess[g])
-        s = _grouped_robust_std(z, g, nring)
+        s = _grouped_clipped_std(z, g, nring)
         tot = med_ev2 + excess
         upd = excess + tot * (np.nan_to_num(s, nan=1.0) ** 2 - 1.0)
         excess = np.where(counts >= 8, np.maximum(upd, 0.0), 0.0)
