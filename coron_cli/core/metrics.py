@@ -137,18 +137,26 @@ _CLIP_VAR = 1.0 - 2.0 * _CLIP * np.exp(-_CLIP ** 2 / 2) / np.sqrt(2 * np.pi) \
     / math.erf(_CLIP / np.sqrt(2.0))
 
 
-def _grouped_clipped_std(values, groups, ngroups, iterations=3):
+def _grouped_clipped_std(values, groups, ngroups, iterations=3, start=None):
     """Standard deviation within each group after clipping at 3 sigma.
 
-    Starts from the median and 1.4826 MAD, then `iterations` times keeps the
-    values within 3 sigma of the centre and takes their mean and standard
-    deviation (corrected for the clipping of a normal distribution). Unlike
-    the MAD, which measures only the core, this sees the shoulders of a
-    heavy-tailed distribution (residual speckles), while a few outliers
-    still cannot move it.
+    Starts from the median and 1.4826 MAD (or from `start`, a (centre,
+    spread) pair per group, e.g. a previous result), then `iterations` times
+    keeps the values within 3 sigma of the centre and takes their mean and
+    standard deviation (corrected for the clipping of a normal
+    distribution). Unlike the MAD, which measures only the core, this sees
+    the shoulders of a heavy-tailed distribution (residual speckles), while
+    a few outliers still cannot move it.
+
+    Returns
+    -------
+    s, center : ndarray of shape (ngroups,)
     """
-    center = _grouped_median(values, groups, ngroups)
-    s = 1.4826 * _grouped_median(np.abs(values - center[groups]), groups, ngroups)
+    if start is None:
+        center = _grouped_median(values, groups, ngroups)
+        s = 1.4826 * _grouped_median(np.abs(values - center[groups]), groups, ngroups)
+    else:
+        center, s = start
     for _ in range(iterations):
         keep = np.abs(values - center[groups]) <= _CLIP * s[groups]
         g, v = groups[keep], values[keep]
@@ -158,7 +166,7 @@ def _grouped_clipped_std(values, groups, ngroups, iterations=3):
         enough = n >= 3
         s = np.where(enough, np.sqrt(var / _CLIP_VAR), s)
         center = np.where(enough, mean, center)
-    return s
+    return s, center
 
 
 def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0,
@@ -246,7 +254,7 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     if deflate:
         use = ok if sources is None or not src.any() else ok & ~src
         kept = np.bincount(ring[use], minlength=nring)
-        spread = _grouped_clipped_std(res[use] / np.sqrt(e2[use]), ring[use], nring)
+        spread = _grouped_clipped_std(res[use] / np.sqrt(e2[use]), ring[use], nring)[0]
         low = (kept >= 8) & (excess == 0) & np.isfinite(spread) & (spread < 1.0)
         factor[low] = spread[low]
     out = np.where(ok, np.sqrt((factor[ring] * e) ** 2 + excess[ring]), e)
@@ -277,12 +285,23 @@ def _fit_excess(rv, ev2, g, nring, counts, iterations):
     """Per-ring excess variance making the clipped std of rv / sqrt(ev2 + excess) 1."""
     excess = np.zeros(nring)
     med_ev2 = _grouped_median(ev2, g, nring)   # excess is constant in a ring
+    start = None
     for _ in range(iterations):
         z = rv / np.sqrt(ev2 + excess[g])
-        s = _grouped_clipped_std(z, g, nring)
+        if start is None:
+            med = _grouped_median(z, g, nring)
+            start = (med, 1.4826 * _grouped_median(np.abs(z - med[g]), g, nring))
+        s, _ = _grouped_clipped_std(z, g, nring, start=start)
         tot = med_ev2 + excess
         upd = excess + tot * (np.nan_to_num(s, nan=1.0) ** 2 - 1.0)
         excess = np.where(counts >= 8, np.maximum(upd, 0.0), 0.0)
+        # the next clip starts from the first median and MAD, rescaled by how much
+        # the excess has changed the typical error (exact where the propagated error
+        # is the same across the annulus): no further sorting
+        with np.errstate(invalid="ignore", divide="ignore"):
+            k = np.sqrt(tot / (med_ev2 + excess))
+        k = np.where(np.isfinite(k), k, 1.0)
+        start = (start[0] * k, start[1] * k)
     return excess
 
 
