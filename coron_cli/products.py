@@ -333,7 +333,8 @@ def add_provenance(header, tool, params, history=()):
     return out
 
 
-def _hdulist(product):
+def _hdus(product, dq=True):
+    """(HDUs up to ERR, HDUs after DQ); DQ itself between them when `dq`."""
     from astropy.io import fits
 
     hdus = [fits.PrimaryHDU(header=product.primary)]
@@ -342,15 +343,71 @@ def _hdulist(product):
                                   name="SCI"))
     if product.err is not None:
         hdus.append(fits.ImageHDU(np.asarray(product.err, dtype=np.float32), name="ERR"))
-    if product.dq is not None:
+    if dq and product.dq is not None:
         hdus.append(fits.ImageHDU(np.asarray(product.dq, dtype=np.uint32), name="DQ"))
+    after = []
     for name, (data, header) in product.images.items():
-        hdus.append(fits.ImageHDU(np.asarray(data), header=header, name=name))
+        after.append(fits.ImageHDU(np.asarray(data), header=header, name=name))
     for name, table in product.tables.items():
         hdu = fits.table_to_hdu(table)
         hdu.name = name
-        hdus.append(hdu)
-    return fits.HDUList(hdus)
+        after.append(hdu)
+    return hdus, after
+
+
+def _hdulist(product):
+    from astropy.io import fits
+
+    before, after = _hdus(product)
+    return fits.HDUList(before + after)
+
+
+# DQ arrays from this size are written in slices: FITS keeps uint32 as int32 with
+# BZERO = 2**31, and astropy converts the whole array to do so (a full copy)
+_DQ_STREAM_BYTES = 64 * 2 ** 20
+_DQ_SLICE = 8 * 2 ** 20          # values per slice (32 MB)
+
+
+def _extension_bytes(hdus):
+    """The bytes astropy writes for `hdus` as extensions (after a primary HDU)."""
+    from astropy.io import fits
+
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU()] + list(hdus)).writeto(buf)
+    raw = buf.getvalue()
+    with fits.open(io.BytesIO(raw)) as h:
+        start = h.fileinfo(1)["hdrLoc"]
+    return raw[start:]
+
+
+def _write_fits(product, fh):
+    """Write the product's FITS file to an open binary file.
+
+    Byte for byte what ``_hdulist(product).writeto(fh)`` writes, but a large
+    DQ is converted to its on-disk form a slice at a time instead of all at
+    once.
+    """
+    from astropy.io import fits
+
+    dq = None if product.dq is None else np.asarray(product.dq)
+    if dq is None or dq.size * 4 < _DQ_STREAM_BYTES or dq.dtype != np.uint32:
+        _hdulist(product).writeto(fh)
+        return
+    before, after = _hdus(product, dq=False)
+    fits.HDUList(before).writeto(fh)
+    # the header astropy writes for a uint32 image of this shape
+    head = _extension_bytes([fits.ImageHDU(np.zeros((1,) * dq.ndim, np.uint32), name="DQ")])
+    header = fits.Header.fromstring(head[:head.index(b"END" + b" " * 77) + 80].decode("ascii"))
+    for k, n in enumerate(reversed(dq.shape)):
+        header[f"NAXIS{k + 1}"] = n
+    fh.write(header.tostring().encode("ascii"))
+    flat = dq.reshape(-1)
+    top = np.uint32(0x80000000)          # u - 2**31 as a 32-bit pattern is u ^ 2**31
+    for i in range(0, flat.size, _DQ_SLICE):
+        fh.write(memoryview(np.bitwise_xor(flat[i:i + _DQ_SLICE], top).astype(">u4")))
+    fh.write(b"\0" * (-flat.size * 4 % 2880))
+    if after:
+        fh.write(_extension_bytes(after))
 
 
 def product_bytes(product):
@@ -398,7 +455,7 @@ def write_product(product, path):
         with open(tmp, "wb") as fh:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _hdulist(product).writeto(fh)
+                _write_fits(product, fh)
             fh.flush()
             os.fsync(fh.fileno())
 
