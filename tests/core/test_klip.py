@@ -82,3 +82,33 @@ def test_model_variance_and_inputs_unchanged():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         klip_subtract(np.zeros((2, 5, 5)), np.zeros((3, 4, 5, 5)))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e6])
+def test_matches_explicitly_centred_float64_klip(offset):
+    # the references are centred through their Gram matrix, not in place: a large
+    # common level (a sky background, a pedestal) must not cost accuracy
+    rng = np.random.default_rng(5)
+    nint, nref, shape = 2, 30, (40, 40)
+    base = rng.normal(size=(nref + 4,) + shape) * np.linspace(1, 50, 40)[None, None, :]
+    refs = np.stack([base[i:i + nref] for i in range(nint)]) + offset
+    sci = np.stack([base[nref + i] + 0.3 * base[i] for i in range(nint)]) + offset
+    fit = np.ones(shape, bool)
+    fit[:, :6] = False
+    truncs = [1, 5, 20, nref]
+    got, _, _ = klip_subtract(sci.astype(np.float32), refs.astype(np.float32),
+                              truncations=truncs, fit_mask=fit)
+    for i in range(nint):
+        R = refs[i].astype(np.float32).astype(np.float64).reshape(nref, -1)
+        t = sci[i].astype(np.float32).astype(np.float64).ravel()
+        f = fit.ravel()
+        R = R - R[:, f].mean(axis=1, keepdims=True)
+        t = t - t[f].mean()
+        lam, V = np.linalg.eigh(R[:, f] @ R[:, f].T)
+        lam, V = lam[::-1], V[:, ::-1]
+        for k, K in enumerate(truncs):
+            Z = V[:, :K].T @ R / np.sqrt(lam[:K])[:, None]
+            Zf = Z[:, f]
+            want = t - (Zf @ t[f]) @ Z
+            err = np.sqrt(np.mean((got[k, i].ravel() - want) ** 2) / np.mean(want ** 2))
+            assert err < 1e-6, (offset, K, err)
