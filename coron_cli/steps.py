@@ -327,9 +327,8 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     nint, nref = dx.shape
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
-    err = core.shift_stack(var, dx, dy)          # float32; spectra of var computed once
+    err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
     del var
-    np.maximum(err, 0.0, out=err)
     np.sqrt(err, out=err)
     dq = _shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
     shifts = Table()

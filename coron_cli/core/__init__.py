@@ -41,6 +41,7 @@ from .registration import (
     fit_offsets,
     shift_images,
     shift_stack,
+    shift_variance,
 )
 from .stack import stack_cubes
 
@@ -72,6 +73,7 @@ __all__ = [
     "repair_bad_pixels",
     "shift_images",
     "shift_stack",
+    "shift_variance",
     "snr_image",
     "snr_map_mawet",
     "source_ratios",
