@@ -295,7 +295,9 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
       flux scale that best match the reference to the science image
       (:func:`coron_cli.core.fit_offsets`).
 
-    In both cases the references are then Fourier-shifted by the offsets.
+    In both cases the references are then Fourier-shifted by the offsets,
+    and their ERR is the noise carried through that shift
+    (:func:`coron_cli.core.shift_variance`).
 
     Returns
     -------
