@@ -507,7 +507,7 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
     img, mvar = _mean_frames(residual, np.sqrt(var))
     e = core.calibrate_error(img, np.sqrt(mvar), center, width=annuli_width)
     z = np.nan_to_num(core.snr_image(img, e))
-    return core.source_regions(z, threshold, center=center)
+    return core.source_regions(z, threshold, center=center, negative=False)
 
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,

@@ -186,7 +186,7 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     iterations : int
         Fixed-point iterations of the excess.
     sources : float or None
-        Significance (|residual / err|) from which a pixel is taken to belong
+        Significance (residual / err) from which a pixel is taken to belong
         to a source (a companion, a disk) rather than to the noise; None
         keeps every pixel in the statistics.
     deflate : bool
@@ -212,7 +212,8 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     several annuli and would inflate ``e(r)`` several times. So once the
     excess has converged, the sources are found, left out, and the excess
     is fitted again, once: the sources are disks around every region of
-    ``|z| > sources`` (positive or negative) of the first fit, sized by the
+    ``z > sources`` of the first fit (a lone negative region is a residual
+    speckle, which belongs in the statistics), sized by the
     source's core and brightness (:func:`source_regions`). With several
     images (leading axes) the sources are found in their mean, with the
     error of one image, so that a static speckle does not pass for a
@@ -238,7 +239,8 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     excess = _fit_excess(res[ok], e2[ok], ring[ok], nring, counts, iterations)
     src = np.zeros(res.shape[-2:], dtype=bool)
     if sources is not None:
-        src = source_regions(_mean_significance(res, e2, excess[ring], ok), sources)
+        src = source_regions(_mean_significance(res, e2, excess[ring], ok), sources,
+                             negative=False)
         if src.any():
             use = ok & ~src
             kept = np.bincount(ring[use], minlength=nring)
@@ -308,7 +310,8 @@ def _fit_excess(rv, ev2, g, nring, counts, iterations):
 _CORE_WINDOW = 6   # pixels either side of a peak searched for its half-maximum core
 
 
-def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
+def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None,
+                   negative=True):
     """Disks around the sources of a significance map.
 
     Parameters
@@ -324,6 +327,11 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
     center : (x, y), optional
         The star. When given, the disks are kept tight, as the KL fit needs
         (see Notes); without it they are generous, as noise statistics need.
+    negative : bool
+        Also take regions of ``z < -threshold`` as sources. Astrophysical
+        sources are positive: a lone negative region is a residual speckle,
+        part of the noise (the negative lobes a subtraction leaves beside a
+        real source lie within that source's disk).
 
     Returns
     -------
@@ -360,7 +368,7 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None):
     ny, nx = planes.shape[-2:]
     yy, xx = np.indices((ny, nx))
     for k, plane in enumerate(planes):
-        a = np.abs(plane)
+        a = np.abs(plane) if negative else np.maximum(plane, 0.0)
         labels, n = ndimage.label(a > threshold)
         if not n:
             continue

@@ -137,6 +137,22 @@ def test_calibrate_error_on_pure_noise_ignores_the_source_search():
     assert_allclose(a, b)
 
 
+def test_calibrate_error_counts_a_negative_speckle_as_noise():
+    # a lone negative region is a residual speckle, not a source: it stays in the
+    # statistics (a positive one of the same size is left out)
+    rng = np.random.default_rng(16)
+    shape, c = (81, 81), (40.0, 40.0)
+    yy, xx = np.indices(shape)
+    blob = 9.0 * np.exp(-((xx - 52.0) ** 2 + (yy - 40.0) ** 2) / (2 * 1.5 ** 2))
+    res = rng.normal(0, 1.0, shape)
+    err = np.ones(shape)
+    neg = calibrate_error(res - blob, err, c)
+    assert_allclose(neg, calibrate_error(res - blob, err, c, sources=None))
+    pos = calibrate_error(res + blob, err, c)
+    ring = np.abs(np.hypot(xx - 40.0, yy - 40.0) - 12.0) < 1.0
+    assert np.median(neg[ring]) > np.median(pos[ring])
+
+
 def test_calibrate_error_deflates_an_error_that_is_too_large():
     rng = np.random.default_rng(13)
     res = rng.normal(0, 1.0, (101, 101))
