@@ -11,6 +11,7 @@ throughput-calibrated 5-sigma contrast curve of the twin against planets injecte
 (:func:`contrast_check`).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -420,22 +421,31 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m coron_cli.evaluate", description=__doc__)
     ap.add_argument("--size", default="medium", choices=["small", "medium", "large"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--outdir", default=None)
+    ap.add_argument("--outdir", default=None,
+                    help="keep the simulated data and products here (default: a temporary "
+                         "folder, removed at the end)")
     ap.add_argument("--truncate", default="50")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--contrast-check", action="store_true",
                     help="instead: check the calibrated 5-sigma contrast curve (aperture "
                          "photometry) against planets injected into the planet-free twin")
     a = ap.parse_args(argv)
-    if a.contrast_check:
-        res = contrast_check(a.size, a.seed, a.outdir, truncate=steps.parse_truncate(a.truncate))
-        print(json.dumps(res, indent=1) if a.json else format_contrast_check(res))
-        return 0
-    res = evaluate(a.size, a.seed, a.outdir, truncate=steps.parse_truncate(a.truncate))
-    if a.json:
-        print(json.dumps(res, indent=1))
-    else:
-        print(format_report(res))
+    with contextlib.ExitStack() as stack:
+        # without --outdir the simulated data and products (about 1 GB at the medium
+        # size) go to a temporary folder that is removed afterwards
+        outdir = a.outdir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="coron_science_"))
+        if a.contrast_check:
+            res = contrast_check(a.size, a.seed, outdir,
+                                 truncate=steps.parse_truncate(a.truncate))
+        else:
+            res = evaluate(a.size, a.seed, outdir, truncate=steps.parse_truncate(a.truncate))
+        if not a.outdir:
+            res["outdir"] = None            # removed on the way out
+        if a.json:
+            print(json.dumps(res, indent=1))
+        else:
+            print(format_contrast_check(res) if a.contrast_check else format_report(res))
     return 0
 
 

@@ -49,3 +49,16 @@ def test_registration_error_is_reported(science):
     r = science["registration"]
     assert 0 <= r["rms_px"] < 0.2
     assert 0 <= r["scale_rms"] < 0.1
+
+
+def test_make_science_leaves_no_temporary_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "coron_cli.evaluate", "--size", "small"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "registration vs truth" in r.stdout
+    assert os.listdir(tmp_path) == []
