@@ -169,6 +169,39 @@ def _grouped_clipped_std(values, groups, ngroups, iterations=3, start=None):
     return s, center
 
 
+_NEG_CLIP = 5.0
+_NEG_RATIO = 1.15
+# E[x**2 | -_NEG_CLIP < x < 0] for a unit normal
+_NEG_VAR = 1.0 - 2.0 * _NEG_CLIP * np.exp(-_NEG_CLIP ** 2 / 2) / np.sqrt(2 * np.pi) \
+    / math.erf(_NEG_CLIP / np.sqrt(2.0))
+
+
+def _grouped_spread(values, groups, ngroups, start=None):
+    """The noise spread of each group: its clipped std, unless the negative side says more.
+
+    The 3-sigma clipped standard deviation (:func:`_grouped_clipped_std`)
+    keeps source light out, but also the tails of residual speckles. A
+    source is never negative, so the values below the centre are measured
+    too, clipped only at 5 sigma; where their spread exceeds the clipped
+    std by more than 15 % (well beyond its sampling noise), the noise has a
+    heavy tail that the clip would hide, and that spread is used instead.
+
+    Returns
+    -------
+    s, center : ndarray of shape (ngroups,)
+    """
+    s, center = _grouped_clipped_std(values, groups, ngroups, start=start)
+    d = values - center[groups]
+    sn = s
+    for _ in range(2):
+        keep = (d < 0) & (d >= -_NEG_CLIP * np.maximum(s, sn)[groups])
+        g = groups[keep]
+        n = np.bincount(g, minlength=ngroups)
+        m2 = np.bincount(g, weights=d[keep] ** 2, minlength=ngroups) / np.maximum(n, 1)
+        sn = np.where(n >= 8, np.sqrt(m2 / _NEG_VAR), s)
+    return np.where(sn > _NEG_RATIO * s, sn, s), center
+
+
 def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0,
                     deflate=False):
     """Match an error map to the residual noise measured in annuli.
@@ -224,7 +257,9 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     threshold is rarely reached and the result is unchanged.
     The spread is a 3-sigma clipped standard deviation, not 1.4826 MAD:
     residual speckles are heavy-tailed, and the MAD would set the core of
-    their distribution to 1 rather than its standard deviation.
+    their distribution to 1 rather than its standard deviation. Where the
+    negative side (which no source light reaches) shows a heavier tail than
+    the clip lets through, its spread is used (:func:`_grouped_spread`).
     Pixels where `err` is not finite or not positive are left unchanged.
     """
     res = np.asarray(residual, dtype=np.float64)
@@ -256,7 +291,7 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     if deflate:
         use = ok if sources is None or not src.any() else ok & ~src
         kept = np.bincount(ring[use], minlength=nring)
-        spread = _grouped_clipped_std(res[use] / np.sqrt(e2[use]), ring[use], nring)[0]
+        spread = _grouped_spread(res[use] / np.sqrt(e2[use]), ring[use], nring)[0]
         low = (kept >= 8) & (excess == 0) & np.isfinite(spread) & (spread < 1.0)
         factor[low] = spread[low]
     out = np.where(ok, np.sqrt((factor[ring] * e) ** 2 + excess[ring]), e)
@@ -293,7 +328,7 @@ def _fit_excess(rv, ev2, g, nring, counts, iterations):
         if start is None:
             med = _grouped_median(z, g, nring)
             start = (med, 1.4826 * _grouped_median(np.abs(z - med[g]), g, nring))
-        s, _ = _grouped_clipped_std(z, g, nring, start=start)
+        s, _ = _grouped_spread(z, g, nring, start=start)
         tot = med_ev2 + excess
         upd = excess + tot * (np.nan_to_num(s, nan=1.0) ** 2 - 1.0)
         excess = np.where(counts >= 8, np.maximum(upd, 0.0), 0.0)

@@ -249,3 +249,23 @@ def test_grouped_clipped_std_is_a_std_that_ignores_outliers():
     mad = _grouped_robust_std(v, g, 3)[1]
     true = np.sqrt(5.0 / 3.0)
     assert mad < s[1] < true and abs(s[1] - true) < 0.7 * abs(mad - true)
+
+
+def test_grouped_spread_sees_a_negative_tail_but_not_a_positive_one():
+    from coron_cli.core.metrics import _grouped_clipped_std, _grouped_spread
+
+    rng = np.random.default_rng(17)
+    n = 4000
+    base = rng.standard_normal((3, n))
+    base[1, ::25] = -4.5                         # a heavy tail of speckle, both ways
+    base[1, 12::25] = +4.5
+    base[2, ::25] = +4.5                         # a positive tail only (like source light)
+    v = base.ravel()
+    g = np.repeat(np.arange(3), n)
+    s, _ = _grouped_spread(v, g, 3)
+    s3, _ = _grouped_clipped_std(v, g, 3)
+    assert s[0] == pytest.approx(s3[0])          # plain noise: the clipped std
+    assert s[0] == pytest.approx(1.0, rel=0.05)
+    assert s[1] > 1.15 * s3[1]                    # seen on the negative side: noise
+    assert s[1] == pytest.approx(np.std(base[1]), rel=0.15)
+    assert s[2] == pytest.approx(s3[2])          # a positive tail may be a source
