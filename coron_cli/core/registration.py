@@ -5,6 +5,8 @@ so the offset that puts a reference star onto a science star is the science
 centre minus the reference centre.
 """
 
+import mmap
+
 import numpy as np
 from scipy import fft as sfft
 
@@ -28,6 +30,26 @@ def _phase(ky, kx, dx, dy):
 
 
 _ROWS = 64
+
+# outputs from this size get plain (4 KiB) pages, see _large_empty
+_PLAIN_PAGES_BYTES = 256 * 2 ** 20
+
+
+def _large_empty(shape, dtype):
+    """``np.empty`` for the large output cubes, on plain memory pages.
+
+    numpy asks the kernel for transparent huge pages for large arrays; where
+    the kernel then compacts memory to find them at the first touch, the
+    time to fill a cube of hundreds of MB varies several-fold from one call
+    to the next (align_references on 10 x 200 x 320^2 took 1.6 s or 3-4 s by
+    turns). An anonymous memory map, which nobody advises to use huge
+    pages, faults in at a steady cost. Smaller arrays are left to numpy.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < _PLAIN_PAGES_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype).reshape(shape)
 
 
 def _matmul_rows(X, V):
@@ -119,10 +141,10 @@ def shift_stack(images, dx, dy, *, workers=-1):
     dy = np.asarray(dy, dtype=np.float64).reshape(-1, nref)
     ky, kx = _freqs(ny, nx)
     S = sfft.rfft2(np.asarray(images, dtype=np.float64), workers=workers).astype(np.complex64)
-    out = np.empty((dx.shape[0], nref, ny, nx), dtype=np.float32)
+    out = _large_empty((dx.shape[0], nref, ny, nx), np.float32)
     buf = np.empty_like(S)
     for i in range(dx.shape[0]):
-        out[i] = _shift_spectra(S, dx[i], dy[i], ky, kx, (ny, nx), workers, buf)
+        _shift_spectra(S, dx[i], dy[i], ky, kx, (ny, nx), workers, buf, out=out[i])
     return out
 
 
@@ -183,13 +205,13 @@ def shift_variance(variances, dx, dy, *, workers=-1):
     dx = np.asarray(dx, dtype=np.float64).reshape(-1, nref)
     dy = np.asarray(dy, dtype=np.float64).reshape(-1, nref)
     S = sfft.rfft2(np.asarray(var, dtype=np.float64), workers=workers).astype(np.complex64)
-    out = np.empty((dx.shape[0], nref, ny, nx), dtype=np.float32)
+    out = _large_empty((dx.shape[0], nref, ny, nx), np.float32)
     buf = np.empty_like(S)
     for i in range(dx.shape[0]):
         fy, fx = _variance_response(dx[i], dy[i], ny, nx)
         np.matmul(fy, fx, out=buf)
         buf *= S
-        out[i] = sfft.irfft2(buf, s=(ny, nx), workers=workers, overwrite_x=True)
+        _irfft2_into(buf, out[i], workers)
     # a convolution of non-negative maps with a non-negative kernel: only rounding
     # can take it below zero
     np.maximum(out, 0.0, out=out)
@@ -532,7 +554,7 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     # the shifts are applied in single precision (the output is float32); the fits
     # use the double-precision spectra
     R32 = R.astype(np.complex64)
-    aligned = np.empty((nint, nref, ny, nx), dtype=np.float32)
+    aligned = _large_empty((nint, nref, ny, nx), np.float32)
     dx = np.empty((nint, nref))
     dy = np.empty((nint, nref))
     scale = np.empty((nint, nref))
@@ -569,15 +591,16 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
                 dx[i], dy[i], scale[i] = _fit_image(Rf, np.asarray(tg[i], dtype=np.float64),
                                                     w, x0, y0, ky, kx, max_iter, 1e-7,
                                                     workers)
-        aligned[i] = _shift_spectra(R32, dx[i], dy[i], ky, kx, (ny, nx), workers, buf)
+        _shift_spectra(R32, dx[i], dy[i], ky, kx, (ny, nx), workers, buf, out=aligned[i])
     return aligned, dx, dy, scale
 
 
-def _shift_spectra(S, dx, dy, ky, kx, shape, workers, buf=None):
+def _shift_spectra(S, dx, dy, ky, kx, shape, workers, buf=None, out=None):
     """irfft2 of the spectra S times the shift phase, in the precision of S.
 
     The phase is separable, so it is applied as an x factor then a y factor
-    (per image vectors) rather than formed as a full array.
+    (per image vectors) rather than formed as a full array. With `out`, the
+    images are written there (see :func:`_irfft2_into`).
     """
     dx = np.broadcast_to(np.asarray(dx, dtype=np.float64), S.shape[:-2])
     dy = np.broadcast_to(np.asarray(dy, dtype=np.float64), S.shape[:-2])
@@ -585,7 +608,25 @@ def _shift_spectra(S, dx, dy, ky, kx, shape, workers, buf=None):
     py = np.exp(-1j * _TWO_PI * ky.ravel() * dy[..., None]).astype(S.dtype)
     buf = np.multiply(S, px[..., None, :], out=buf)
     buf *= py[..., :, None]
-    return sfft.irfft2(buf, s=shape, workers=workers, overwrite_x=True)
+    if out is None:
+        return sfft.irfft2(buf, s=shape, workers=workers, overwrite_x=True)
+    return _irfft2_into(buf, out, workers)
+
+
+def _irfft2_into(buf, out, workers):
+    """``irfft2(buf)`` written into `out` (buf is overwritten).
+
+    scipy's irfft2 returns a new array: for a stack of images a fresh
+    allocation of tens of MB per call, whose pages the kernel must fault
+    in (and, with transparent huge pages, may compact memory for, which
+    made the cost vary several-fold between calls). The transform is done
+    instead as an in-place complex inverse FFT along y (scipy, threaded)
+    and a real inverse FFT along x written into `out` (numpy, which takes
+    an output array); the result is the same to rounding.
+    """
+    buf = sfft.ifft(buf, axis=-2, overwrite_x=True, workers=workers)
+    np.fft.irfft(buf, n=out.shape[-1], axis=-1, out=out)
+    return out
 
 
 def _poly_terms(p, order):

@@ -272,3 +272,43 @@ def test_shift_variance_matches_shifted_noise():
     assert (np.abs(got - emp) <= 5 * np.sqrt(2.0 / nreal) * got + 1e-3).all()
     assert_allclose(got[1].mean(), emp[1].mean(), rtol=0.01)
     assert_allclose(got[0].mean(), emp[0].mean(), rtol=0.07)
+
+
+def test_large_outputs_on_plain_pages_are_the_same(monkeypatch, tmp_path):
+    # cubes above a size threshold are allocated as anonymous memory maps; force
+    # that path on small inputs and check the results and that they can be written
+    from astropy.io import fits
+
+    from coron_cli.core import align_references, registration, shift_stack, shift_variance
+    from coron_cli.products import Product, read_product, write_product
+
+    rng = np.random.default_rng(8)
+    imgs = np.stack([1e3 * gaussian_psf((40, 48), 23 + a, 19 + b) + 5.0
+                     for a, b in rng.uniform(-1, 1, (5, 2))]).astype(np.float32)
+    tgt = np.stack([1e3 * gaussian_psf((40, 48), 23.3, 19.1) for _ in range(2)])
+    dx = rng.uniform(-1, 1, (2, 5))
+    dy = rng.uniform(-1, 1, (2, 5))
+    want = (align_references(imgs, tgt), shift_stack(imgs, dx, dy),
+            shift_variance(np.abs(imgs), dx, dy))
+    monkeypatch.setattr(registration, "_PLAIN_PAGES_BYTES", 0)
+    got = (align_references(imgs, tgt), shift_stack(imgs, dx, dy),
+           shift_variance(np.abs(imgs), dx, dy))
+    import mmap
+
+    def on_mmap(a):
+        while isinstance(a, np.ndarray):
+            a = a.base
+        return isinstance(a, memoryview) and isinstance(a.obj, mmap.mmap)
+
+    assert all(on_mmap(a) for a in (got[0][0], got[1], got[2]))
+    assert not any(on_mmap(a) for a in (want[0][0], want[1], want[2]))
+    np.testing.assert_array_equal(got[0][0], want[0][0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+    cube = got[0][0]
+    assert cube.flags.writeable
+    cube[0, 0, 0, 0] += 1.0
+    path = str(tmp_path / "x_psfalign.fits")
+    write_product(Product(sci=cube, err=got[2], primary=fits.Header(),
+                          sci_header=fits.Header()), path)
+    np.testing.assert_array_equal(read_product(path, ndims=(4,)).sci, cube)
