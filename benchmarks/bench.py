@@ -1235,22 +1235,23 @@ def report_scaling(points_nref, points_size, args):
 
     cols = ["klip coron s", "klip classic s", "BLAS s", "align coron s", "align ms/pair"]
     keys = ["klip_coron", "klip_classic", "klip_blas", "align_coron"]
+
+    def scaling_table(points, label, x, slope_label, title):
+        rows = [[f"{p[label]}"] + [tm(p[k]) for k in keys] +
+                [1e3 * med(p, "align_coron") / p["align_npairs"]] for p in points]
+        xs = [x(p) for p in points]
+        rows.append([slope_label] + [slope(xs, [med(p, k) for p in points]) for k in keys]
+                    + [None])
+        table(title, [label if label == "nref" else "px"] + cols, rows)
+
     if points_nref:
-        xs = [p["nref"] for p in points_nref]
-        rows = [[f"{p['nref']}"] + [tm(p[k]) for k in keys] +
-                [1e3 * med(p, "align_coron") / p["align_npairs"]] for p in points_nref]
-        rows.append(["slope (log-log)"] + [slope(xs, [med(p, k) for p in points_nref])
-                                           for k in keys] + [None])
-        table(f"Scaling with the number of references at {points_nref[0]['n']}x"
-              f"{points_nref[0]['n']} px, {args.nint} integrations", ["nref"] + cols, rows)
+        scaling_table(points_nref, "nref", lambda p: p["nref"], "slope (log-log)",
+                      f"Scaling with the number of references at {points_nref[0]['n']}x"
+                      f"{points_nref[0]['n']} px, {args.nint} integrations")
     if points_size:
-        xs = [p["n"] ** 2 for p in points_size]
-        rows = [[f"{p['n']}"] + [tm(p[k]) for k in keys] +
-                [1e3 * med(p, "align_coron") / p["align_npairs"]] for p in points_size]
-        rows.append(["slope vs pixels"] + [slope(xs, [med(p, k) for p in points_size])
-                                           for k in keys] + [None])
-        table(f"Scaling with image size at {points_size[0]['nref']} references, "
-              f"{args.nint} integrations", ["px"] + cols, rows)
+        scaling_table(points_size, "n", lambda p: p["n"] ** 2, "slope vs pixels",
+                      f"Scaling with image size at {points_size[0]['nref']} references, "
+                      f"{args.nint} integrations")
 
 
 def report_summary(target, config, help_rows, notes):
