@@ -160,7 +160,8 @@ def _warn_once(func):
 
 @_warn_once
 def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsections=1,
-                    exclude=(), protect=5.0, annuli_width=2, bad_bits=1, star_flux=None,
+                    exclude=(), protect=5.0, weights="noise", annuli_width=2, bad_bits=1,
+                    star_flux=None,
                     fwhm=None,
                     star_flux_method="peak", offaxis_psf=None, contrast=False,
                     snr_method="ratio", detect=None, inner_radius=None, table_format="fits",
@@ -173,7 +174,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         Association JSON file.
     outdir : str
         Existing, writable folder for the products.
-    truncate, annuli, subsections, exclude, protect, annuli_width, bad_bits :
+    truncate, annuli, subsections, exclude, protect, weights, annuli_width, bad_bits :
         As for coron-klip / coron-hlsp.
     star_flux, fwhm : float, optional
         For the contrast table.
@@ -256,7 +257,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                 on_step(f"klip {os.path.basename(sci_path)}")
             t0 = time.perf_counter()
             kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=exclude,
-                      protect=protect,
+                      protect=protect, weights=weights,
                       annuli_width=annuli_width, bad_bits=bad_bits,
                       params={"science": sci_path, "psfalign": "in memory"})
             if contrast:
@@ -331,6 +332,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         "timings": timings,
         "parameters": {"truncate": truncs, "annuli": annuli, "subsections": subsections,
                        "exclude": [list(e) for e in exclude], "protect": protect,
+                       "weights": weights,
                        "annuli_width": annuli_width,
                        "bad_bits": bad_bits, "star_flux": star_flux, "fwhm": fwhm,
                        "star_flux_method": star_flux_method, "contrast": contrast,

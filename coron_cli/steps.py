@@ -390,7 +390,8 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=()):
 
 
 def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
-              protect=5.0, annuli_width=2, bad_bits=core.DO_NOT_USE, params=None):
+              protect=5.0, weights="noise", annuli_width=2, bad_bits=core.DO_NOT_USE,
+              params=None):
     """KLIP-subtract every science integration with its aligned references.
 
     Returns
@@ -412,6 +413,17 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     SCI/ERR equal to 1, with the sources (companions above 5 sigma, with their rings and halo)
     left out of that measurement (:func:`coron_cli.core.calibrate_error`).
 
+    Pixel weights (`weights`): with "noise" (the default) the KL basis and
+    the fit weigh every pixel by the inverse of its noise variance, the
+    science ERR squared averaged over integrations
+    (:func:`coron_cli.core.noise_weights`; flagged values left out), a
+    generalised least-squares fit (:func:`coron_cli.core.klip_subtract`).
+    Unweighted, the pixels next to the star, the brightest and noisiest,
+    set the coefficients for the whole zone; weighted, the fainter halo
+    farther out counts as its noise warrants. On the medium simulation
+    (seeds 0-8) this lowered the residual noise at most planets inside
+    8 lambda/D. "none" is classic, unweighted KLIP.
+
     Source protection (`protect`, an SNR; None or 0 turns it off): a
     companion inside the fitted region pulls the KL coefficients, so it
     loses flux and the star's halo around it is over-subtracted. The
@@ -427,12 +439,12 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     of sources too faint to be found.
     """
     return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
-                 exclude=exclude, protect=protect, annuli_width=annuli_width,
+                 exclude=exclude, protect=protect, weights=weights, annuli_width=annuli_width,
                  bad_bits=bad_bits, params=params)[0]
 
 
 def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
-                     subsections=1, exclude=(), protect=5.0, annuli_width=2,
+                     subsections=1, exclude=(), protect=5.0, weights="noise", annuli_width=2,
                      bad_bits=core.DO_NOT_USE, n_pa=6, step=1.0, inner=2.0, params=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
@@ -486,8 +498,8 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
                   inject_inner=float(inner))
     product, inj = _klip(science, psfalign, truncate=truncate, annuli=annuli,
                          subsections=subsections, exclude=exclude, protect=protect,
-                         annuli_width=annuli_width, bad_bits=bad_bits, params=params,
-                         fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
+                         weights=weights, annuli_width=annuli_width, bad_bits=bad_bits,
+                         params=params, fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
     if inj is not None:
         product = add_throughput(product, throughput_table(
             inj, fwhm=fwhm, scale=pixel_scale_arcsec(science.sci_header)))
@@ -511,7 +523,7 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
 
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
-          bad_bits, params, protect=None, fakes=None):
+          bad_bits, params, protect=None, weights="noise", fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     truncate = parse_truncate(truncate)
     if psfalign.sci.ndim != 4:
@@ -543,8 +555,14 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
             targets = np.concatenate(
                 [sci[:, None], np.broadcast_to(inj.model[None], (nint,) + inj.model.shape)],
                 axis=1)
+    fw = None
+    if weights == "noise":
+        fw = core.noise_weights(err, center, bad=(dq & np.uint32(bad_bits)) != 0,
+                                width=annuli_width)
+    elif weights not in (None, "none"):
+        raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
     residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
-                                                zones=zones, fit_mask=fit,
+                                                zones=zones, fit_mask=fit, fit_weights=fw,
                                                 reference_variance=ref_var)
     protected = 0
     if protect:
@@ -557,7 +575,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                      protected, protect)
             fit = fit & ~found
             residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
-                                                        zones=zones, fit_mask=fit,
+                                                        zones=zones, fit_mask=fit, fit_weights=fw,
                                                         reference_variance=ref_var)
     if inj is not None:
         inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
@@ -584,7 +602,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         images["KLSUB"] = (residual, kh)
     params = dict(params or {})
     params.update(truncate=truncate, annuli=annuli, subsections=subsections,
-                  protect=protect or "off",
+                  protect=protect or "off", weights=weights or "none",
                   exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
                   annuli_width=annuli_width)
     primary = add_provenance(science.primary, "coron-klip", params, history=[

@@ -118,6 +118,27 @@ def test_klip_protect_option(chained, tmp_path, runner):
     assert r.exit_code == 2 and "--protect" in r.stderr
 
 
+def test_klip_weights_option(chained, tmp_path, runner):
+    out = tmp_path / "w.fits"
+    r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
+                              "--truncate", "5", "--weights", "none", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    noise = tmp_path / "n.fits"
+    r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
+                              "--truncate", "5", "-o", str(noise)])
+    assert r.exit_code == 0, r.stderr
+    with fits.open(out) as a, fits.open(noise) as b:
+        assert a[0].header["HIERARCH CORON WEIGHTS"] == "none"
+        assert b[0].header["HIERARCH CORON WEIGHTS"] == "noise"
+        # the tiny exposures have a uniform ERR: inverse-variance weights are uniform,
+        # and weighted KLIP is then classic KLIP
+        np.testing.assert_allclose(a["SCI"].data, b["SCI"].data, atol=1e-4)
+    r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
+                              "--weights", "flat", "-o", str(tmp_path / "bad.fits")])
+    assert r.exit_code == 2 and "--weights" in r.stderr
+    assert not (tmp_path / "bad.fits").exists()
+
+
 def test_klip_clamps_truncation_with_warning(chained, tmp_path, runner):
     r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
                               "--truncate", "100", "-o", str(tmp_path / "c.fits")])

@@ -22,8 +22,8 @@ def cli():
 
 def _klip_options(func):
     for dec in reversed([options.truncate, options.klip_zones, options.exclude, options.protect,
-                         options.annuli_width, options.bad_bits, options.star_flux,
-                         options.fwhm]):
+                         options.fit_weights, options.annuli_width, options.bad_bits,
+                         options.star_flux, options.fwhm]):
         func = dec(func)
     return func
 
@@ -55,9 +55,9 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
               help="Print a JSON summary on standard output: the products written (kind, "
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
-def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, protect, annuli_width,
-            bad_bits, star_flux, psf_offaxis, star_flux_method, fwhm, contrast, snr_method,
-            detect, inner_radius, table_format, plot, as_json, verbose, quiet, debug):
+def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, protect, weights,
+            annuli_width, bad_bits, star_flux, psf_offaxis, star_flux_method, fwhm, contrast,
+            snr_method, detect, inner_radius, table_format, plot, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
 
     Writes, into DIR, for every product of the ASN: <product>_psfstack.fits;
@@ -106,7 +106,7 @@ def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, protect
     with step_progress(total, enabled=not quiet) as on_step:
         summary = run_association(asn, outdir, truncate=truncs, annuli=annuli,
                                   subsections=subsections, exclude=excl,
-                                  protect=protect or None,
+                                  protect=protect or None, weights=weights,
                                   annuli_width=annuli_width, bad_bits=bad_bits,
                                   star_flux=star_flux, star_flux_method=star_flux_method,
                                   fwhm=fwhm, offaxis_psf=psf, contrast=contrast,

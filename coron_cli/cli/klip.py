@@ -18,14 +18,15 @@ from .common import (check_output, check_stdin_once, parse_exclude, resolve_star
 @options.klip_zones
 @options.exclude
 @options.protect
+@options.fit_weights
 @options.annuli_width
 @options.bad_bits
 @options.contrast
 @options.psf_offaxis
 @options.fwhm
 @options.common
-def cli(science, psfalign, output, truncate, annuli, subsections, exclude, protect, annuli_width,
-        bad_bits, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
+def cli(science, psfalign, output, truncate, annuli, subsections, exclude, protect, weights,
+        annuli_width, bad_bits, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Each integration is fitted with its own layer of aligned references:
@@ -42,6 +43,11 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
     over-subtracted). So sources found above --protect SNR in a first pass
     are left out of the fit of a second pass, like --exclude circles; the
     psfsub header's KLPROTEC gives how many pixels were left out.
+
+    The basis and the fit weigh every pixel by the inverse of its noise
+    variance (--weights noise, from the science ERR): unweighted (--weights
+    none, classic KLIP), the bright and noisy pixels next to the star set
+    the coefficients for the whole image.
 
     With --contrast, fake planets made from --psf-offaxis are
     KLIP-subtracted with the same references (at 6 position angles, every
@@ -80,7 +86,8 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
     sci = read_product(science, what="science exposure")
     refs = read_product(psfalign, ndims=(4,), what="psfalign product")
     kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
-              protect=protect or None, annuli_width=annuli_width, bad_bits=bad_bits,
+              protect=protect or None, weights=weights, annuli_width=annuli_width,
+              bad_bits=bad_bits,
               params={"science": science, "psfalign": psfalign})
     with timed("klip"):
         if contrast:

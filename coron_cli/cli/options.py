@@ -21,6 +21,7 @@ import click
 from .. import __version__
 
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude", "protect",
+           "fit_weights",
            "annuli_width", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
            "detect", "plot", "table_format", "mask", "registration", "outdir"]
 
@@ -77,6 +78,13 @@ protect = click.option(
     help="Sources found above SNR in a first KLIP pass (an exposure's mean over "
          "integrations) are left out of the KL fit of a second pass, so that a companion "
          "does not bias the fit and lose flux; 0 turns this off.")
+
+fit_weights = click.option(
+    "--weights", "weights", default="noise", show_default=True,
+    type=click.Choice(["noise", "none"]),
+    help="Pixel weights of the KL basis and fit: noise = inverse noise variance (the "
+         "science ERR), so the bright, noisy pixels next to the star do not set the fit "
+         "alone; none = classic, unweighted KLIP.")
 
 annuli_width = click.option(
     "--annuli-width", default=2, show_default=True, type=click.IntRange(min=1), metavar="W",

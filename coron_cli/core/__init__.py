@@ -21,7 +21,7 @@ from .inject import (
     psf_flux,
     source_ratios,
 )
-from .klip import klip_subtract, annulus_zones
+from .klip import klip_subtract, annulus_zones, noise_weights
 from .metrics import (
     annular_profile,
     aperture_snr,
@@ -65,6 +65,7 @@ __all__ = [
     "injection_grid",
     "fit_offsets",
     "klip_subtract",
+    "noise_weights",
     "north_up",
     "psf_center",
     "psf_envelope",

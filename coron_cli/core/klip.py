@@ -2,7 +2,7 @@
 
 import numpy as np
 
-__all__ = ["klip_subtract", "annulus_zones"]
+__all__ = ["klip_subtract", "annulus_zones", "noise_weights"]
 
 
 def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=None):
@@ -41,8 +41,55 @@ def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=No
     return ring * int(subsections) + sector
 
 
+def noise_weights(err, center, *, bad=None, width=2):
+    """Inverse-variance weights of the pixels for the KL fit.
+
+    Parameters
+    ----------
+    err : ndarray of shape (nint, ny, nx) or (ny, nx)
+        1-sigma noise of every integration.
+    center : (x, y)
+        Star position, 0-based pixels.
+    bad : ndarray of bool of the same shape, optional
+        Values whose error is not to be trusted (flagged pixels).
+    width : int
+        Annulus width in pixels for filling pixels without a usable error.
+
+    Returns
+    -------
+    ndarray of float64 of shape (ny, nx)
+        ``median(v) / v`` with ``v`` the mean over integrations of ``err**2``
+        (finite, positive, not `bad` values only). A pixel with no usable
+        value takes the mean ``v`` of its annulus about the star (of the
+        whole image if the annulus has none); with no usable value at all,
+        every weight is 1.
+    """
+    e = np.asarray(err, dtype=np.float64)
+    if e.ndim == 2:
+        e = e[None]
+    ok = np.isfinite(e) & (e > 0)
+    if bad is not None:
+        ok &= ~np.broadcast_to(np.asarray(bad, bool), e.shape)
+    n = ok.sum(axis=0)
+    if not n.any():
+        return np.ones(e.shape[-2:])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where(ok, e, 0.0)
+        v = (v * v).sum(axis=0) / n
+    have = n > 0
+    if not have.all():
+        ny, nx = v.shape
+        y, x = np.indices((ny, nx))
+        ring = (np.hypot(x - center[0], y - center[1]) // max(int(width), 1)).astype(np.int64)
+        cnt = np.bincount(ring[have], minlength=ring.max() + 1)
+        tot = np.bincount(ring[have], weights=v[have], minlength=ring.max() + 1)
+        fill = np.where(cnt > 0, tot / np.maximum(cnt, 1), v[have].mean())
+        v = np.where(have, v, fill[ring])
+    return np.median(v) / v
+
+
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
-                  reference_variance=None, max_bytes=64 * 2 ** 20):
+                  fit_weights=None, reference_variance=None, max_bytes=64 * 2 ** 20):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -64,6 +111,10 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     fit_mask : ndarray of bool of shape (ny, nx), optional
         Pixels used to build the basis and fit the coefficients (True = use).
         Excluded pixels (a known companion) are still subtracted.
+    fit_weights : ndarray of shape (ny, nx), optional
+        Non-negative weight of every pixel in the basis and the fit (see
+        Notes), typically the inverse of the noise variance; None weighs
+        all pixels alike (classic KLIP). A zero weight acts like `fit_mask`.
     reference_variance : ndarray of shape (nint, nref, ny, nx), optional
         Variance of the aligned references, propagated to the model.
     max_bytes : int
@@ -97,6 +148,15 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     eigenvalue is below ``nref * eps * lam_max`` (numerically zero) are
     dropped.
 
+    With `fit_weights` w, ``R`` and ``t`` of the fit pixels are multiplied
+    by ``sqrt(w)`` before ``C`` and ``R t`` are formed (the zone means stay
+    unweighted): the KL modes are those of the weighted references and,
+    with all modes kept, ``b`` minimises ``sum w (t - b^T R)^2``, a
+    generalised least-squares fit. With w the inverse noise variance, the
+    bright pixels next to the star, whose photon noise is largest, no
+    longer set the coefficients for the whole zone on their own. The model
+    itself, ``b^T R``, uses the unweighted references.
+
     References
     ----------
     Soummer, Pueyo & Larkin 2012, ApJ 755, L28.
@@ -116,6 +176,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         zones = np.zeros((ny, nx), dtype=int)
     zones = np.asarray(zones)
     fit = np.ones((ny, nx), bool) if fit_mask is None else np.asarray(fit_mask, bool)
+    wts = None
+    if fit_weights is not None:
+        w = np.asarray(fit_weights, dtype=np.float64)
+        if w.shape != (ny, nx) or not np.all(np.isfinite(w) & (w >= 0)):
+            raise ValueError(f"fit_weights must be finite, non-negative, of shape {(ny, nx)}")
+        wts = np.sqrt(w).ravel()
     residual = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     mvar = None
     if reference_variance is not None:
@@ -150,6 +216,10 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             t -= tmean[:, :, None]
             Rf = R if fit_all else R[:, :, zfit]
             tf = t if fit_all else t[:, :, zfit]
+            if wts is not None:
+                wz = wts[zpix[zfit]]
+                Rf = Rf * wz                                       # weighted copies
+                tf = tf * wz
             C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
             lam, V = np.linalg.eigh(C)
             lam = lam[:, ::-1]

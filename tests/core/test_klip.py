@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coron_cli.core import annulus_zones, klip_subtract
+from coron_cli.core import annulus_zones, klip_subtract, noise_weights
 
 
 def _data(nint=3, nref=12, shape=(24, 24), seed=0):
@@ -112,3 +112,70 @@ def test_matches_explicitly_centred_float64_klip(offset):
             want = t - (Zf @ t[f]) @ Z
             err = np.sqrt(np.mean((got[k, i].ravel() - want) ** 2) / np.mean(want ** 2))
             assert err < 1e-6, (offset, K, err)
+
+
+def _centred(R, t):
+    return R - R.mean(axis=1, keepdims=True), t - t.mean()
+
+
+def test_weighted_fit_with_all_modes_is_generalised_least_squares():
+    rng = np.random.default_rng(11)
+    nint, nref, shape = 2, 6, (16, 16)
+    refs = rng.normal(size=(nint, nref) + shape)
+    sci = np.einsum("ij,ijyx->iyx", rng.normal(size=(nint, nref)), refs)
+    sci += rng.normal(size=sci.shape) * np.linspace(0.1, 3.0, shape[1])   # noise rising with x
+    w = np.exp(rng.uniform(-2, 2, shape))
+    got, _, _ = klip_subtract(sci, refs, truncations=[nref], fit_weights=w)
+    flat, _, _ = klip_subtract(sci, refs, truncations=[nref])
+    sw = np.sqrt(w.ravel())
+    for i in range(nint):
+        R, t = _centred(refs[i].reshape(nref, -1), sci[i].ravel())
+        b = np.linalg.lstsq((R * sw).T, t * sw, rcond=None)[0]
+        want = t - b @ R
+        assert_allclose(got[0, i].ravel(), want, atol=1e-5 * np.abs(want).max())
+        # it minimises the weighted sum of squares, which the unweighted fit does not
+        wss = lambda r: np.sum(w.ravel() * r.astype(np.float64).ravel() ** 2)  # noqa: E731
+        assert wss(got[0, i]) < wss(flat[0, i])
+
+
+def test_uniform_weights_are_classic_klip():
+    sci, refs = _data(seed=3)
+    sci = sci + np.random.default_rng(3).normal(size=sci.shape)
+    a, _, _ = klip_subtract(sci, refs, truncations=[1, 4, 12])
+    b, _, _ = klip_subtract(sci, refs, truncations=[1, 4, 12],
+                            fit_weights=np.full(sci.shape[1:], 3.7))
+    assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_weight_acts_like_the_fit_mask():
+    sci, refs = _data(seed=4)
+    sci = sci + np.random.default_rng(4).normal(size=sci.shape)
+    sci[:, 2:6, 3:9] += 1e4                        # a bright source, left out either way
+    fit = np.ones(sci.shape[1:], bool)
+    fit[2:6, 3:9] = False
+    a, _, _ = klip_subtract(sci, refs, truncations=[5], fit_mask=fit)
+    b, _, _ = klip_subtract(sci, refs, truncations=[5], fit_mask=fit,
+                            fit_weights=fit.astype(float))
+    assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_fit_weights_are_checked():
+    sci, refs = _data()
+    for bad in (np.ones((3, 3)), np.full(sci.shape[1:], -1.0), np.full(sci.shape[1:], np.nan)):
+        with pytest.raises(ValueError, match="fit_weights"):
+            klip_subtract(sci, refs, fit_weights=bad)
+
+
+def test_noise_weights_are_inverse_variance_over_usable_values():
+    err = np.full((3, 6, 6), 2.0)
+    err[:, :, 3:] = 4.0                            # variance 16 on the right half
+    err[0, 1, 1] = 1e6                             # a flagged garbage value
+    bad = np.zeros(err.shape, bool)
+    bad[0, 1, 1] = True
+    err[1, 0, 0] = np.nan                          # not finite: ignored
+    err[:, 5, 0] = 0.0                             # no usable value at all
+    w = noise_weights(err, (2.5, 2.5), bad=bad, width=100)
+    v = np.where(np.arange(6) < 3, 4.0, 16.0)[None, :] * np.ones((6, 1))
+    v[5, 0] = (17 * 4.0 + 18 * 16.0) / 35          # mean of its annulus (here the whole image)
+    assert_allclose(w, np.median(v) / v)
+    assert_allclose(noise_weights(np.zeros((2, 4, 4)), (1.5, 1.5)), np.ones((4, 4)))
