@@ -43,6 +43,8 @@ def test_coron_beats_classical_rdi_close_to_the_star(science):
     assert close
     for p in close:
         assert p["coron_i2d"][0] > p["crdi_i2d"][0]
+        # and not through the error estimate alone: the twin's residual itself is lower
+        assert p["coron_noise"] < 0.9 * p["crdi_noise"]
 
 
 def test_registration_error_is_reported(science):
