@@ -597,7 +597,7 @@ def core_point(n, nref, args):
     del refs4
 
     # --- align: coron vs classic on known shifts
-    progress(f"  align inputs with known shifts")
+    progress("  align inputs with known shifts")
     a_sci, a_ref, tdx, tdy = make_align_set(n, nint, nref, args.seed, args.source)
     npairs = nint * nref
     psub = min(args.classic_pairs, npairs)
