@@ -62,7 +62,9 @@ def noise_weights(err, center, *, bad=None, width=2):
         (finite, positive, not `bad` values only). A pixel with no usable
         value takes the mean ``v`` of its annulus about the star (of the
         whole image if the annulus has none); with no usable value at all,
-        every weight is 1.
+        every weight is 1. ``v`` is floored at its 1st percentile: no noise
+        is below the read noise, and a few unflagged pixels with a
+        near-zero error must not carry the fit on their own.
     """
     e = np.asarray(err, dtype=np.float64)
     if e.ndim == 2:
@@ -85,6 +87,7 @@ def noise_weights(err, center, *, bad=None, width=2):
         tot = np.bincount(ring[have], weights=v[have], minlength=ring.max() + 1)
         fill = np.where(cnt > 0, tot / np.maximum(cnt, 1), v[have].mean())
         v = np.where(have, v, fill[ring])
+    v = np.maximum(v, np.percentile(v, 1.0))
     return np.median(v) / v
 
 

@@ -179,3 +179,11 @@ def test_noise_weights_are_inverse_variance_over_usable_values():
     v[5, 0] = (17 * 4.0 + 18 * 16.0) / 35          # mean of its annulus (here the whole image)
     assert_allclose(w, np.median(v) / v)
     assert_allclose(noise_weights(np.zeros((2, 4, 4)), (1.5, 1.5)), np.ones((4, 4)))
+
+
+def test_noise_weights_floor_a_near_zero_error():
+    rng = np.random.default_rng(2)
+    err = rng.uniform(9.0, 11.0, (3, 30, 30))
+    err[:, 4, 7] = 1e-4                            # unflagged, and far below any real noise
+    w = noise_weights(err, (15, 15))
+    assert w.max() < 1.5 and w[4, 7] == w.max()
