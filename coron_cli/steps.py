@@ -499,7 +499,8 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
     product, inj = _klip(science, psfalign, truncate=truncate, annuli=annuli,
                          subsections=subsections, exclude=exclude, protect=protect,
                          weights=weights, annuli_width=annuli_width, bad_bits=bad_bits,
-                         params=params, fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
+                         params=params,
+                         fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
     if inj is not None:
         product = add_throughput(product, throughput_table(
             inj, fwhm=fwhm, scale=pixel_scale_arcsec(science.sci_header)))
@@ -525,6 +526,8 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
           bad_bits, params, protect=None, weights="noise", fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
+    if weights not in ("noise", "none", None):
+        raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
     truncate = parse_truncate(truncate)
     if psfalign.sci.ndim != 4:
         raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
@@ -559,8 +562,6 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     if weights == "noise":
         fw = core.noise_weights(err, center, bad=(dq & np.uint32(bad_bits)) != 0,
                                 width=annuli_width)
-    elif weights not in (None, "none"):
-        raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
     residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
                                                 zones=zones, fit_mask=fit, fit_weights=fw,
                                                 reference_variance=ref_var)
