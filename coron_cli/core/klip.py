@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from .metrics import _radius
+
 __all__ = ["klip_subtract", "annulus_zones", "noise_weights"]
 
 
@@ -80,9 +82,7 @@ def noise_weights(err, center, *, bad=None, width=2):
         v = (v * v).sum(axis=0) / n
     have = n > 0
     if not have.all():
-        ny, nx = v.shape
-        y, x = np.indices((ny, nx))
-        ring = (np.hypot(x - center[0], y - center[1]) // max(int(width), 1)).astype(np.int64)
+        ring = (_radius(v.shape, center) // max(int(width), 1)).astype(np.int64)
         cnt = np.bincount(ring[have], minlength=ring.max() + 1)
         tot = np.bincount(ring[have], weights=v[have], minlength=ring.max() + 1)
         fill = np.where(cnt > 0, tot / np.maximum(cnt, 1), v[have].mean())
