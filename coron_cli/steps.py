@@ -175,7 +175,8 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
         dqs.append(dq)
         (cx, cy), _ = star_center(e.sci_header, e.sci.shape)
         ox, oy = _dither_offset(e)
-        rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy, ox, oy))
+        rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy, ox, oy, _visit_key(e),
+                     str(e.primary.get("PATTTYPE", ""))))
     sci, index = core.stack_cubes(scis)
     err, _ = core.stack_cubes(errs)
     dq, _ = core.stack_cubes(dqs)
@@ -190,6 +191,9 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
     refs["xoffset"].unit = refs["yoffset"].unit = "pix"
     refs["xoffset"].description = "commanded dither offset (XOFFSET), pixels"
     refs["yoffset"].description = "commanded dither offset (YOFFSET), pixels"
+    refs["visit"] = [rows[i][6] for i in index[:, 0]]
+    refs["visit"].description = "star and visit (TARGNAME PROGRAM:OBSERVTN:VISIT)"
+    refs["patttype"] = [rows[i][7] for i in index[:, 0]]
     params = dict(params or {})
     params.setdefault("bad_bits", bad_bits)
     primary = first.primary.copy()
@@ -220,19 +224,35 @@ def _dither_offset(exposure):
         return np.nan, np.nan
 
 
+def _visit_key(exposure):
+    """Which star and visit an exposure belongs to: 'TARGNAME PROGRAM:OBSERVTN:VISIT'.
+
+    References of one star in one visit share a target acquisition and a
+    wavefront, so a dither model may be learned from them together. Missing
+    keywords are left out; with none at all every exposure gets '' (one
+    group, as before these keywords were read).
+    """
+    h = exposure.primary
+    visit = ":".join(str(h[k]).strip() for k in ("PROGRAM", "OBSERVTN", "VISIT") if k in h)
+    return " ".join(v for v in (str(h.get("TARGNAME", "")).strip(), visit) if v)
+
+
 def _stack_dithers(psfstack):
-    """(nref, 2) dither offsets from the REFS table, or None when unusable."""
+    """Dither offsets (nref, 2; NaN where unknown) and visit labels (nref,) of a psfstack.
+
+    None when the REFS table does not give offsets.
+    """
     refs = psfstack.tables.get("REFS")
     if refs is None or "xoffset" not in refs.colnames or len(refs) != psfstack.sci.shape[0]:
         return None
     pos = np.column_stack([np.asarray(refs["xoffset"], float),
                            np.asarray(refs["yoffset"], float)])
-    if not np.isfinite(pos).all():
+    keys = np.asarray(refs["visit"]).astype(str) if "visit" in refs.colnames else \
+        np.zeros(len(refs), dtype=str)
+    _, groups = np.unique(keys, return_inverse=True)
+    if not core.dither_groups(pos, groups):
         return None
-    uniq = np.unique(np.round(pos, 4), axis=0)
-    if len(uniq) < 3 or np.linalg.matrix_rank(np.column_stack([np.ones(len(uniq)), uniq])) < 3:
-        return None
-    return pos
+    return pos, groups, keys
 
 
 def _repair_stack(psfstack, bad_bits):
@@ -282,28 +302,35 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
                method="auto", params=None):
     """Register the stacked references onto every science integration.
 
-    Two ways to measure the offsets (`method`):
+    Every (integration, reference) pair first gets the rigid shift and flux
+    scale that best match the reference to the science image
+    (:func:`coron_cli.core.align_references`, a Fourier fit, weighted by
+    `mask` when given). Then, with `method` ``auto`` or ``dither``, every
+    group of references of one star and visit dithered over 3 or more
+    positions (REFS xoffset/yoffset, from XOFFSET/YOFFSET) gets an empirical
+    model of how the coronagraphic image changes with the star's position
+    (:func:`coron_cli.core.dither_positions`): behind a coronagraph the
+    image does not move rigidly, and the model measures the true offsets
+    where a rigid fit is biased. The model is checked frame by frame
+    against the rigid fit (:func:`coron_cli.core.dither_model_shifts`): a
+    science integration takes it only where it fits the integration better
+    than any rigidly shifted reference of the group, and a pair only where
+    the model's shift is within 1 pixel and its flux factor within 1.5x of
+    the rigid ones; every other pair keeps the rigid fit, and a model that a
+    science exposure rejects gives one warning naming it. ``fourier`` uses
+    the rigid fit only.
 
-    - ``dither`` (chosen by ``auto`` when the references come from a small-grid
-      dither with known XOFFSET/YOFFSET, 3 or more positions): an empirical
-      model of how the coronagraphic image changes with the star's position
-      is learned from the dithered references and every frame's star position
-      and flux are fitted with it (:func:`coron_cli.core.dither_positions`).
-      Behind a coronagraph the image does not move rigidly with the star, so
-      this is what measures the true offsets.
-    - ``fourier``: for each (integration, reference) pair, the rigid shift and
-      flux scale that best match the reference to the science image
-      (:func:`coron_cli.core.fit_offsets`).
-
-    In both cases the references are then Fourier-shifted by the offsets,
-    and their ERR is the noise carried through that shift
+    The references are Fourier-shifted by the chosen offsets, and their ERR
+    is the noise carried through that shift
     (:func:`coron_cli.core.shift_variance`).
 
     Returns
     -------
     Product
         SCI/ERR/DQ of shape (nint, nref, ny, nx) and a SHIFTS table (sci_int,
-        ref, dx, dy, scale); the science star position in STARCENX/STARCENY.
+        ref, dx, dy, scale, method: "dither" or "fourier" for each pair); the
+        science star position in STARCENX/STARCENY; ALIGNMTH says which
+        methods were used.
     """
     from astropy.table import Table
 
@@ -315,17 +342,23 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     refs = _repair_stack(psfstack, bad_bits)
     dithers = _stack_dithers(psfstack) if method in ("auto", "dither") else None
     if method == "dither" and dithers is None:
-        raise InputError(psfstack.path, "the dither method needs at least 3 non-collinear "
-                                        "dither positions (REFS xoffset/yoffset)")
+        raise InputError(psfstack.path, "the dither method needs references of one visit at 3 "
+                                        "or more non-collinear dither positions (REFS "
+                                        "xoffset/yoffset)")
+    out = core.align_references(refs, sci, weights=mask, return_residual=dithers is not None)
+    aligned, dx, dy, scale = out[:4]
+    used = np.zeros(dx.shape, bool)
     if dithers is not None:
-        rp, rs, tp, ts = core.dither_positions(refs, dithers, sci, weights=mask)
-        shifts = (tp[:, None, 0] - rp[None, :, 0], tp[:, None, 1] - rp[None, :, 1],
-                  ts[:, None] / rs[None, :])
-        used = "dither"
-    else:
-        shifts = None
-        used = "fourier"
-    aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask, shifts=shifts)
+        pos, groups, keys = dithers
+        dx, dy, scale, used, report = core.dither_model_shifts(
+            refs, pos, groups, sci, (dx, dy, scale, out[4]), weights=mask)
+        _report_dither_models(report, keys, science.path, psfstack.path, sci.shape[0])
+        for i in range(sci.shape[0]):
+            j = np.flatnonzero(used[i])
+            if j.size:
+                aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
+    del out
+    used_how = "dither" if used.all() else ("fourier" if not used.any() else "dither+fourier")
     nint, nref = dx.shape
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
@@ -339,28 +372,63 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     shifts["dx"] = dx.ravel()
     shifts["dy"] = dy.ravel()
     shifts["scale"] = scale.ravel()
+    shifts["method"] = np.where(used.ravel(), "dither", "fourier")
     for col, unit in (("dx", "pix"), ("dy", "pix")):
         shifts[col].unit = unit
+    shifts["method"].description = "dither: dither model of the reference's visit; " \
+                                   "fourier: rigid Fourier fit"
     (cx, cy), src = star_center(science.sci_header, science.sci.shape)
     header = science.sci_header.copy()
     header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
     header["STARCENY"] = (cy, f"star y, 0-based pixels (from {src})")
-    header["ALIGNMTH"] = (used, "registration method (dither model or Fourier fit)")
+    header["ALIGNMTH"] = (used_how, "registration: dither model and/or rigid Fourier fit")
+    header["ALIGNMOD"] = (int(used.sum()), "pairs registered with a dither model")
     params = dict(params or {})
     params.setdefault("mask", "none" if mask is None else "yes")
     params.setdefault("method", method)
-    params["registration"] = used
+    params["registration"] = used_how
     params.setdefault("bad_bits", bad_bits)
     primary = science.primary.copy()
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")
     primary = add_provenance(primary, "coron-align", params, history=[
-        f"aligned {nref} references to {nint} integrations; median |shift| "
+        f"aligned {nref} references to {nint} integrations ({used.sum()} pairs by a dither "
+        f"model, {used.size - used.sum()} by a rigid Fourier fit); median |shift| "
         f"{np.median(np.hypot(dx, dy)):.3f} px, median scale {np.median(scale):.4f}"])
-    log.info("aligned %d references onto %d integrations (median shift %.3f px)",
-             nref, nint, float(np.median(np.hypot(dx, dy))))
+    log.info("aligned %d references onto %d integrations (median shift %.3f px; %s)",
+             nref, nint, float(np.median(np.hypot(dx, dy))), used_how)
     return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
                    tables={"SHIFTS": shifts}, path="psfalign")
+
+
+def _report_dither_models(report, keys, science_path, stack_path, nint):
+    """Log what became of each dither model: one warning per model a science exposure rejects."""
+    for entry in report:
+        name = str(keys[entry["refs"][0]]) or os.path.basename(stack_path)
+        what = f"the dither model of the {len(entry['refs'])} references of {name!r}"
+        if entry["error"]:
+            log.warning("%s: %s could not be fitted (%s); using rigid Fourier fits",
+                        science_path, what, entry["error"])
+            continue
+        ok = entry["frame_ok"]
+        if not ok.any():
+            i = int(np.argmin(entry["model_resid"] / entry["rigid_resid"]))
+            log.warning("%s: %s fits it worse than a rigid shift (residual %.3g against %.3g); "
+                        "rejected, using rigid Fourier fits", science_path, what,
+                        entry["model_resid"][i], entry["rigid_resid"][i])
+        elif not ok.all():
+            log.warning("%s: %s rejected for %d of %d integrations (worse than a rigid shift); "
+                        "those use rigid Fourier fits", science_path, what,
+                        int((~ok).sum()), nint)
+        bad_refs = int((~entry["ref_ok"]).sum()) if ok.any() else 0
+        if bad_refs or entry["pairs_out_of_bounds"]:
+            log.warning("%s: %s disagrees with the rigid fit by more than 1 pixel or 1.5x in "
+                        "flux for %d pairs (%d references off their commanded dither); those "
+                        "use rigid Fourier fits", science_path, what,
+                        entry["pairs_out_of_bounds"], bad_refs)
+        elif ok.any():
+            log.info("%s: %s used for %d of %d integrations", science_path, what,
+                     int(ok.sum()), nint)
 
 
 def _exclusion_mask(shape, exclude):

@@ -37,6 +37,8 @@ from .metrics import (
 )
 from .registration import (
     align_references,
+    dither_groups,
+    dither_model_shifts,
     dither_positions,
     fit_offsets,
     shift_images,
@@ -57,6 +59,8 @@ __all__ = [
     "calibrate_error",
     "source_regions",
     "combine_images",
+    "dither_groups",
+    "dither_model_shifts",
     "dither_positions",
     "contrast_curve",
     "find_candidates",

@@ -10,8 +10,8 @@ import mmap
 import numpy as np
 from scipy import fft as sfft
 
-__all__ = ["align_references", "dither_positions", "fit_offsets", "shift_images",
-           "shift_stack", "shift_variance"]
+__all__ = ["align_references", "dither_groups", "dither_model_shifts", "dither_positions",
+           "fit_offsets", "pair_residuals", "shift_images", "shift_stack", "shift_variance"]
 
 _TWO_PI = 2.0 * np.pi
 
@@ -515,7 +515,7 @@ def _fit_image(R, tgt, w, dx, dy, ky, kx, max_iter, tol, workers):
 
 
 def align_references(references, targets, *, weights=None, shifts=None, workers=-1,
-                     max_iter=30):
+                     max_iter=30, return_residual=False):
     """Fit and apply the shift of every reference onto every target.
 
     Parameters
@@ -529,6 +529,8 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     shifts : (dx, dy, scale), each ndarray of shape (nint, nref), optional
         Shifts measured otherwise (e.g. :func:`dither_positions`): no fit,
         the references are only shifted.
+    return_residual : bool
+        Also return the residual of every pair (see Returns).
 
     Returns
     -------
@@ -536,6 +538,9 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
         References shifted onto each integration (not scaled).
     dx, dy, scale : ndarray of float64, shape (nint, nref)
         Shift applied and flux factor fitted (science = scale * reference).
+    residual : ndarray of float64, shape (nint, nref)
+        Only with `return_residual`: ``sum w (target - scale * aligned)**2``
+        for every pair (w the `weights`, else 1).
 
     Notes
     -----
@@ -572,6 +577,8 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
             X = np.empty_like(R32)
     del R
     buf = np.empty_like(R32)
+    resid = np.empty((nint, nref)) if return_residual else None
+    wr = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     for i in range(nint):
         if shifts is not None:
             dx[i], dy[i], scale[i] = shifts[0][i], shifts[1][i], shifts[2][i]
@@ -592,7 +599,48 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
                                                     w, x0, y0, ky, kx, max_iter, 1e-7,
                                                     workers)
         _shift_spectra(R32, dx[i], dy[i], ky, kx, (ny, nx), workers, buf, out=aligned[i])
+        if return_residual:
+            resid[i] = pair_residuals(aligned[i], tg[i], scale[i], weights=wr)
+    if return_residual:
+        return aligned, dx, dy, scale, resid
     return aligned, dx, dy, scale
+
+
+def pair_residuals(aligned, target, scale, *, weights=None, block=32):
+    """Weighted squared residual of a target against each of several scaled images.
+
+    Parameters
+    ----------
+    aligned : ndarray of shape (n, ny, nx)
+        Images already shifted onto the target.
+    target : ndarray of shape (ny, nx)
+    scale : ndarray of shape (n,)
+        Flux factor of each image (target = scale * image).
+    weights : ndarray of shape (ny, nx) or (ny * nx,), optional
+        Pixel weights (1 = use, 0 = ignore); None weighs every pixel alike.
+    block : int
+        Images handled at a time (bounds the float64 temporaries).
+
+    Returns
+    -------
+    ndarray of float64 of shape (n,)
+        ``sum w (target - scale_j aligned_j)**2``, expanded as
+        ``sum w t^2 - 2 s sum w t a + s^2 sum w a^2`` so that no residual
+        image is formed.
+    """
+    a = np.asarray(aligned).reshape(np.shape(aligned)[0], -1)
+    t = np.asarray(target, dtype=np.float64).ravel()
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    s = np.asarray(scale, dtype=np.float64)
+    wt = w * t
+    tt = float(wt @ t)
+    out = np.empty(a.shape[0])
+    for j in range(0, a.shape[0], block):
+        blk = a[j:j + block].astype(np.float64)
+        ta = blk @ wt
+        aa = (blk * blk) @ w
+        out[j:j + block] = tt - 2.0 * s[j:j + block] * ta + s[j:j + block] ** 2 * aa
+    return np.maximum(out, 0.0)
 
 
 def _shift_spectra(S, dx, dy, ky, kx, shape, workers, buf=None, out=None):
@@ -675,7 +723,8 @@ def _fit_model_positions(coef, frames, start, order, max_iter=30, tol=1e-7):
     return p, scale
 
 
-def dither_positions(references, dithers, targets, *, weights=None, iterations=2):
+def dither_positions(references, dithers, targets, *, weights=None, iterations=2,
+                     return_residual=False):
     """Star positions from an empirical model learned on a dithered reference set.
 
     Behind a coronagraph the image does not move rigidly with the star: the
@@ -698,6 +747,8 @@ def dither_positions(references, dithers, targets, *, weights=None, iterations=2
         Finite science integrations.
     weights : ndarray of shape (ny, nx), optional
         Fit weights (1 = use, 0 = ignore).
+    return_residual : bool
+        Also return how well the model fits every frame (see Returns).
 
     Returns
     -------
@@ -709,6 +760,9 @@ def dither_positions(references, dithers, targets, *, weights=None, iterations=2
     tgt_scale : ndarray of shape (nint,)
         Flux relative to the model (science / reference flux is
         ``tgt_scale / ref_scale``).
+    ref_resid, tgt_resid : ndarray of shape (nref,) and (nint,)
+        Only with `return_residual`: ``sum w (frame - scale * I(p))**2`` at
+        the fitted position and scale of each frame.
 
     Raises
     ------
@@ -745,4 +799,128 @@ def dither_positions(references, dithers, targets, *, weights=None, iterations=2
     c, _, _ = _poly_terms(ref_pos, order)
     coef = np.linalg.lstsq(c, R / ref_scale[:, None], rcond=None)[0]
     tgt_pos, tgt_scale = _fit_model_positions(coef, T, start, order)
-    return ref_pos, ref_scale, tgt_pos, tgt_scale
+    if not return_residual:
+        return ref_pos, ref_scale, tgt_pos, tgt_scale
+
+    def resid(frames, p, sc):
+        m = _poly_terms(p, order)[0] @ coef
+        return np.einsum("np,np->n", frames - sc[:, None] * m, frames - sc[:, None] * m)
+
+    ref_fit = resid(R, ref_pos, _fit_model_positions(coef, R, ref_pos, order, max_iter=0)[1])
+    return (ref_pos, ref_scale, tgt_pos, tgt_scale, ref_fit,
+            resid(T, tgt_pos, tgt_scale))
+
+
+def dither_groups(dithers, groups):
+    """Labels of the reference groups a dither model can be learned from.
+
+    A group qualifies when its references have known dither offsets at 3 or
+    more distinct positions that do not lie on one line.
+    """
+    out = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        pos = dithers[idx]
+        if not np.isfinite(pos).all():
+            continue
+        uniq = np.unique(np.round(pos, 4), axis=0)
+        if len(uniq) >= 3 and np.linalg.matrix_rank(
+                np.column_stack([np.ones(len(uniq)), uniq - uniq.mean(axis=0)]), tol=1e-6) >= 3:
+            out.append(g)
+    return out
+
+
+def dither_model_shifts(references, dithers, groups, targets, rigid, *, weights=None,
+                        max_offset=1.0, max_scale_ratio=1.5):
+    """Shifts from per-group dither models, validated frame by frame against rigid fits.
+
+    Parameters
+    ----------
+    references : ndarray of shape (nref, ny, nx)
+        Finite reference images.
+    dithers : ndarray of shape (nref, 2)
+        Commanded dither offset (x, y) of each reference in pixels; NaN where
+        unknown.
+    groups : ndarray of int of shape (nref,)
+        Which references share a star and a visit (and so a wavefront and a
+        target acquisition): a model is learned within a group only.
+    targets : ndarray of shape (nint, ny, nx)
+        Finite science integrations.
+    rigid : (dx, dy, scale, residual), each ndarray of shape (nint, nref)
+        The rigid Fourier fit of every pair and its residual
+        (:func:`align_references` with ``return_residual=True``).
+    weights : ndarray of shape (ny, nx), optional
+        The fit weights used for the rigid fit.
+    max_offset : float
+        Largest distance (pixels) allowed between the model's shift and the
+        rigid fit's, and between a reference's fitted and commanded
+        position.
+    max_scale_ratio : float
+        Largest ratio allowed between the model's and the rigid fit's flux
+        factor.
+
+    Returns
+    -------
+    dx, dy, scale : ndarray of shape (nint, nref)
+        The model's values where it was accepted, else the rigid ones.
+    used : ndarray of bool of shape (nint, nref)
+        Pairs that take the model's values.
+    report : list of dict
+        One per group with a model: ``group``, ``refs`` (indices),
+        ``frame_ok`` (nint,) whether the model fits each science
+        integration at least as well as the best rigidly shifted reference
+        of the group, ``model_resid`` and ``rigid_resid`` (nint,) those two
+        residuals, ``ref_ok`` (nrefs in group,), ``pairs_out_of_bounds``,
+        and ``error`` (a message when the model could not be fitted).
+
+    Notes
+    -----
+    The model (:func:`dither_positions`) is fitted to each group on its
+    own: references of other stars or visits sit at unknown positions, and
+    lumping them with a dithered set corrupts the model (offsets of tens of
+    pixels were seen). A science integration takes a group's model only
+    when (1) the model at the integration's fitted position reproduces it
+    with a residual no larger than the best rigidly shifted reference of the
+    group (the model must explain the frame better than a rigid shift
+    does), and, pair by pair, (2) the model's shift is within `max_offset`
+    of the rigid fit's, (3) its flux factor within `max_scale_ratio` of the
+    rigid one, and (4) the reference's fitted position within `max_offset`
+    of its commanded dither. Everything else keeps the rigid fit.
+    """
+    rdx, rdy, rsc, rres = (np.asarray(a, dtype=np.float64) for a in rigid)
+    dx, dy, scale = rdx.copy(), rdy.copy(), rsc.copy()
+    used = np.zeros(rdx.shape, bool)
+    dithers = np.asarray(dithers, dtype=np.float64).reshape(-1, 2)
+    groups = np.asarray(groups).reshape(-1)
+    refs = np.asarray(references)
+    report = []
+    for g in dither_groups(dithers, groups):
+        idx = np.flatnonzero(groups == g)
+        entry = {"group": g, "refs": idx, "error": None}
+        report.append(entry)
+        try:
+            rp, rs, tp, ts, _, tres = dither_positions(refs[idx], dithers[idx], targets,
+                                                       weights=weights, return_residual=True)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            entry["error"] = str(exc)
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mdx = tp[:, None, 0] - rp[None, :, 0]
+            mdy = tp[:, None, 1] - rp[None, :, 1]
+            msc = ts[:, None] / rs[None, :]
+            best_rigid = rres[:, idx].min(axis=1)
+            frame_ok = np.isfinite(tres) & (tres <= best_rigid)
+            ref_ok = np.hypot(*(rp - dithers[idx]).T) <= max_offset
+            near = np.hypot(mdx - rdx[:, idx], mdy - rdy[:, idx]) <= max_offset
+            ratio = msc / rsc[:, idx]
+            flux_ok = (ratio <= max_scale_ratio) & (ratio >= 1.0 / max_scale_ratio)
+        pair_ok = near & flux_ok & np.isfinite(mdx) & np.isfinite(mdy) & np.isfinite(msc)
+        ok = frame_ok[:, None] & ref_ok[None, :] & pair_ok
+        entry.update(frame_ok=frame_ok, ref_ok=ref_ok, model_resid=tres, rigid_resid=best_rigid,
+                     pairs_out_of_bounds=int((frame_ok[:, None] & ~pair_ok).sum()))
+        sub = (slice(None), idx)
+        dx[sub] = np.where(ok, mdx, rdx[sub])
+        dy[sub] = np.where(ok, mdy, rdy[sub])
+        scale[sub] = np.where(ok, msc, rsc[sub])
+        used[sub] = ok
+    return dx, dy, scale, used, report

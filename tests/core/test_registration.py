@@ -312,3 +312,97 @@ def test_large_outputs_on_plain_pages_are_the_same(monkeypatch, tmp_path):
     write_product(Product(sci=cube, err=got[2], primary=fits.Header(),
                           sci_header=fits.Header()), path)
     np.testing.assert_array_equal(read_product(path, ndims=(4,)).sci, cube)
+
+
+# small-grid dither patterns of JWST (offsets in pixels; the bar patterns are 1-D), some
+# not starting at zero as MIRI's do
+_PATTERNS = {
+    "5-POINT-BOX": [(0, 0), (-0.25, -0.25), (0.25, -0.25), (0.25, 0.25), (-0.25, 0.25)],
+    "5-POINT-DIAMOND": [(0, 0), (0, -0.3), (0.3, 0), (0, 0.3), (-0.3, 0)],
+    "9-POINT-CIRCLE": [(0, 0)] + [(0.25 * np.cos(a), 0.25 * np.sin(a))
+                                  for a in np.radians(np.arange(0, 360, 45))],
+    "9-POINT-SMALL-GRID": [(1.9 + i, 1.1 + j) for j in (-0.09, 0, 0.09) for i in (-0.09, 0, 0.09)],
+    "3-POINT-BAR": [(-0.3, 0), (0, 0), (0.3, 0)],
+    "5-POINT-BAR": [(-0.3, 0), (-0.15, 0), (0, 0), (0.15, 0), (0.3, 0)],
+}
+
+
+def _star(cx, cy, *, width=2.0, lobe=0.0):
+    """A star behind the fixed soft occulter; `width` and `lobe` make other stars/wavefronts."""
+    y, x = np.indices(SHAPE, dtype=np.float64)
+    trans = (1 - np.exp(-((x - 31.5) ** 2 + (y - 32.0) ** 2) / (2 * 4.0 ** 2))) ** 2
+    img = gaussian_psf(SHAPE, cx, cy, sigma=width)
+    if lobe:
+        img = img + lobe * gaussian_psf(SHAPE, cx + 5.0, cy - 3.0, sigma=1.5)
+    return trans * img
+
+
+def _commanded(name):
+    return np.asarray(_PATTERNS[name], dtype=float)
+
+
+@pytest.mark.parametrize("pattern", sorted(_PATTERNS))
+def test_every_dither_kind_registers_without_catastrophe(pattern):
+    """Each JWST dither kind, plus two single-visit stars of other wavefronts: the shifts are
+    right to a small fraction of a pixel, 2-D patterns use the model, 1-D ones fall back."""
+    from coron_cli.core import dither_model_shifts
+
+    rng = np.random.default_rng(abs(hash(pattern)) % 2 ** 32)
+    cmd = _commanded(pattern)
+    start = cmd.mean(axis=0)
+    ta = np.array([0.12, -0.07])
+    true_ref = [ta + c - start for c in cmd]                 # star offsets from the mask
+    refs = [2.0 * _star(31.5 + p[0], 32.0 + p[1]) for p in true_ref]
+    groups = [0] * len(cmd)
+    # two other stars, one visit each, at their own acquisition errors, no dither
+    for g, (off, w, lobe) in enumerate([((-0.2, 0.15), 2.1, 0.02), ((0.08, 0.22), 1.9, 0.03)]):
+        true_ref.append(np.array(off))
+        refs.append(3.0 * _star(31.5 + off[0], 32.0 + off[1], width=w, lobe=lobe))
+        groups.append(g + 1)
+    refs = np.stack(refs) + rng.normal(0, 1e-4, (len(refs),) + SHAPE)
+    dithers = np.vstack([cmd, np.full((2, 2), np.nan)])
+    sci_pos = np.array([[0.18, 0.04], [0.2, 0.07]])
+    sci = np.stack([_star(31.5 + x, 32.0 + y) for x, y in sci_pos])
+    _, rdx, rdy, rsc, res = align_references(refs, sci, return_residual=True)
+    dx, dy, scale, used, report = dither_model_shifts(refs, dithers, np.array(groups), sci,
+                                                      (rdx, rdy, rsc, res))
+    true = sci_pos[:, None, :] - np.asarray(true_ref)[None]
+    err = np.hypot(dx - true[..., 0], dy - true[..., 1])
+    two_d = pattern not in ("3-POINT-BAR", "5-POINT-BAR")
+    assert used[:, :len(cmd)].all() == two_d
+    assert not used[:, len(cmd):].any()                      # the other stars: rigid fit
+    assert err[:, :len(cmd)].max() < (0.01 if two_d else 0.15)
+    assert np.hypot(dx, dy).max() < 1.0
+
+
+def test_lumped_stars_and_wrong_offsets_fall_back_to_the_rigid_fit():
+    """Groups mixing stars, or commanded offsets that do not describe the data (wrong units):
+    the model is rejected or bounded, every shift stays near the rigid fit."""
+    from coron_cli.core import dither_model_shifts
+
+    cmd = _commanded("9-POINT-CIRCLE")
+    refs = np.stack([_star(31.5 + x + 0.1, 32.0 + y) for x, y in cmd])
+    sci = _star(31.6, 32.1)[None]
+    _, rdx, rdy, rsc, res = align_references(refs, sci, return_residual=True)
+    for bad in (cmd * 70.0, cmd[::-1] * 3.0):
+        dx, dy, scale, used, report = dither_model_shifts(refs, bad, np.zeros(len(cmd), int),
+                                                          sci, (rdx, rdy, rsc, res))
+        assert np.hypot(dx - rdx, dy - rdy).max() <= 1.0
+        assert np.all((scale / rsc > 1 / 1.5) & (scale / rsc < 1.5))
+        assert report[0]["pairs_out_of_bounds"] > 0 and not used.all()
+    # offsets in the wrong units: the model's shifts are 70x too large, none is taken
+    dx, dy, _, used, _ = dither_model_shifts(refs, cmd * 70.0, np.zeros(len(cmd), int), sci,
+                                             (rdx, rdy, rsc, res))
+    assert not used.any() and np.array_equal(dx, rdx)
+
+
+def test_pair_residuals_match_direct_sum():
+    from coron_cli.core.registration import pair_residuals
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(5, 8, 9)).astype(np.float32)
+    t = rng.normal(size=(8, 9))
+    s = rng.uniform(0.5, 2, 5)
+    w = rng.uniform(0, 1, (8, 9))
+    direct = [(w * (t - s[j] * a[j]) ** 2).sum() for j in range(5)]
+    assert_allclose(pair_residuals(a, t, s, weights=w, block=2), direct, rtol=1e-9)
