@@ -481,13 +481,23 @@ def _unlink(path):
 def star_center(header, shape):
     """Star position (x, y), 0-based, from STARCENX/Y, else CRPIX, else the frame centre.
 
+    coron writes STARCENX/Y 0-based, with a comment saying so. Other tools
+    (Winnie, spaceKLIP) copy CRPIX into them, 1-based: a STARCENX/Y pair
+    without that comment and equal to CRPIX is read as 1-based.
+
     Returns
     -------
     (x, y), str
         The position and where it came from.
     """
     if "STARCENX" in header and "STARCENY" in header:
-        return (float(header["STARCENX"]), float(header["STARCENY"])), "STARCEN"
+        x, y = float(header["STARCENX"]), float(header["STARCENY"])
+        if "0-based" not in str(header.comments["STARCENX"]) and "CRPIX1" in header \
+                and "CRPIX2" in header and abs(x - float(header["CRPIX1"])) < 1e-6 \
+                and abs(y - float(header["CRPIX2"])) < 1e-6:
+            # written by another tool as a copy of CRPIX (Winnie/spaceKLIP): 1-based
+            return (x - 1.0, y - 1.0), "STARCEN (1-based, = CRPIX)"
+        return (x, y), "STARCEN"
     if "CRPIX1" in header and "CRPIX2" in header:
         return (float(header["CRPIX1"]) - 1.0, float(header["CRPIX2"]) - 1.0), "CRPIX"
     ny, nx = shape[-2:]
