@@ -91,8 +91,24 @@ def noise_weights(err, center, *, bad=None, width=2):
     return np.median(v) / v
 
 
+def _sky_basis(zpix, nx, zfit, order):
+    """Monomials of the pixel coordinates up to `order` (constant first), (nterm, npix).
+
+    Coordinates are centred on the fitted pixels and scaled by their spread,
+    which keeps the terms well conditioned (their span does not depend on it).
+    """
+    y, x = np.divmod(zpix, nx)
+    x = x.astype(np.float64)
+    y = y.astype(np.float64)
+    x0, y0 = x[zfit].mean(), y[zfit].mean()
+    sc = max(np.sqrt(((x[zfit] - x0) ** 2 + (y[zfit] - y0) ** 2).mean()), 1.0)
+    u, v = (x - x0) / sc, (y - y0) / sc
+    return np.stack([u ** i * v ** (d - i) for d in range(order + 1) for i in range(d, -1, -1)])
+
+
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
-                  fit_weights=None, reference_variance=None, max_bytes=64 * 2 ** 20):
+                  fit_weights=None, reference_variance=None, sky_order=0,
+                  max_bytes=64 * 2 ** 20):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -120,6 +136,10 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         all pixels alike (classic KLIP). A zero weight acts like `fit_mask`.
     reference_variance : ndarray of shape (nint, nref, ny, nx), optional
         Variance of the aligned references, propagated to the model.
+    sky_order : int
+        Polynomial order of a sky fitted in every zone together with the KL
+        modes (see Notes): 0 removes only the zone mean (classic KLIP), 1 a
+        plane, 2 a quadratic surface.
     max_bytes : int
         Memory budget for the float64 working copies; integrations are
         processed in chunks that fit it.
@@ -159,6 +179,17 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     bright pixels next to the star, whose photon noise is largest, no
     longer set the coefficients for the whole zone on their own. The model
     itself, ``b^T R``, uses the unweighted references.
+
+    With `sky_order` >= 1 the model is ``b^T R + g^T P``, with P the
+    monomials of the pixel coordinates up to that order: a sky the
+    references do not share (a background gradient, a detector pedestal)
+    is fitted with the KL modes instead of being left in the residual or
+    forced onto them. Both R and t are first projected, over the fit pixels
+    and with the weights, onto the complement of P, and the KL basis and
+    coefficients b are those of the projected data; g is then the weighted
+    least-squares fit of P to ``t - b^T R`` on the fit pixels. With all
+    modes kept this is the joint least-squares fit of b and g. A source
+    much smaller than the zone barely projects on a low-order surface.
 
     References
     ----------
@@ -223,6 +254,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
                 wz = wts[zpix[zfit]]
                 Rf = Rf * wz                                       # weighted copies
                 tf = tf * wz
+            if sky_order:
+                P = _sky_basis(zpix, nx, zfit, int(sky_order))
+                Pf = P[:, zfit] if wts is None else P[:, zfit] * wz
+                Q, Rq = np.linalg.qr(Pf.T)                        # weighted fit pixels
+                Rf = Rf - (Rf @ Q) @ Q.T                          # projected copies
+                tf = tf - (tf @ Q) @ Q.T
             C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
             lam, V = np.linalg.eigh(C)
             lam = lam[:, ::-1]
@@ -240,6 +277,10 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
             model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
             res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
+            if sky_order:
+                rf = res[..., zfit] if wts is None else res[..., zfit] * wz
+                g = np.linalg.solve(Rq, np.swapaxes(rf @ Q, -1, -2))   # (c, ntg, nterm, ntr)
+                res -= np.swapaxes(g, -1, -2) @ P
             residual[:, sl][..., zpix] = np.moveaxis(res, 2, 0)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
             if var2 is not None:

@@ -187,3 +187,40 @@ def test_noise_weights_floor_a_near_zero_error():
     err[:, 4, 7] = 1e-4                            # unflagged, and far below any real noise
     w = noise_weights(err, (15, 15))
     assert w.max() < 1.5 and w[4, 7] == w.max()
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sky_terms_all_modes_equal_joint_least_squares(order, weighted):
+    """With every mode kept, KLIP with sky terms is the joint (weighted) least-squares fit of
+    the references and the monomials of the pixel coordinates, over the fit pixels."""
+    rng = np.random.default_rng(7)
+    ny, nx, nref = 18, 20, 6
+    refs = rng.normal(size=(1, nref, ny, nx))
+    sci = rng.normal(size=(1, ny, nx))
+    fit = rng.random((ny, nx)) > 0.2
+    w = rng.uniform(0.2, 3.0, (ny, nx)) if weighted else np.ones((ny, nx))
+    res, _, _ = klip_subtract(sci, refs, truncations=[nref], fit_mask=fit,
+                              fit_weights=w if weighted else None, sky_order=order)
+    y, x = np.indices((ny, nx), dtype=float)
+    mono = [x ** i * y ** (d - i) for d in range(order + 1) for i in range(d, -1, -1)]
+    A = np.concatenate([refs[0].reshape(nref, -1), np.stack(mono).reshape(len(mono), -1)]).T
+    sw = np.sqrt(w.ravel())[fit.ravel()]
+    coef = np.linalg.lstsq(A[fit.ravel()] * sw[:, None], sci[0].ravel()[fit.ravel()] * sw,
+                           rcond=None)[0]
+    assert_allclose(res[0, 0].ravel(), sci[0].ravel() - A @ coef, atol=1e-5)
+
+
+def test_sky_plane_the_references_lack_is_removed():
+    sci, refs = _data(nint=2, nref=8, shape=(32, 32), seed=3)
+    y, x = np.indices((32, 32), dtype=float)
+    tilted = sci + 0.5 * x - 0.3 * y
+    flat, _, _ = klip_subtract(sci, refs, truncations=[8])
+    no_sky, _, _ = klip_subtract(tilted, refs, truncations=[8])
+    sky, _, _ = klip_subtract(tilted, refs, truncations=[8], sky_order=1)
+    assert np.abs(flat).max() < 1e-5                       # exact combination: nothing left
+    assert np.abs(no_sky).max() > 1.0                      # the plane survives classic KLIP
+    assert np.abs(sky).max() < 1e-5
+    tilted0 = tilted.copy()
+    klip_subtract(tilted, refs, truncations=[3], sky_order=2)
+    assert np.array_equal(tilted, tilted0)
