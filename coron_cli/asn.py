@@ -17,13 +17,14 @@ class AsnProduct:
     ----------
     name : str
         Output root, e.g. 'jw89001-c1001_t001_nircam_f160w'.
-    science, psf : list of str
+    science, psf, background : list of str
         Member paths, resolved relative to the ASN file's folder, in order.
     """
 
     name: str
     science: list = field(default_factory=list)
     psf: list = field(default_factory=list)
+    background: list = field(default_factory=list)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def parse_asn(data, *, path="<asn>", check_files=True):
             _require(".." not in parts, path,
                      f"member {expname!r}: '..' is not allowed in member names")
             kind = exptype.strip().lower()
-            if kind not in ("science", "psf"):
+            if kind not in ("science", "psf", "background"):
                 warn.append(f"{path}: member {expname!r} has exptype {exptype!r}; ignored")
                 continue
             full = os.path.normpath(os.path.join(folder, expname))
@@ -140,7 +141,8 @@ def parse_asn(data, *, path="<asn>", check_files=True):
             if check_files:
                 _require(os.path.exists(full), path, f"member {expname!r} not found ({full})")
                 _require(os.path.isfile(full), path, f"member {expname!r} is not a file")
-            (entry.science if kind == "science" else entry.psf).append(full)
+            {"science": entry.science, "psf": entry.psf,
+             "background": entry.background}[kind].append(full)
         _require(entry.science, path, f"{where} has no science members")
         _require(entry.psf, path, f"{where} has no psf members")
         out.append(entry)

@@ -13,8 +13,8 @@ import time
 from . import core, steps
 from .asn import read_asn
 from .errors import InputError, OutputError
-from .products import (exposure_root, pixel_scale_arcsec, read_product, star_center, write_ecsv,
-                       write_product)
+from .products import (exposure_root, pixel_scale_arcsec, read_product, star_center,
+                       transmission_for, write_ecsv, write_product)
 
 __all__ = ["plan", "step_count", "run_association", "check_association", "check_outdir"]
 
@@ -112,7 +112,8 @@ def check_association(asn_path, outdir=".", *, bad_bits=1):
     for prod in asn.products:
         first = None
         for what, paths in (("science exposure", prod.science),
-                            ("reference exposure", prod.psf)):
+                            ("reference exposure", prod.psf),
+                            ("background exposure", prod.background)):
             for path in paths:
                 exp = read_product(path, what=what)
                 if core.bad_pixel_mask(exp.sci, exp.dq, bad_bits=bad_bits).all():
@@ -165,7 +166,9 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                     fwhm=None,
                     star_flux_method="peak", offaxis_psf=None, contrast=False,
                     snr_method="ratio", detect=None, inner_radius=None, table_format="fits",
-                    plot=False, mask=None, method="auto", on_step=None):
+                    plot=False, mask=None, method="auto", psfmask="auto",
+                    psfmask_weights=False, min_transmission=0.0, sky_order=0,
+                    background="auto", on_step=None):
     """Run the whole chain on an association.
 
     Parameters
@@ -199,6 +202,20 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         (needs matplotlib).
     mask : ndarray, optional
         Registration weights.
+    psfmask : "auto", "none" or str
+        The coronagraph's transmission map of every science exposure:
+        ``auto`` takes the ``<exposure>_psfmask.fits`` beside it when there
+        is one (:func:`coron_cli.products.psfmask_beside`), a path names one
+        map for all, ``none`` uses none.
+    psfmask_weights, min_transmission, sky_order :
+        As for coron-align (registration weighted by the map) and
+        coron-klip (pixels below `min_transmission` left out of the KL fit;
+        the sky's polynomial order).
+    background : {"auto", "subtract", "off"}
+        What to do with the association's background members (see
+        :func:`coron_cli.steps.background_step`): science backgrounds go
+        with the science and reference backgrounds with the references
+        (:func:`coron_cli.steps.match_backgrounds`).
     on_step : callable(str), optional
         Called with a short description before each step (progress display).
 
@@ -235,6 +252,25 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
             on_step(f"stack {prod.name}")
         t0 = time.perf_counter()
         refs = [read_product(p, what="reference exposure") for p in prod.psf]
+        bkg_sci = []
+        if prod.background:
+            bkgs = [_light(read_product(p, what="background exposure"))
+                    for p in prod.background]
+            heads = [_light(read_product(p, what="science exposure")) for p in prod.science]
+            bkg_sci, bkg_ref, left = steps.match_backgrounds(bkgs, heads, refs)
+            for b in left:
+                log.warning("%s: background of another filter; not used", b.path)
+            del heads
+            if not bkg_ref:
+                log.info("no background exposure goes with the references")
+            done = [steps.background_step(r, bkg_ref, mode=background, bad_bits=bad_bits)
+                    for r in refs]
+            refs = [r for r, _ in done]
+            for sub in (True, False):
+                whys = [why for r, why in done if why and bool(r.primary.get("BKGSUB")) == sub]
+                if whys:
+                    log.info("%d reference exposure(s): %s%s", len(whys), whys[0],
+                             " (first of them)" if len(whys) > 1 else "")
         stack = steps.stack_step(refs, bad_bits=bad_bits, asn_id=asn.asn_id,
                                  params={"inputs": [os.path.basename(p) for p in prod.psf]})
         del refs
@@ -247,8 +283,21 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                 on_step(f"align {os.path.basename(sci_path)}")
             t0 = time.perf_counter()
             sci = read_product(sci_path, what="science exposure")
+            if prod.background:
+                sci, why = steps.background_step(sci, bkg_sci, mode=background,
+                                                 bad_bits=bad_bits)
+                if why:
+                    log.info("%s: %s", os.path.basename(sci_path), why)
+                elif not bkg_sci:
+                    log.info("%s: no background exposure goes with the science",
+                             os.path.basename(sci_path))
+            tmap = transmission_for(psfmask, sci_path, sci.sci.shape[-2:])
+            if tmap is not None:
+                log.info("%s: transmission map from %s", os.path.basename(sci_path),
+                         "--psfmask" if psfmask != "auto" else "beside it")
             aligned = steps.align_step(sci, stack, mask=mask, bad_bits=bad_bits,
-                                       asn_id=asn.asn_id, method=method,
+                                       asn_id=asn.asn_id, method=method, transmission=tmap,
+                                       psfmask_weights=psfmask_weights,
                                        params={"science": sci_path, "psfstack": "in memory"})
             emit("psfalign", aligned, os.path.join(outdir, f"{root}_psfalign.fits"))
             aligned.dq = None  # written; KLIP does not use it (a full cube freed)
@@ -258,7 +307,8 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
             t0 = time.perf_counter()
             kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=exclude,
                       protect=protect, weights=weights,
-                      annuli_width=annuli_width, bad_bits=bad_bits,
+                      annuli_width=annuli_width, bad_bits=bad_bits, transmission=tmap,
+                      min_transmission=min_transmission, sky_order=sky_order,
                       params={"science": sci_path, "psfalign": "in memory"})
             if contrast:
                 sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, fwhm=fwhm, **kw)
@@ -338,5 +388,14 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                        "star_flux_method": star_flux_method, "contrast": contrast,
                        "snr_method": snr_method, "detect": detect,
                        "inner_radius": inner_radius, "table_format": table_format,
-                       "plot": plot, "method": method},
+                       "plot": plot, "method": method, "psfmask": psfmask,
+                       "psfmask_weights": psfmask_weights,
+                       "min_transmission": min_transmission, "sky_order": sky_order,
+                       "background": background},
     }
+
+
+def _light(product):
+    """The product's headers and arrays, without extra images (VAR_*, AREA)."""
+    product.images = {}
+    return product

@@ -31,6 +31,9 @@ __all__ = [
     "sibling_path",
     "atomic_output",
     "write_ecsv",
+    "psfmask_beside",
+    "read_psfmask",
+    "transmission_for",
     "KNOWN_SUFFIXES",
 ]
 
@@ -644,3 +647,89 @@ def write_ecsv(table, path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             table.write(tmp, format="ascii.ecsv", overwrite=True)
+
+
+def psfmask_beside(exposure_path):
+    """The transmission map found beside an exposure, or None.
+
+    Looks for ``<exposure>_psfmask.fits`` (``x_calints.fits`` ->
+    ``x_calints_psfmask.fits``, as the JWST-prepared data of Winnie and
+    spaceKLIP name it), then ``<root>_psfmask.fits`` (``x_psfmask.fits``),
+    each also gzipped (``.fits.gz``).
+    """
+    if not exposure_path or exposure_path == "-":
+        return None
+    folder = os.path.dirname(exposure_path)
+    name = os.path.basename(exposure_path)
+    for ext in (".gz", ".fz"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    stem = name[:-5] if name.lower().endswith(".fits") else name
+    for base in (stem, exposure_root(exposure_path)):
+        for ext in ("_psfmask.fits", "_psfmask.fits.gz"):
+            path = os.path.join(folder, base + ext)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def read_psfmask(path, shape):
+    """A coronagraph transmission map (JWST PSFMASK) on an exposure's pixel grid.
+
+    Parameters
+    ----------
+    path : str
+        FITS file: a JWST PSFMASK reference file cut to the subarray, or an
+        ``<exposure>_psfmask.fits``. The map is the first image whose shape
+        is `shape`, looking at the SCI extensions first, then any image.
+    shape : (ny, nx)
+        The exposure's frame size.
+
+    Returns
+    -------
+    ndarray of float64 of shape (ny, nx)
+        Intensity transmission, 1 = unobstructed; non-finite values read as 0.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no image of the right size, or negative values.
+    """
+    from astropy.io import fits
+
+    hdul = _open(path)
+    try:
+        images = [h for h in hdul if isinstance(h, (fits.ImageHDU, fits.PrimaryHDU,
+                                                    fits.CompImageHDU)) and h.data is not None]
+        images.sort(key=lambda h: h.name.upper() != "SCI")
+        found = None
+        for h in images:
+            data = np.asarray(h.data)
+            if data.shape != tuple(shape) and _squeeze_lead(data.shape) == tuple(shape):
+                data = data.reshape(shape)
+            if data.shape == tuple(shape):
+                found = _as_float(data, path, "transmission map").astype(np.float64)
+                break
+        if found is None:
+            sizes = ", ".join(f"{h.data.shape[-1]}x{h.data.shape[-2]}" for h in images
+                              if np.ndim(h.data) >= 2) or "none"
+            raise InputError(path, f"no transmission map of {shape[1]}x{shape[0]} pixels "
+                                   f"(images: {sizes})")
+    finally:
+        hdul.close()
+    found = np.where(np.isfinite(found), found, 0.0)
+    if (found < 0).any():
+        raise InputError(path, "transmission map has negative values")
+    return found
+
+
+def transmission_for(psfmask, exposure_path, shape):
+    """The transmission map a psfmask setting gives an exposure, or None.
+
+    `psfmask` is "auto" (the map beside the exposure, :func:`psfmask_beside`,
+    when there is one), "none"/None, or a path.
+    """
+    if psfmask in (None, "none"):
+        return None
+    path = psfmask_beside(exposure_path) if psfmask == "auto" else psfmask
+    return None if path is None else read_psfmask(path, shape)

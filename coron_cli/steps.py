@@ -18,6 +18,10 @@ from .products import Product, add_provenance, pixel_scale_arcsec, roll_angle, s
 
 __all__ = [
     "prepare_science",
+    "background_step",
+    "transmission_image",
+    "product_transmission",
+    "match_backgrounds",
     "stack_step",
     "align_step",
     "klip_step",
@@ -127,6 +131,123 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
     # the integrations of one exposure show the same scene: repair across them first
     sci = core.repair_bad_pixels(product.sci, bad, groups=np.zeros(product.sci.shape[0], int))
     return sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
+
+
+def _mjd(product):
+    try:
+        return float(product.primary.get("EXPSTART", np.nan))
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def match_backgrounds(backgrounds, science, references):
+    """Split background exposures between the science and the references.
+
+    A background goes with the science when its PROGRAM is that of the
+    science exposures but not of the references (or the reverse); when the
+    program does not decide (both sides share it, or it is missing), it
+    goes with the side whose exposure is nearest to it in time (EXPSTART).
+    Backgrounds of another FILTER than the exposures are left out.
+
+    Parameters
+    ----------
+    backgrounds, science, references : list of Product
+
+    Returns
+    -------
+    for_science, for_references, left_out : list of Product
+    """
+    def key(p, k):
+        return str(p.primary.get(k, "")).strip().upper()
+
+    filters = {key(p, "FILTER") for p in science + references} - {""}
+    sci_prog = {key(p, "PROGRAM") for p in science} - {""}
+    ref_prog = {key(p, "PROGRAM") for p in references} - {""}
+    for_sci, for_ref, out = [], [], []
+    for b in backgrounds:
+        f = key(b, "FILTER")
+        if f and filters and f not in filters:
+            out.append(b)
+            continue
+        prog = key(b, "PROGRAM")
+        if prog and (prog in sci_prog) != (prog in ref_prog):
+            (for_sci if prog in sci_prog else for_ref).append(b)
+            continue
+        t = _mjd(b)
+        ds = min((abs(_mjd(p) - t) for p in science), default=np.inf)
+        dr = min((abs(_mjd(p) - t) for p in references), default=np.inf)
+        if not np.isfinite(min(ds, dr)):
+            (for_sci if science else for_ref).append(b)   # no times: the science's
+        else:
+            (for_sci if ds <= dr else for_ref).append(b)
+    return for_sci, for_ref, out
+
+
+def background_step(exposure, backgrounds, *, mode="auto", bad_bits=core.DO_NOT_USE):
+    """Subtract the combined sky of background exposures from an exposure, if it is needed.
+
+    Parameters
+    ----------
+    exposure : Product
+        A science or reference exposure (nint, ny, nx).
+    backgrounds : list of Product
+        Its background exposures (empty sky, same set-up), combined robustly
+        (:func:`coron_cli.core.combine_backgrounds`).
+    mode : {"auto", "subtract", "off"}
+        ``auto`` subtracts unless the exposure says the JWST stage 2 did it
+        (S_BKDSUB = COMPLETE) or its sky is already far below the
+        background's (the sky was removed without the keyword), see
+        :func:`coron_cli.core.background_decision`.
+
+    Returns
+    -------
+    product : Product
+        A new product: SCI minus the sky, ERR with the sky's noise added in
+        quadrature, DQ with DO_NOT_USE where no background frame was usable,
+        BKGMODE/BKGSUB/BKGLEVEL/BKGNEXP cards and a HISTORY line; or the
+        exposure itself, with those cards, when nothing is subtracted.
+    reason : str
+        What was done and why (one line, for the log).
+    """
+    primary = exposure.primary.copy()
+    if not backgrounds:
+        return exposure, ""
+    for b in backgrounds:
+        _frame_check(exposure, b, b.path)
+    frames, errs, bads = [], [], []
+    for b in backgrounds:
+        bad = core.bad_pixel_mask(b.sci, b.dq, bad_bits=bad_bits)
+        frames.append(b.sci)
+        errs.append(b.err if b.err is not None else estimate_err(b.sci))
+        bads.append(bad)
+    sky, sky_err, nused = core.combine_backgrounds(np.concatenate(frames),
+                                                   np.concatenate(errs), np.concatenate(bads))
+    center, _ = star_center(exposure.sci_header, exposure.sci.shape)
+    ebad = core.bad_pixel_mask(exposure.sci, exposure.dq, bad_bits=bad_bits)
+    exp_sky = core.sky_level(exposure.sci, ebad, center=center)
+    bkg_sky = core.sky_level(sky, ~np.isfinite(sky), center=center)
+    subtract, reason = core.background_decision(
+        mode, keyword=exposure.primary.get("S_BKDSUB"), science_sky=exp_sky,
+        background_sky=bkg_sky, background_noise=float(np.nanmedian(sky_err)))
+    primary["BKGMODE"] = (mode, "background handling asked for (auto/subtract/off)")
+    primary["BKGSUB"] = (bool(subtract), "background exposures subtracted by coron")
+    primary["BKGLEVEL"] = (float(bkg_sky) if np.isfinite(bkg_sky) else 0.0,
+                           "sky level of the combined background exposures")
+    primary["BKGSKY"] = (float(exp_sky) if np.isfinite(exp_sky) else 0.0,
+                         "sky level of the exposure before subtraction")
+    primary["BKGNEXP"] = (len(backgrounds), "background exposures combined")
+    names = ", ".join(os.path.basename(b.path) for b in backgrounds)
+    primary.add_history(f"background: {reason} [{names}]"[:2000])
+    if not subtract:
+        return replace(exposure, primary=primary), reason
+    usable = np.isfinite(sky)
+    sci = (np.asarray(exposure.sci, dtype=np.float64) - np.where(usable, sky, 0.0)[None])
+    err = exposure.err if exposure.err is not None else estimate_err(exposure.sci)
+    err = np.sqrt(np.asarray(err, dtype=np.float64) ** 2 + np.where(usable, sky_err, 0.0)[None] ** 2)
+    dq = np.array(exposure.dq if exposure.dq is not None else np.zeros(sci.shape), np.uint32)
+    dq[:, ~usable] |= np.uint32(core.DO_NOT_USE)
+    return replace(exposure, sci=sci.astype(np.float32), err=err.astype(np.float32), dq=dq,
+                   primary=primary), reason
 
 
 def _frame_check(a, b, name_b):
@@ -298,8 +419,8 @@ def _shift_dq(dq, dx, dy):
     return out
 
 
-def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id=None,
-               method="auto", params=None):
+def align_step(science, psfstack, *, mask=None, transmission=None, psfmask_weights=False,
+               bad_bits=core.DO_NOT_USE, asn_id=None, method="auto", params=None):
     """Register the stacked references onto every science integration.
 
     Every (integration, reference) pair first gets the rigid shift and flux
@@ -338,6 +459,10 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     if mask is not None and mask.shape != science.sci.shape[-2:]:
         raise InputError("--mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
                                    f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
+    _check_transmission(science, transmission)
+    weights_from = "mask" if mask is not None else "none"
+    if mask is None and psfmask_weights and transmission is not None:
+        mask, weights_from = np.asarray(transmission, dtype=np.float64), "psfmask"
     sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
     refs = _repair_stack(psfstack, bad_bits)
     dithers = _stack_dithers(psfstack) if method in ("auto", "dither") else None
@@ -385,6 +510,7 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
     header["ALIGNMOD"] = (int(used.sum()), "pairs registered with a dither model")
     params = dict(params or {})
     params.setdefault("mask", "none" if mask is None else "yes")
+    params["fit_weights"] = weights_from
     params.setdefault("method", method)
     params["registration"] = used_how
     params.setdefault("bad_bits", bad_bits)
@@ -399,6 +525,13 @@ def align_step(science, psfstack, *, mask=None, bad_bits=core.DO_NOT_USE, asn_id
              nref, nint, float(np.median(np.hypot(dx, dy))), used_how)
     return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
                    tables={"SHIFTS": shifts}, path="psfalign")
+
+
+def _check_transmission(science, transmission):
+    if transmission is not None and np.shape(transmission) != science.sci.shape[-2:]:
+        ty, tx = np.shape(transmission)
+        raise InputError("--psfmask", f"transmission map is {tx}x{ty} pixels, frames are "
+                                      f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
 
 
 def _report_dither_models(report, keys, science_path, stack_path, nint):
@@ -440,7 +573,8 @@ def _exclusion_mask(shape, exclude):
     return fit
 
 
-def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=()):
+def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
+                   transmission=None, min_transmission=0.0):
     """What KLIP needs besides the science: references, star, zones and fit mask."""
     refs = psfalign.sci
     if not np.isfinite(refs).all():
@@ -454,12 +588,20 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=()):
     fit = _exclusion_mask((ny, nx), exclude)
     if not fit.any():
         raise InputError("--exclude", "the exclusion circles cover the whole image")
+    if transmission is not None and min_transmission > 0:
+        low = np.asarray(transmission) < min_transmission
+        if (fit & ~low).sum() < 0.1 * fit.sum():
+            log.warning("%s: fewer than 10%% of the pixels have a transmission of %g or more; "
+                        "the transmission map is not used to restrict the KL fit",
+                        science.path, min_transmission)
+        else:
+            fit = fit & ~low
     return refs, center, src, zones, fit
 
 
 def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
               protect=5.0, weights="noise", annuli_width=2, bad_bits=core.DO_NOT_USE,
-              params=None):
+              transmission=None, min_transmission=0.0, sky_order=0, params=None):
     """KLIP-subtract every science integration with its aligned references.
 
     Returns
@@ -508,12 +650,14 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     """
     return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
                  exclude=exclude, protect=protect, weights=weights, annuli_width=annuli_width,
-                 bad_bits=bad_bits, params=params)[0]
+                 bad_bits=bad_bits, transmission=transmission,
+                 min_transmission=min_transmission, sky_order=sky_order, params=params)[0]
 
 
 def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
                      subsections=1, exclude=(), protect=5.0, weights="noise", annuli_width=2,
-                     bad_bits=core.DO_NOT_USE, n_pa=6, step=1.0, inner=2.0, params=None):
+                     bad_bits=core.DO_NOT_USE, transmission=None, min_transmission=0.0,
+                     sky_order=0, n_pa=6, step=1.0, inner=2.0, params=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
     Fake point sources (the off-axis PSF, shifted) are placed at
@@ -567,8 +711,10 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
     product, inj = _klip(science, psfalign, truncate=truncate, annuli=annuli,
                          subsections=subsections, exclude=exclude, protect=protect,
                          weights=weights, annuli_width=annuli_width, bad_bits=bad_bits,
-                         params=params,
-                         fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner))
+                         transmission=transmission, min_transmission=min_transmission,
+                         sky_order=sky_order, params=params,
+                         fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner,
+                                    transmission=transmission))
     if inj is not None:
         product = add_throughput(product, throughput_table(
             inj, fwhm=fwhm, scale=pixel_scale_arcsec(science.sci_header)))
@@ -592,7 +738,8 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
 
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
-          bad_bits, params, protect=None, weights="noise", fakes=None):
+          bad_bits, params, protect=None, weights="noise", transmission=None,
+          min_transmission=0.0, sky_order=0, fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     if weights not in ("noise", "none", None):
         raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
@@ -610,8 +757,11 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     if max(truncate) > nref:
         log.warning("--truncate %s exceeds the %d references; using at most %d modes",
                     ",".join(map(str, truncate)), nref, nref)
+    _check_transmission(science, transmission)
     refs, center, src, zones, fit = _klip_geometry(science, psfalign, annuli=annuli,
-                                                   subsections=subsections, exclude=exclude)
+                                                   subsections=subsections, exclude=exclude,
+                                                   transmission=transmission,
+                                                   min_transmission=min_transmission)
     ref_var = None
     if psfalign.err is not None:
         # float32, squared in place: one array the size of the references, not three
@@ -632,7 +782,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                                 width=annuli_width)
     residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
                                                 zones=zones, fit_mask=fit, fit_weights=fw,
-                                                reference_variance=ref_var)
+                                                reference_variance=ref_var, sky_order=sky_order)
     protected = 0
     if protect:
         first = residual[0] if inj is None else residual[0][:, 0]
@@ -645,7 +795,8 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
             fit = fit & ~found
             residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
                                                         zones=zones, fit_mask=fit, fit_weights=fw,
-                                                        reference_variance=ref_var)
+                                                        reference_variance=ref_var,
+                                                        sky_order=sky_order)
     if inj is not None:
         inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
         residual = np.ascontiguousarray(residual[:, :, 0])
@@ -669,11 +820,15 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         kh["STARCENX"] = center[0]
         kh["STARCENY"] = center[1]
         images["KLSUB"] = (residual, kh)
+    if transmission is not None:
+        images["TRANSMIS"] = transmission_image(transmission, center)
     params = dict(params or {})
     params.update(truncate=truncate, annuli=annuli, subsections=subsections,
                   protect=protect or "off", weights=weights or "none",
                   exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
-                  annuli_width=annuli_width)
+                  annuli_width=annuli_width, sky_order=int(sky_order),
+                  min_transmission=float(min_transmission) if transmission is not None
+                  else "no map")
     primary = add_provenance(science.primary, "coron-klip", params, history=[
         f"KLIP with {nref} references, modes used {nmodes[:, 0].tolist()}, "
         f"zones {annuli}x{subsections}"])
@@ -681,6 +836,26 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
              nint, nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
     return Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
                    images=images, path="psfsub"), inj
+
+
+def transmission_image(transmission, center):
+    """(array, header) of the TRANSMIS extension: the coronagraph's transmission map."""
+    from astropy.io import fits
+
+    h = fits.Header()
+    h["BUNIT"] = ("", "intensity transmission of the coronagraph, 1 = unobstructed")
+    h["STARCENX"] = (float(center[0]), "star x, 0-based pixels")
+    h["STARCENY"] = (float(center[1]), "star y, 0-based pixels")
+    return np.asarray(transmission, dtype=np.float32), h
+
+
+def product_transmission(product):
+    """The TRANSMIS map a product carries (2-D float64), or None."""
+    entry = product.images.get("TRANSMIS") if product.images else None
+    if entry is None:
+        return None
+    t = np.asarray(entry[0], dtype=np.float64)
+    return t if t.shape == product.sci.shape[-2:] else None
 
 
 def _mean_over_integrations(product):
@@ -727,7 +902,7 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
     first = psfsubs[0]
     ny, nx = first.sci.shape[-2:]
     out_center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
-    imgs, vars_, hist = [], [], []
+    imgs, vars_, hist, trans = [], [], [], []
     for p in psfsubs:
         _frame_check(first, p, p.path)
         img, var = _mean_over_integrations(p)
@@ -738,9 +913,17 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
         center, _ = star_center(p.sci_header, p.sci.shape)
         imgs.append(core.north_up(img, angle, center, out_center=out_center, order=3))
         vars_.append(core.north_up(var, angle, center, out_center=out_center, order=1))
+        t = product_transmission(p)
+        trans.append(None if t is None else
+                     core.north_up(t, angle, center, out_center=out_center, order=1))
         hist.append(f"{os.path.basename(p.path)}: rotated by {angle:.3f} deg ({src}) about "
                     f"({center[0]:.3f}, {center[1]:.3f})")
     img, var = core.combine_images(np.stack(imgs), np.stack(vars_))
+    images = {}
+    if all(t is not None for t in trans):
+        # what a source at each sky position keeps, weighted as the images are
+        tmap, _ = core.combine_images(np.stack(trans), np.stack(vars_))
+        images["TRANSMIS"] = transmission_image(np.nan_to_num(tmap), out_center)
     err = core.calibrate_error(img, np.sqrt(var), out_center, width=annuli_width, deflate=True)
     dq = np.where(np.isfinite(img), 0, core.DO_NOT_USE).astype(np.uint32)
     header = fits.Header()
@@ -766,7 +949,7 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
     primary = add_provenance(first.primary, "coron3 combine", params, history=hist)
     log.info("combined %d exposures north-up", len(psfsubs))
     return Product(sci=img.astype(np.float32), err=err, dq=dq, primary=primary,
-                   sci_header=header, path="i2d")
+                   sci_header=header, images=images, path="i2d")
 
 
 def _star_world(product):
@@ -896,15 +1079,22 @@ def hlsp_step(image, *, annuli_width=2, star_flux=None, star_flux_method="peak",
         table["contrast_5sigma"].description = (
             "5-sigma-equivalent detection limit / star flux, Student-t corrected "
             "(Mawet et al. 2014)")
+    tmap = product_transmission(image)
+    factor, parts = np.ones(radius.shape), []
     if throughput is not None:
         table["throughput"] = _throughput_at(throughput, radius, star_flux_method)
-        if star_flux:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                table["contrast_5sigma_calibrated"] = np.where(
-                    table["throughput"] > 0, table["contrast_5sigma"] / table["throughput"],
-                    np.nan)
-            table["contrast_5sigma_calibrated"].description = \
-                "contrast_5sigma / algorithmic throughput"
+        factor, parts = factor * table["throughput"], parts + ["algorithmic throughput"]
+    if tmap is not None:
+        tr, tm = core.annular_mean(tmap, center, width=int(annuli_width))
+        table["transmission"] = np.interp(radius, tr, tm) if tr.size else np.nan
+        table["transmission"].description = "coronagraph transmission, mean in the annulus"
+        factor, parts = factor * table["transmission"], parts + ["coronagraph transmission"]
+    if parts and star_flux:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table["contrast_5sigma_calibrated"] = np.where(
+                factor > 0, table["contrast_5sigma"] / factor, np.nan)
+        table["contrast_5sigma_calibrated"].description = \
+            "contrast_5sigma / (" + " x ".join(parts) + ")"
     params = dict(params or {})
     params.update(annuli_width=int(annuli_width), star_flux=star_flux, fwhm=fwhm,
                   star_flux_method=star_flux_method, snr_method=snr_method,
@@ -966,7 +1156,8 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
         scale is known), pa (degrees east of north), snr, flux (peak pixel,
         or background-subtracted aperture sum, following
         `star_flux_method`), contrast (flux / star flux) and
-        contrast_calibrated (divided by the throughput at that separation)
+        contrast_calibrated (divided by the throughput at that separation
+        and by the coronagraph's transmission at the position, as known)
         when known.
 
     Notes
@@ -1024,12 +1215,21 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
         ix = np.clip(np.rint(x).astype(int), 0, img.shape[1] - 1)
         flux = img[iy, ix]
     table["flux"] = np.asarray(flux, dtype=np.float64).reshape(len(table))
+    tmap = product_transmission(image)
+    if tmap is not None:
+        table["transmission"] = core.value_at(tmap, np.column_stack([x, y])) if len(x) else \
+            np.zeros(0)
     if star_flux:
         table["contrast"] = table["flux"] / float(star_flux)
-        if throughput is not None:
+        if throughput is not None or tmap is not None:
+            factor = np.ones(len(table))
+            if throughput is not None:
+                factor = factor * _throughput_at(throughput, np.asarray(table["sep"]),
+                                                 star_flux_method)
+            if tmap is not None:
+                factor = factor * np.asarray(table["transmission"])
             with np.errstate(invalid="ignore", divide="ignore"):
-                table["contrast_calibrated"] = table["contrast"] / _throughput_at(
-                    throughput, np.asarray(table["sep"]), star_flux_method)
+                table["contrast_calibrated"] = table["contrast"] / factor
     table.meta["THRESH"] = float(threshold)
     table.meta["INNERRAD"] = inner
     table.meta["FWHM"] = fwhm
@@ -1090,7 +1290,7 @@ def _offsets(separations, pa, roll):
     return np.stack([-sep * np.sin(a), sep * np.cos(a)], axis=-1)
 
 
-def _injection_grid(science, center, *, psf, fwhm, n_pa, step, inner):
+def _injection_grid(science, center, *, psf, fwhm, n_pa, step, inner, transmission=None):
     """The fake sources of :func:`klip_inject_step` for an exposure (recovered not yet known)."""
     ny, nx = science.sci.shape[-2:]
     roll, _ = roll_angle(science.sci_header, science.primary)
@@ -1101,7 +1301,9 @@ def _injection_grid(science, center, *, psf, fwhm, n_pa, step, inner):
         return None
     pa = core.injection_grid(seps, n_pa)
     pos = np.asarray(center) + _offsets(seps[None, :], pa, roll)
-    model = core.inject_sources((ny, nx), psf, pos)
+    # a source behind the coronagraph is dimmed by its transmission where it sits
+    amp = None if transmission is None else core.value_at(transmission, pos)
+    model = core.inject_sources((ny, nx), psf, pos, amp)
     log.info("injecting %d fake sources in %d images (%d separations x %d angles)",
              pos.shape[0] * pos.shape[1], pos.shape[0], seps.size, pa.shape[0])
     return Injection(model=model, recovered=None, positions=pos, separations=seps, pa=pa)

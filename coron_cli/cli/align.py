@@ -12,25 +12,34 @@ from .common import check_output, check_stdin_once, run, setup_logging, timed
 @options.output("Output file (default: <exposure>_<asn_id>_psfalign.fits in the current "
                 "folder).")
 @options.mask
+@options.psfmask
+@options.psfmask_weights
 @options.registration
 @options.bad_bits
+@options.background_files
 @click.option("--asn-id", default=None, metavar="ID",
               help="Association id for the default output name (default: the psfstack's "
                    "ASN_ID keyword).")
 @options.common
-def cli(science, psfstack, output, mask, method, bad_bits, asn_id, verbose, quiet, debug):
+def cli(science, psfstack, output, mask, psfmask, psfmask_weights, method, bad_bits, background,
+        asn_id, verbose, quiet, debug):
     """Align every reference slice onto every science integration.
 
     Measures, in float64, the offset of the star in every reference slice
     relative to every science integration, and the flux scale, then shifts
-    the references with the Fourier shift theorem. When the references come
-    from a small-grid dither (XOFFSET/YOFFSET in their headers), the offsets
-    come from a model of how the coronagraphic image changes with the
-    star's position, learned from the dithered references (the image behind
-    a coronagraph does not move rigidly); otherwise from a rigid shift fit
-    per pair (see --method). Writes a psfalign product: SCI/ERR/DQ of shape
+    the references with the Fourier shift theorem. Every pair gets a rigid
+    shift fit. References of one star and visit taken in a small-grid
+    dither (XOFFSET/YOFFSET in their headers) also give a model of how the
+    coronagraphic image changes with the star's position (the image behind a
+    coronagraph does not move rigidly); a science integration takes the
+    model's offsets only where the model fits it better than a rigidly
+    shifted reference and agrees with the rigid fit to within 1 pixel and
+    1.5x in flux, with a warning naming the exposure where it is rejected
+    (see --method). Writes a psfalign product: SCI/ERR/DQ of shape
     (nints_sci, nrefs, ny, nx) and a SHIFTS table (sci_int, ref, dx, dy,
-    scale; dx, dy = science centre minus reference centre, in pixels).
+    scale, method; dx, dy = science centre minus reference centre, in
+    pixels). --background subtracts the science's background exposures
+    first (give the same to coron-klip).
 
     \b
     Examples:
@@ -41,17 +50,19 @@ def cli(science, psfstack, output, mask, method, bad_bits, asn_id, verbose, quie
     import numpy as np
 
     from ..errors import InputError
-    from ..products import exposure_root, read_product, write_product
+    from ..products import exposure_root, read_product, transmission_for, write_product
     from ..steps import align_step
+    from .common import split_background, subtract_backgrounds
 
-    check_stdin_once([science, psfstack, mask])
+    _, bkg_files = split_background(background)
+    check_stdin_once([science, psfstack, mask] + bkg_files)
     sci = read_product(science, what="science exposure")
     stack = read_product(psfstack, ndims=(3,), what="PSF stack")
     asn_id = asn_id or str(stack.primary.get("ASN_ID", "") or "")
     if output is None:
         root = exposure_root(science) if science != "-" else "stdin"
         output = f"{root}_{asn_id}_psfalign.fits" if asn_id else f"{root}_psfalign.fits"
-    check_output(output, [science, psfstack, mask])
+    check_output(output, [science, psfstack, mask] + bkg_files)
     weights = None
     if mask is not None:
         m = read_product(mask, ndims=(2,), what="mask image")
@@ -60,8 +71,11 @@ def cli(science, psfstack, output, mask, method, bad_bits, asn_id, verbose, quie
             raise InputError(mask, "mask weights must be finite and non-negative")
         if not (weights > 0).any():
             raise InputError(mask, "mask excludes every pixel")
+    tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
+    sci = subtract_backgrounds([sci], background, bad_bits)[0]
     with timed("align"):
-        product = align_step(sci, stack, mask=weights, bad_bits=bad_bits, asn_id=asn_id,
+        product = align_step(sci, stack, mask=weights, transmission=tmap,
+                             psfmask_weights=psfmask_weights, bad_bits=bad_bits, asn_id=asn_id,
                              method=method, params={"science": science, "psfstack": psfstack})
     write_product(product, output)
 

@@ -329,3 +329,35 @@ def resolve_star_flux(star_flux, psf_offaxis, method="peak", fwhm=None, *, need_
         psf = offaxis_image(product)
         star_flux = offaxis_flux(product, method=method, fwhm=fwhm)
     return star_flux, psf
+
+
+def split_background(values):
+    """--background values -> (mode, files): auto/subtract/off set the mode, the rest are files."""
+    from . import options
+
+    modes = [v for v in values if v in options.BACKGROUND_MODES]
+    if len(set(modes)) > 1:
+        raise InputError("--background", f"give one of auto, subtract, off, not {modes}")
+    files = [v for v in values if v not in options.BACKGROUND_MODES]
+    return (modes[0] if modes else "auto"), files
+
+
+def subtract_backgrounds(exposures, values, bad_bits):
+    """Exposures with the --background files subtracted (as the mode decides); logs why."""
+    import logging
+
+    from ..products import read_product
+    from ..steps import background_step
+
+    mode, files = split_background(values)
+    if not files:
+        return exposures
+    bkgs = [read_product(f, what="background exposure") for f in files]
+    for b in bkgs:
+        b.images = {}
+    out = []
+    for e in exposures:
+        new, why = background_step(e, bkgs, mode=mode, bad_bits=bad_bits)
+        logging.getLogger("coron").info("%s: %s", e.path, why)
+        out.append(new)
+    return out

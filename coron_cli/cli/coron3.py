@@ -45,6 +45,11 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
 @click.argument("asn", metavar="ASN", type=click.Path())
 @options.outdir("Existing folder for the products.")
 @options.registration
+@options.psfmask
+@options.psfmask_weights
+@options.min_transmission
+@options.sky_order
+@options.background_mode
 @_klip_options
 @options.contrast
 @options.snr_method
@@ -55,7 +60,8 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
               help="Print a JSON summary on standard output: the products written (kind, "
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
-def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, protect, weights,
+def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky_order,
+            background, truncate, annuli, subsections, exclude, protect, weights,
             annuli_width, bad_bits, star_flux, psf_offaxis, star_flux_method, fwhm, contrast,
             snr_method, detect, inner_radius, table_format, plot, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
@@ -72,7 +78,12 @@ def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, protect
     combined like the images: every psfsub and the i2d get a THROUGHPUT
     table (recovered over injected flux against separation) and the
     contrast table the throughput-calibrated 5-sigma contrast; inputs and
-    real products are not touched. --detect SNR adds
+    real products are not touched. Background members of the ASN are
+    subtracted from the science and the references they go with, unless
+    --background says otherwise or the data show it was done already; the
+    transmission map beside each science exposure (--psfmask) restricts the
+    KL fit (--min-transmission), dims fake planets and calibrates the
+    contrast. --detect SNR adds
     <product>_detections.fits and .ecsv (the candidates of the SNR map),
     --format ecsv <product>_contrast.ecsv, and --plot the figures
     <product>_contrast.png and <product>_snr.png.
@@ -112,7 +123,10 @@ def run_cmd(asn, outdir, method, truncate, annuli, subsections, exclude, protect
                                   fwhm=fwhm, offaxis_psf=psf, contrast=contrast,
                                   snr_method=snr_method, detect=detect,
                                   inner_radius=inner_radius, table_format=table_format,
-                                  plot=plot, method=method, on_step=on_step)
+                                  plot=plot, method=method, psfmask=psfmask,
+                                  psfmask_weights=psfmask_weights,
+                                  min_transmission=min_transmission, sky_order=sky_order,
+                                  background=background, on_step=on_step)
     if as_json:
         _echo_json(summary, time.perf_counter() - t0)
 

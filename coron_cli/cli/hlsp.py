@@ -16,13 +16,15 @@ from .common import check_output, resolve_star_flux, run, setup_logging, timed
 @options.annuli_width
 @options.star_flux
 @options.fwhm
+@options.psfmask
 @options.snr_method
 @options.detect
 @options.table_format
 @options.plot
 @options.common
 def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, star_flux_method,
-        fwhm, snr_method, detect, inner_radius, table_format, plot, verbose, quiet, debug):
+        fwhm, psfmask, snr_method, detect, inner_radius, table_format, plot, verbose, quiet,
+        debug):
     """Make the SNR image and the contrast table of a KLIP-subtracted image.
 
     IMAGE is a psfsub cube (averaged over integrations first) or a combined
@@ -34,7 +36,11 @@ def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, st
     star's flux it adds the 5-sigma contrast with the small-sample
     correction of Mawet et al. (2014), and when IMAGE carries a THROUGHPUT
     table (coron-klip or coron3 run with --contrast) the throughput and the
-    calibrated contrast. --detect lists the point-source candidates of the
+    calibrated contrast. The coronagraph's transmission (the TRANSMIS
+    extension coron-klip and coron3 run write when they had a map, or a
+    --psfmask FILE on IMAGE's pixel grid) adds a transmission column and
+    enters the calibrated contrast: near the inner working angle a curve
+    that ignores it is too deep. --detect lists the point-source candidates of the
     SNR map in <root>_detections.fits and .ecsv; --plot draws the contrast
     curve and the SNR map as PNG files.
 
@@ -69,9 +75,19 @@ def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, st
         extra["contrast_png"] = sibling_path(contrast_output, "_contrast", ".png", base=base)
         extra["snr_png"] = sibling_path(output, "_snr", ".png", base=base)
     for path in [output, contrast_output, *extra.values()]:
-        check_output(path, [image, psf_offaxis])
+        check_output(path, [image, psf_offaxis] + ([psfmask] if psfmask not in ("auto", "none")
+                                                    else []))
     star_flux, psf = resolve_star_flux(star_flux, psf_offaxis, star_flux_method, fwhm)
     img = read_product(image, ndims=(2, 3), what="KLIP-subtracted image")
+    if psfmask == "none":
+        img.images.pop("TRANSMIS", None)
+    elif psfmask != "auto":
+        from ..products import read_psfmask, star_center
+        from ..steps import transmission_image
+
+        center, _ = star_center(img.sci_header, img.sci.shape)
+        img.images["TRANSMIS"] = transmission_image(
+            read_psfmask(psfmask, img.sci.shape[-2:]), center)
     with timed("hlsp"):
         snr, contrast = hlsp_step(img, annuli_width=annuli_width, star_flux=star_flux,
                                   star_flux_method=star_flux_method, fwhm=fwhm,

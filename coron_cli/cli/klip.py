@@ -19,14 +19,19 @@ from .common import (check_output, check_stdin_once, parse_exclude, resolve_star
 @options.exclude
 @options.protect
 @options.fit_weights
+@options.psfmask
+@options.min_transmission
+@options.sky_order
 @options.annuli_width
 @options.bad_bits
+@options.background_files
 @options.contrast
 @options.psf_offaxis
 @options.fwhm
 @options.common
 def cli(science, psfalign, output, truncate, annuli, subsections, exclude, protect, weights,
-        annuli_width, bad_bits, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
+        psfmask, min_transmission, sky_order, annuli_width, bad_bits, background, contrast,
+        psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Each integration is fitted with its own layer of aligned references:
@@ -49,6 +54,15 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
     none, classic KLIP), the bright and noisy pixels next to the star set
     the coefficients for the whole image.
 
+    The coronagraph's transmission map (--psfmask, by default the
+    <exposure>_psfmask.fits beside the science) keeps pixels below
+    --min-transmission out of the fit, dims the fake planets of --contrast
+    where they sit, and goes into the product (TRANSMIS extension) for the
+    contrast of coron-hlsp. --sky-order fits a polynomial sky with the KL
+    modes, for a background gradient the references do not share.
+    --background subtracts the science's background exposures first (give
+    the same as to coron-align).
+
     With --contrast, fake planets made from --psf-offaxis are
     KLIP-subtracted with the same references (at 6 position angles, every
     FWHM from 2 FWHM to the edge) and a THROUGHPUT table (recovered over
@@ -63,21 +77,23 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
     """
     setup_logging("coron-klip", verbose, quiet)
     from ..errors import InputError
-    from ..products import exposure_root, read_product, write_product
+    from ..products import exposure_root, read_product, transmission_for, write_product
     from ..steps import klip_inject_step, klip_step, parse_truncate
+    from .common import split_background, subtract_backgrounds
 
     try:
         truncs = parse_truncate(truncate)
     except ValueError as exc:
         raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
     zones_excl = parse_exclude(exclude)
-    check_stdin_once([science, psfalign])
+    _, bkg_files = split_background(background)
+    check_stdin_once([science, psfalign] + bkg_files)
     if output is None:
         if psfalign != "-":
             output = exposure_root(psfalign) + "_psfsub.fits"
         else:
             output = (exposure_root(science) if science != "-" else "stdin") + "_psfsub.fits"
-    check_output(output, [science, psfalign, psf_offaxis])
+    check_output(output, [science, psfalign, psf_offaxis] + bkg_files)
     psf = None
     if contrast:
         _, psf = resolve_star_flux(None, psf_offaxis, fwhm=fwhm, need_psf=True)
@@ -85,10 +101,12 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
         logging.getLogger("coron").warning("--psf-offaxis is only used with --contrast")
     sci = read_product(science, what="science exposure")
     refs = read_product(psfalign, ndims=(4,), what="psfalign product")
+    tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
+    sci = subtract_backgrounds([sci], background, bad_bits)[0]
     kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
               protect=protect or None, weights=weights, annuli_width=annuli_width,
-              bad_bits=bad_bits,
-              params={"science": science, "psfalign": psfalign})
+              bad_bits=bad_bits, transmission=tmap, min_transmission=min_transmission,
+              sky_order=sky_order, params={"science": science, "psfalign": psfalign})
     with timed("klip"):
         if contrast:
             product, _ = klip_inject_step(sci, refs, psf, fwhm=fwhm, **kw)

@@ -14,16 +14,26 @@ Who uses what:
 - ``fwhm``: coron-klip, coron-hlsp, coron3 run.
 - ``snr_method``, ``detect`` (--detect, --inner-radius), ``plot``, ``table_format``:
   coron-hlsp, coron3 run.
+- ``psfmask`` (--psfmask): coron-align, coron-klip, coron-hlsp, coron3 run.
+- ``psfmask_weights``: coron-align, coron3 run.
+- ``min_transmission``, ``sky_order``: coron-klip, coron3 run.
+- ``background_files`` (--background MODE|FILE, repeatable): coron-stack, coron-align,
+  coron-klip; ``background_mode`` (--background MODE): coron3 run (the files come from
+  the association).
+
+Defaults of the options added for real data live in :mod:`coron_cli.defaults`.
 """
 
 import click
 
-from .. import __version__
+from .. import __version__, defaults
 
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude", "protect",
            "fit_weights",
            "annuli_width", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
-           "detect", "plot", "table_format", "mask", "registration", "outdir"]
+           "detect", "plot", "table_format", "mask", "registration", "outdir", "psfmask",
+           "psfmask_weights", "min_transmission", "sky_order", "background_files",
+           "background_mode", "BACKGROUND_MODES"]
 
 
 def _compose(*decorators):
@@ -148,10 +158,13 @@ table_format = click.option(
 registration = click.option(
     "--method", type=click.Choice(["auto", "dither", "fourier"]), default="auto",
     show_default=True,
-    help="How offsets are measured: 'dither' learns from a small-grid-dithered reference set "
-         "(XOFFSET/YOFFSET) how the coronagraphic image changes with the star's position and "
-         "fits every frame with it; 'fourier' fits a rigid shift and flux scale per pair; "
-         "'auto' uses 'dither' when the references allow it.")
+    help="How offsets are measured. Every pair gets a rigid shift and flux fit ('fourier' "
+         "stops there). 'auto' also learns, from the references of each star and visit "
+         "dithered over 3+ positions (XOFFSET/YOFFSET), how the coronagraphic image changes "
+         "with the star's position, and uses that model where it fits a science "
+         "integration better than a rigid shift and agrees with the rigid fit to 1 pixel "
+         "and 1.5x in flux (a warning names an exposure that rejects it); 'dither' is "
+         "'auto' that fails without a dithered set.")
 
 def outdir(help_text):
     """-d/--outdir DIR (coron3 run, coron3 check)."""
@@ -162,3 +175,49 @@ def outdir(help_text):
 mask = click.option(
     "--mask", default=None, metavar="FILE",
     help="FITS image of fit weights for the registration (1 = use, 0 = ignore).")
+
+
+psfmask = click.option(
+    "--psfmask", default=defaults.PSFMASK, show_default=True, metavar="FILE|auto|none",
+    help="The coronagraph's transmission map (a JWST PSFMASK file cut to the subarray, 1 = "
+         "unobstructed, on the exposure's pixel grid): pixels below --min-transmission are "
+         "left out of the KL fit, fake planets are dimmed by it, and the contrast is "
+         "divided by it. auto = <exposure>_psfmask.fits beside the science exposure, if "
+         "there is one; none = no map.")
+
+psfmask_weights = click.option(
+    "--psfmask-weights/--no-psfmask-weights", default=defaults.PSFMASK_WEIGHTS,
+    show_default=True,
+    help="Weigh the registration fit by the transmission map (as the JWST stage does), "
+         "when no --mask is given.")
+
+min_transmission = click.option(
+    "--min-transmission", type=click.FloatRange(min=0.0, max=1.0),
+    default=defaults.MIN_TRANSMISSION, show_default=True, metavar="T",
+    help="Leave pixels whose coronagraph transmission (--psfmask) is below T out of the KL "
+         "fit (they are still subtracted).")
+
+sky_order = click.option(
+    "--sky-order", type=click.IntRange(min=0, max=3), default=defaults.SKY_ORDER,
+    show_default=True, metavar="N",
+    help="Fit a polynomial sky of order N with the KL modes (0 = only the mean, as classic "
+         "KLIP; 1 = a plane), so a background gradient the references do not share is not "
+         "left in the residual.")
+
+#: the keywords of --background; anything else is a file
+BACKGROUND_MODES = ("auto", "subtract", "off")
+
+background_files = click.option(
+    "--background", "background", multiple=True, metavar="FILE|MODE",
+    help="Background exposure(s) (empty sky, same set-up) to subtract, combined robustly, "
+         "their noise added to ERR; repeatable. A value auto, subtract or off sets what is "
+         "done with them: auto (the default) skips the subtraction when S_BKDSUB = COMPLETE "
+         "or when the exposure's sky is already far below the background's.")
+
+background_mode = click.option(
+    "--background", "background", type=click.Choice(BACKGROUND_MODES),
+    default=defaults.BACKGROUND, show_default=True,
+    help="What to do with the association's background members: science backgrounds go "
+         "with the science, reference backgrounds with the references (by program, else "
+         "nearest in time). auto skips the subtraction when S_BKDSUB = COMPLETE or when "
+         "an exposure's sky is already far below its background's (says so).")

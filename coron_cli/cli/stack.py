@@ -16,15 +16,19 @@ from .common import check_output, check_stdin_once, run, setup_logging, timed
 @options.output("Output file (default: <root>_psfstack.fits in the current folder, root being "
                 "the ASN product name or the first PSF's name).")
 @options.bad_bits
+@options.background_files
 @options.common
-def cli(psf, asn_path, output, bad_bits, verbose, quiet, debug):
+def cli(psf, asn_path, output, bad_bits, background, verbose, quiet, debug):
     """Stack the integrations of reference (PSF) exposures into one cube.
 
     Reads JWST-style exposures (SCI/ERR/DQ, e.g. *_calints.fits) and writes
     a psfstack product whose SCI is (nrefs_total, ny, nx), in the order
     given, with ERR and DQ alongside and a REFS table naming the source file
     and integration of every slice. Outliers (cosmic rays) found within an
-    exposure are flagged in DQ.
+    exposure are flagged in DQ. --background subtracts the references'
+    background exposures from every reference first (with --asn, its
+    background members that go with the references, unless files are
+    given).
 
     \b
     Examples:
@@ -36,27 +40,39 @@ def cli(psf, asn_path, output, bad_bits, verbose, quiet, debug):
     from ..asn import read_asn
     from ..errors import InputError
     from ..products import exposure_root, read_product, write_product
-    from ..steps import stack_step
+    from ..steps import match_backgrounds, stack_step
+    from .common import split_background, subtract_backgrounds
 
     if asn_path and psf:
         raise InputError(asn_path, "give either --asn or PSF files, not both")
     if asn_path:
         asn = read_asn(asn_path)
-        jobs = [(p.name + "_psfstack.fits", p.psf, asn.asn_id) for p in asn.products]
+        jobs = [(p.name + "_psfstack.fits", p.psf, asn.asn_id, p) for p in asn.products]
         if output and len(jobs) > 1:
             raise InputError(asn_path, "has several products; -o can name only one")
         if output:
-            jobs = [(output, jobs[0][1], jobs[0][2])]
+            jobs = [(output, jobs[0][1], jobs[0][2], jobs[0][3])]
     else:
         if not psf:
             raise InputError(None, "no PSF exposures given (see 'coron-stack --help')")
         check_stdin_once(psf)
         root = "stdin" if psf[0] == "-" else exposure_root(psf[0])
-        jobs = [(output or root + "_psfstack.fits", list(psf), None)]
-    for out, members, asn_id in jobs:
+        jobs = [(output or root + "_psfstack.fits", list(psf), None, None)]
+    mode, files = split_background(background)
+    for out, members, asn_id, prod in jobs:
         check_output(out, members)
         with timed("stack"):
             exposures = [read_product(p, what="reference exposure") for p in members]
+            if files:
+                exposures = subtract_backgrounds(exposures, background, bad_bits)
+            elif prod is not None and prod.background:
+                from ..steps import background_step
+
+                bkgs = [read_product(p, what="background exposure") for p in prod.background]
+                heads = [read_product(p, what="science exposure") for p in prod.science]
+                _, for_refs, _ = match_backgrounds(bkgs, heads, exposures)
+                exposures = [background_step(e, for_refs, mode=mode, bad_bits=bad_bits)[0]
+                             for e in exposures]
             product = stack_step(exposures, bad_bits=bad_bits, asn_id=asn_id,
                                  params={"inputs": [os.path.basename(m) for m in members]})
             write_product(product, out)

@@ -3,6 +3,7 @@
 Submodules
 ----------
 stack        concatenation of reference cubes
+background   sky backgrounds: combination, sky level, whether to subtract
 badpix       bad-pixel masks, outlier (cosmic-ray) detection and repair
 registration sub-pixel offset and flux-scale fitting, Fourier shifts
 klip         Karhunen-Loeve image projection (KLIP) PSF subtraction
@@ -11,6 +12,7 @@ inject       fake point sources, injection grids, throughput photometry
 metrics      SNR images, annular noise, contrast and aperture SNR
 """
 
+from .background import background_decision, combine_backgrounds, sky_level
 from .badpix import DO_NOT_USE, OUTLIER, bad_pixel_mask, find_outliers, repair_bad_pixels
 from .combine import combine_images, north_up
 from .inject import (
@@ -23,6 +25,7 @@ from .inject import (
 )
 from .klip import klip_subtract, annulus_zones, noise_weights
 from .metrics import (
+    annular_mean,
     annular_profile,
     aperture_snr,
     aperture_sums,
@@ -34,6 +37,7 @@ from .metrics import (
     snr_image,
     snr_map_mawet,
     student_t_factor,
+    value_at,
 )
 from .registration import (
     align_references,
@@ -51,13 +55,16 @@ __all__ = [
     "DO_NOT_USE",
     "OUTLIER",
     "align_references",
+    "annular_mean",
     "annular_profile",
     "annulus_zones",
     "aperture_snr",
     "aperture_sums",
+    "background_decision",
     "bad_pixel_mask",
     "calibrate_error",
     "source_regions",
+    "combine_backgrounds",
     "combine_images",
     "dither_groups",
     "dither_model_shifts",
@@ -79,9 +86,11 @@ __all__ = [
     "shift_images",
     "shift_stack",
     "shift_variance",
+    "sky_level",
     "snr_image",
     "snr_map_mawet",
     "source_ratios",
     "stack_cubes",
     "student_t_factor",
+    "value_at",
 ]

@@ -7,6 +7,7 @@ from scipy import ndimage, signal, stats
 
 __all__ = [
     "snr_image",
+    "annular_mean",
     "annular_profile",
     "calibrate_error",
     "student_t_factor",
@@ -17,6 +18,7 @@ __all__ = [
     "find_candidates",
     "refine_peaks",
     "source_regions",
+    "value_at",
 ]
 
 
@@ -84,6 +86,53 @@ def annular_profile(image, center, *, width=2):
         var = (s2 - n * mean ** 2) / np.maximum(n - 1, 1)
     bins = np.flatnonzero(keep)
     return (bins + 0.5) * width, np.sqrt(np.maximum(var[keep], 0.0)), n[keep].astype(np.int64)
+
+
+def annular_mean(image, center, *, width=2):
+    """Mean of an image in the annuli of :func:`annular_profile`.
+
+    Returns
+    -------
+    radius, mean : ndarray of float64
+        Mid radius and mean of every annulus holding a finite pixel.
+    """
+    width = int(width)
+    if width < 1:
+        raise ValueError("annulus width must be a positive integer")
+    img = np.asarray(image, dtype=np.float64)
+    r = _radius(img.shape, center)
+    ok = np.isfinite(img)
+    idx = (r[ok] // width).astype(np.int64)
+    n = np.bincount(idx)
+    s1 = np.bincount(idx, weights=img[ok], minlength=n.size)
+    bins = np.flatnonzero(n > 0)
+    return (bins + 0.5) * width, s1[bins] / n[bins]
+
+
+def value_at(image, positions):
+    """Bilinear interpolation of an image at (x, y) positions (edge values outside).
+
+    Parameters
+    ----------
+    image : ndarray of shape (ny, nx)
+    positions : ndarray of shape (..., 2)
+        (x, y), 0-based pixels.
+
+    Returns
+    -------
+    ndarray of float64 of shape positions.shape[:-1]
+    """
+    img = np.asarray(image, dtype=np.float64)
+    ny, nx = img.shape
+    pos = np.asarray(positions, dtype=np.float64)
+    x = np.clip(pos[..., 0], 0, nx - 1)
+    y = np.clip(pos[..., 1], 0, ny - 1)
+    x0 = np.minimum(np.floor(x).astype(int), nx - 2) if nx > 1 else np.zeros(x.shape, int)
+    y0 = np.minimum(np.floor(y).astype(int), ny - 2) if ny > 1 else np.zeros(y.shape, int)
+    fx, fy = x - x0, y - y0
+    x1, y1 = np.minimum(x0 + 1, nx - 1), np.minimum(y0 + 1, ny - 1)
+    return ((1 - fy) * ((1 - fx) * img[y0, x0] + fx * img[y0, x1])
+            + fy * ((1 - fx) * img[y1, x0] + fx * img[y1, x1]))
 
 
 def _group_order(values, groups):

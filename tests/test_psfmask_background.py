@@ -1,0 +1,295 @@
+"""Transmission maps (--psfmask) and background exposures (--background), unit to end to end."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from numpy.testing import assert_allclose
+
+from coron_cli import core, steps
+from coron_cli.products import (Product, psfmask_beside, read_product, read_psfmask,
+                                transmission_for)
+from tests.conftest import gaussian_psf, sha256, write_exposure
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+MIRI = os.path.join(DATA, "hd106906-miri")
+MIRI_ASN = os.path.join(MIRI, "jw01277-c1001_coron3_asn.json")
+
+
+# --------------------------------------------------------------------------- transmission maps
+
+def _write_map(path, tmap, extra_primary_image=None):
+    hdus = [fits.PrimaryHDU(extra_primary_image)]
+    hdus.append(fits.ImageHDU(np.asarray(tmap, np.float32), name="SCI"))
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return str(path)
+
+
+def test_psfmask_found_beside_exposure_plain_and_gzipped(tmp_path):
+    exp = write_exposure(tmp_path / "a_calints.fits", np.ones((1, 8, 8)))
+    assert psfmask_beside(exp) is None
+    m = _write_map(tmp_path / "a_calints_psfmask.fits", np.ones((8, 8)))
+    assert psfmask_beside(exp) == m
+    os.remove(m)
+    m2 = _write_map(tmp_path / "a_psfmask.fits", np.ones((8, 8)))
+    assert psfmask_beside(exp) == m2
+    crop = os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz")
+    assert psfmask_beside(crop).endswith("_calints_psfmask.fits.gz")
+
+
+def test_read_psfmask_takes_the_image_of_the_frame_size(tmp_path):
+    # like the real MIRI maps: a larger full map in the primary, the cut one in SCI
+    t = np.linspace(0, 1, 6 * 7).reshape(6, 7)
+    path = _write_map(tmp_path / "m.fits", t, extra_primary_image=np.ones((10, 12), np.float32))
+    assert_allclose(read_psfmask(path, (6, 7)), t, rtol=1e-6)
+    from coron_cli.errors import InputError
+
+    with pytest.raises(InputError, match="no transmission map of 8x8"):
+        read_psfmask(path, (8, 8))
+    bad = _write_map(tmp_path / "neg.fits", -t)
+    with pytest.raises(InputError, match="negative"):
+        read_psfmask(bad, (6, 7))
+    assert transmission_for("none", str(tmp_path / "x.fits"), (6, 7)) is None
+
+
+def _klip_inputs(shape=(40, 40), nint=2, nref=6, seed=0):
+    rng = np.random.default_rng(seed)
+    c = (19.6, 20.3)
+    refs = np.stack([[(1 + 0.05 * rng.normal()) * 1e3 * gaussian_psf(shape, *c)
+                      + rng.normal(0, 1, shape) for _ in range(nref)] for _ in range(nint)])
+    sci = 1e3 * gaussian_psf(shape, *c)[None] + rng.normal(0, 1, (nint,) + shape)
+    hdr = fits.Header([("STARCENX", c[0], "0-based"), ("STARCENY", c[1], "0-based")])
+    science = Product(sci=sci.astype(np.float32), err=np.ones(sci.shape, np.float32),
+                      dq=np.zeros(sci.shape, np.uint32), sci_header=hdr, path="sci")
+    align = Product(sci=refs.astype(np.float32), err=np.ones(refs.shape, np.float32),
+                    sci_header=hdr.copy(), path="align")
+    return science, align, c
+
+
+def test_klip_leaves_low_transmission_out_of_the_fit_and_carries_the_map():
+    science, align, c = _klip_inputs()
+    y, x = np.indices((40, 40))
+    tmap = np.where(x < 6, 0.001, 1.0)            # a neighbouring mask's edge, like NIRCam's
+    sci0 = science.sci.copy()
+    plain = steps.klip_step(science, align, truncate=(3,), protect=None, weights="none")
+    cut = steps.klip_step(science, align, truncate=(3,), protect=None, weights="none",
+                          transmission=tmap, min_transmission=0.2)
+    assert np.array_equal(science.sci, sci0)
+    assert "TRANSMIS" in cut.images and "TRANSMIS" not in plain.images
+    assert_allclose(steps.product_transmission(cut), tmap, rtol=1e-6)
+    # the same fit as an explicit exclusion of those pixels
+    fit = tmap >= 0.2
+    refs = align.sci.astype(np.float64)
+    res, _, _ = core.klip_subtract(science.sci, refs, truncations=[3], fit_mask=fit)
+    assert_allclose(cut.sci, res[0], atol=1e-4)
+    assert not np.allclose(cut.sci, plain.sci, atol=1e-4)
+
+
+def test_fake_sources_are_dimmed_by_the_transmission_and_throughput_stays_algorithmic():
+    science, align, c = _klip_inputs(shape=(48, 48))
+    psf = gaussian_psf((15, 15), 7, 7, sigma=1.2, halo=0)
+    tmap = np.full((48, 48), 0.5)
+    _, inj_half = steps.klip_inject_step(science, align, psf, fwhm=2.5, truncate=(3,),
+                                         protect=None, transmission=tmap)
+    _, inj_one = steps.klip_inject_step(science, align, psf, fwhm=2.5, truncate=(3,),
+                                        protect=None)
+    assert_allclose(inj_half.model, 0.5 * inj_one.model, atol=1e-9)
+    t_half = steps.throughput_table(inj_half, fwhm=2.5)["throughput"]
+    t_one = steps.throughput_table(inj_one, fwhm=2.5)["throughput"]
+    assert_allclose(t_half, t_one, rtol=1e-5)       # KLIP is linear: the ratio is the same
+
+
+def test_contrast_is_divided_by_the_transmission():
+    rng = np.random.default_rng(3)
+    img = rng.normal(0, 1.0, (61, 61))
+    hdr = fits.Header([("STARCENX", 30.0, "0-based"), ("STARCENY", 30.0, "0-based")])
+    y, x = np.indices(img.shape)
+    r = np.hypot(x - 30, y - 30)
+    tmap = np.clip(r / 20.0, 0.05, 1.0)
+    with_map = Product(sci=img, err=np.ones_like(img), sci_header=hdr,
+                       images={"TRANSMIS": steps.transmission_image(tmap, (30, 30))})
+    without = Product(sci=img, err=np.ones_like(img), sci_header=hdr)
+    _, con_t = steps.hlsp_step(with_map, star_flux=1e4)
+    _, con = steps.hlsp_step(without, star_flux=1e4)
+    t = con_t.tables["CONTRAST"]
+    assert "contrast_5sigma_calibrated" not in con.tables["CONTRAST"].colnames
+    assert_allclose(t["contrast_5sigma_calibrated"], t["contrast_5sigma"] / t["transmission"])
+    k = np.argmin(np.abs(t["radius"] - 5.0))
+    assert 0.2 < t["transmission"][k] < 0.3          # the mean of r/20 in the 4-6 px annulus
+
+
+# --------------------------------------------------------------------------- backgrounds
+
+def test_combine_backgrounds_median_and_noise():
+    rng = np.random.default_rng(1)
+    frames = 10.0 + rng.normal(0, 1.0, (5, 20, 20))
+    frames[2, 5, 5] = 1e4                              # a cosmic ray in one frame
+    sky, err, n = core.combine_backgrounds(frames, np.ones_like(frames))
+    assert abs(sky[5, 5] - 10.0) < 3.0
+    assert (n == 5).all()
+    assert_allclose(err, np.sqrt(np.pi / 2) / np.sqrt(5))
+    pair, perr, _ = core.combine_backgrounds(frames[[1, 2]], np.ones((2, 20, 20)))
+    assert pair[5, 5] == frames[1, 5, 5]               # the lower of a discrepant pair
+    assert_allclose(pair[0, 0], frames[1:3, 0, 0].mean())
+
+
+@pytest.mark.parametrize("mode,keyword,sci_sky,bkg_sky,expect", [
+    ("auto", None, 14.0, 14.5, True),
+    ("auto", "COMPLETE", 14.0, 14.5, False),
+    ("auto", None, 0.1, 14.6, False),                  # removed already, no keyword
+    ("auto", None, 0.1, 0.05, True),                   # a background too faint to tell
+    ("subtract", "COMPLETE", 0.1, 14.6, True),
+    ("off", None, 14.0, 14.5, False),
+])
+def test_background_decision(mode, keyword, sci_sky, bkg_sky, expect):
+    sub, why = core.background_decision(mode, keyword=keyword, science_sky=sci_sky,
+                                        background_sky=bkg_sky, background_noise=0.2)
+    assert sub is expect and why
+
+
+def test_sky_level_ignores_the_star():
+    img = 3.0 + 1e4 * gaussian_psf((64, 64), 31.5, 31.5, sigma=3.0, halo=0)
+    assert abs(core.sky_level(img, center=(31.5, 31.5)) - 3.0) < 1e-3
+
+
+def _exposure(program, mjd, sky, shape=(16, 16), name="e"):
+    hdr = fits.Header({"PROGRAM": program, "EXPSTART": mjd, "FILTER": "F1140C"})
+    sci = np.full((1,) + shape, sky, np.float32)
+    return Product(sci=sci, err=np.ones_like(sci), dq=np.zeros(sci.shape, np.uint32),
+                   primary=hdr, path=name)
+
+
+def test_match_backgrounds_by_program_then_time():
+    sci = [_exposure("01277", 60080.80, 0.1, name="sci")]
+    refs = [_exposure("01194", 59891.60, 2.0, name="ref")]
+    b_sci = _exposure("01277", 60080.89, 14.6, name="bs")
+    b_ref = _exposure("01194", 59891.70, 17.3, name="br")
+    other = _exposure("01277", 60080.89, 14.6, name="bf")
+    other.primary["FILTER"] = "F1550C"
+    s, r, out = steps.match_backgrounds([b_sci, b_ref, other], sci, refs)
+    assert [b.path for b in s] == ["bs"] and [b.path for b in r] == ["br"]
+    assert [b.path for b in out] == ["bf"]
+    # one program for everything: the nearest exposure in time decides
+    refs2 = [_exposure("01277", 60081.50, 2.0, name="ref")]
+    late = _exposure("01277", 60081.51, 14.6, name="late")
+    s, r, _ = steps.match_backgrounds([b_sci, late], sci, refs2)
+    assert [b.path for b in s] == ["bs"] and [b.path for b in r] == ["late"]
+
+
+def test_background_step_subtracts_once_with_noise_and_never_twice():
+    exp = _exposure("1", 1.0, 14.0)
+    bkgs = [_exposure("1", 1.1, 14.5, name=f"b{k}") for k in range(3)]
+    sub, why = steps.background_step(exp, bkgs, mode="auto")
+    assert_allclose(sub.sci, -0.5, atol=1e-6)
+    assert_allclose(sub.err, np.sqrt(1 + np.pi / 2 / 3), rtol=1e-6)
+    assert sub.primary["BKGSUB"] is True and "subtracted" in why
+    assert np.all(exp.sci == 14.0)                    # input untouched
+    again, why2 = steps.background_step(sub, bkgs, mode="auto")
+    assert again.primary["BKGSUB"] is False and "already removed" in why2
+    assert np.array_equal(again.sci, sub.sci)
+    done = _exposure("1", 1.0, 14.0)
+    done.primary["S_BKDSUB"] = "COMPLETE"
+    kept, why3 = steps.background_step(done, bkgs, mode="auto")
+    assert np.array_equal(kept.sci, done.sci) and "S_BKDSUB" in why3
+
+
+def _miri_copy(tmp_path, members=None):
+    """The MIRI crop's association in a temporary folder (symlinked members)."""
+    for name in os.listdir(MIRI):
+        if name.endswith(".gz"):
+            os.symlink(os.path.join(MIRI, name), tmp_path / name)
+    with open(MIRI_ASN) as fh:
+        asn = json.load(fh)
+    path = tmp_path / "asn.json"
+    path.write_text(json.dumps(asn))
+    return str(path)
+
+
+def test_miri_background_members_used_and_not_subtracted_twice(tmp_path):
+    """The real MIRI set: its backgrounds read ~15 MJy/sr, its science ~0.1 (removed already,
+    no S_BKDSUB): auto must say so and leave the science alone; subtract does subtract."""
+    from coron_cli.asn import read_asn
+    from coron_cli.pipeline import run_association
+
+    asn = _miri_copy(tmp_path)
+    prod = read_asn(asn).products[0]
+    assert len(prod.background) == 3 and len(prod.psf) == 9
+    before = {p: sha256(p) for p in prod.science + prod.psf + prod.background}
+    out_auto, out_sub = tmp_path / "auto", tmp_path / "sub"
+    out_auto.mkdir()
+    out_sub.mkdir()
+    run_association(asn, str(out_auto), truncate=(9,))
+    run_association(asn, str(out_sub), truncate=(9,), background="subtract")
+    assert before == {p: sha256(p) for p in before}
+    name = "jw01277019001_04101_00001_mirimage_c1001_psfsub.fits"
+    with fits.open(out_auto / name) as a, fits.open(out_sub / name) as s:
+        assert a[0].header["BKGSUB"] is False and s[0].header["BKGSUB"] is True
+        assert a[0].header["BKGLEVEL"] > 10 and a[0].header["BKGSKY"] < 1
+        assert any("already removed" in str(h) for h in a[0].header["HISTORY"])
+        # KLIP takes out the mean, so what matters is the ERR: the sky's noise is added
+        assert np.nanmedian(s["ERR"].data) > np.nanmedian(a["ERR"].data)
+    with fits.open(out_auto / "jw01277-c1001_t001_miri_f1140c-mask1140_psfstack.fits") as st:
+        assert st[0].header["BKGSUB"] is False
+
+
+# --------------------------------------------------------------------------- single tools
+
+def _invoke(runner, module, args):
+    import click
+
+    from coron_cli.cli.common import run
+
+    @click.command()
+    def wrapper():
+        run(module.cli, "coron-test", args)
+
+    return runner.invoke(wrapper, [], catch_exceptions=False)
+
+
+def test_single_tools_chain_with_backgrounds_equals_coron3_run(tmp_path, runner, monkeypatch):
+    """The MIRI crop by hand (stack --asn takes the reference backgrounds; align and klip get
+    the science's with --background) gives the psfsub coron3 run gives."""
+    from coron_cli.cli import align, klip, stack
+    from coron_cli.pipeline import run_association
+
+    asn = _miri_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    run_association(asn, str(tmp_path / "run"), truncate=(9,), background="subtract")
+    r = _invoke(runner, stack, ["--asn", asn, "--background", "subtract", "-o", "s.fits"])
+    assert r.exit_code == 0, r.stderr
+    sci = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
+    bkg = ["--background", "subtract",
+           "--background", "jw01277022001_02101_00001_mirimage_calints.fits.gz",
+           "--background", "jw01277022001_02101_00002_mirimage_calints.fits.gz"]
+    r = _invoke(runner, align, [sci, "s.fits", "-o", "a.fits"] + bkg)
+    assert r.exit_code == 0, r.stderr
+    r = _invoke(runner, klip, [sci, "a.fits", "-o", "k.fits", "--truncate", "9"] + bkg)
+    assert r.exit_code == 0, r.stderr
+    with fits.open("k.fits") as a, \
+            fits.open(tmp_path / "run" / "jw01277019001_04101_00001_mirimage_c1001_psfsub.fits") \
+            as b:
+        assert a[0].header["BKGSUB"] is True
+        assert_allclose(a["SCI"].data, b["SCI"].data, atol=1e-6)
+        assert_allclose(a["TRANSMIS"].data, b["TRANSMIS"].data)
+
+
+def test_bad_background_and_psfmask_options_exit_2(tmp_path, runner, monkeypatch):
+    from coron_cli.cli import align
+
+    _miri_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    sci = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
+    ref = "jw01194015001_04101_00001_mirimage_calints.fits.gz"
+    r = _invoke(runner, align, [sci, ref, "--background", "auto", "--background", "off",
+                                "-o", "a.fits"])
+    assert r.exit_code == 2 and "--background" in r.stderr and not os.path.exists("a.fits")
+    wrong = _write_map(tmp_path / "wrong_psfmask.fits", np.ones((5, 5)))
+    r = _invoke(runner, align, [sci, ref, "--psfmask", wrong, "-o", "a.fits"])
+    assert r.exit_code == 2 and "wrong_psfmask.fits" in r.stderr and "48x48" in r.stderr
+    assert not os.path.exists("a.fits")
+    r = _invoke(runner, align, [sci, ref, "--background", "missing.fits", "-o", "a.fits"])
+    assert r.exit_code == 2 and "missing.fits" in r.stderr and not os.path.exists("a.fits")
