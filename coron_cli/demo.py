@@ -8,7 +8,7 @@ import numpy as np
 from . import core
 from .products import Product, write_product
 
-__all__ = ["write_simulation", "measure_planets", "planet_positions_i2d"]
+__all__ = ["write_simulation", "psfmask_name", "measure_planets", "planet_positions_i2d"]
 
 
 def _to_product(exp):
@@ -33,21 +33,57 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
-def write_simulation(ds, outdir):
+def psfmask_name(expname):
+    """File name of an exposure's transmission map: ``<exposure stem>_psfmask.fits``."""
+    stem = expname[:-5] if expname.endswith(".fits") else expname
+    return f"{stem}_psfmask.fits"
+
+
+def _write_psfmask(path, psfmask):
+    """Write a transmission map as JWST-style: empty primary, the map in a SCI image."""
+    from astropy.io import fits
+
+    tmp = path + ".part"
+    hdul = fits.HDUList([fits.PrimaryHDU(),
+                         fits.ImageHDU(np.asarray(psfmask, dtype=np.float32), name="SCI")])
+    hdul.writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+def write_simulation(ds, outdir, *, psfmask=None):
     """Write a simulated data set as exposures plus its associations.
 
-    Writes every exposure as ``*_calints.fits``, the planet-free twins, the
-    off-axis PSF (``<root>_offaxis_psf.fits``), ``<root>_truth.json``, the
-    association ``<root>_asn.json`` and ``<root>_noplanet_asn.json`` (the
-    twins with the same references).
+    Writes every exposure (science, psf and background) as
+    ``*_calints.fits``, the planet-free twins, each one's transmission map
+    beside it (``<exposure stem>_psfmask.fits``: an empty primary HDU and the
+    map in a ``SCI`` image extension, as beside the real JWST exposures coron
+    is developed on), the off-axis PSF (``<root>_offaxis_psf.fits``),
+    ``<root>_truth.json``, the association ``<root>_asn.json`` (science, psf
+    and background members) and ``<root>_noplanet_asn.json`` (the twins with
+    the same references and backgrounds).
+
+    Parameters
+    ----------
+    ds : SimDataset
+        From :func:`coron_cli.simulate.simulate_dataset`.
+    outdir : str
+        Existing folder.
+    psfmask : bool or None
+        Write the transmission maps. None (default): for every set-up but the
+        ``classic`` one (``setup=None``), whose folder keeps exactly the files
+        it always had.
 
     Returns
     -------
     dict of str to str
         Paths: 'asn', 'asn_noplanet', 'truth', 'offaxis'.
     """
+    if psfmask is None:
+        psfmask = ds.truth.get("setup", {}).get("name", "classic") != "classic"
     for exp in list(ds.exposures) + list(ds.twin):
         write_product(_to_product(exp), os.path.join(outdir, exp.name))
+        if psfmask and getattr(exp, "psfmask", None) is not None:
+            _write_psfmask(os.path.join(outdir, psfmask_name(exp.name)), exp.psfmask)
     root = ds.asn["products"][0]["name"].split("_")[0]
     offaxis = os.path.join(outdir, f"{root}_offaxis_psf.fits")
     write_product(Product(sci=ds.offaxis_psf), offaxis)
