@@ -38,7 +38,9 @@ over them; each reference star's weights are tilted by a colour mismatch,
    - ``nircam-bar``: the same profile across the bar (along y), with
      ``sigma(x) = sigma_star * (1 + 0.06 * x_arcsec)`` growing linearly
      along it; ``1 - t`` is compact across the bar only, so the focal grid is
-     a strip as long as the detector field (plus margins) along the bar;
+     a strip as long as the detector field (plus margins) along the bar,
+     sampled at 0.25 lambda/W across it and 0.5 lambda/W along it (W the
+     pupil array's width; 1 - t varies slowly along the bar);
    - ``miri-4qpm``: a four-quadrant phase mask, phase ``phi = pi *
      11.4 um / lambda`` in two opposite quadrants. Its transmission is
      ``a + b sign(x) sign(y)`` with ``a = (1 + exp(i phi)) / 2`` and
@@ -124,6 +126,7 @@ _MASK_HALF_EXTENT_SIGMA = 6.5
 _BAR_SLOPE_PER_ARCSEC = 0.06         # relative growth of the bar's sigma along it
 _BAR_MIN_SIGMA = 0.3                 # floor of sigma(x) / sigma_star
 _BAR_MARGIN_LOD = 4.0                # focal strip beyond the detector field
+_BAR_STEP_X = 2                      # along the bar, 1 - t varies slowly: coarser sampling
 
 _STATIC_WFE_NM = 30.0
 _SEGMENT_PISTON_NM = 10.0
@@ -451,8 +454,9 @@ def _get_optics(npix, coronagraph="nircam-round", shift_x=0):
     elif kind == "bar":
         x0 = -(cx + _BAR_MARGIN_LOD * lod_ref)
         x1 = (npix - 1 - cx) + _BAR_MARGIN_LOD * lod_ref
-        mx = int(np.ceil((x1 - x0) / step)) + 1
-        xm = x0 + np.arange(mx) * step
+        step_x = _BAR_STEP_X * step
+        mx = int(np.ceil((x1 - x0) / step_x)) + 1
+        xm = x0 + np.arange(mx) * step_x
         sig_x = _bar_sigma(sigma, xm, scale)
         my = 2 * int(np.ceil(_MASK_HALF_EXTENT_SIGMA * sig_x.max() / step)) + 1
         ym = (np.arange(my) - (my - 1) / 2.0) * step
@@ -461,7 +465,7 @@ def _get_optics(npix, coronagraph="nircam-round", shift_x=0):
             am.append(np.exp(-2j * np.pi * np.outer(ym, u) / lw) / npup)
             bm.append(np.exp(2j * np.pi * np.outer(u, ym) / lw) * (step / lw))
             amx.append(np.exp(-2j * np.pi * np.outer(xm, u) / lw) / npup)
-            bmx.append(np.exp(2j * np.pi * np.outer(u, xm) / lw) * (step / lw))
+            bmx.append(np.exp(2j * np.pi * np.outer(u, xm) / lw) * (step_x / lw))
     elif kind == "4qpm":
         hilbert = _hilbert_kernel(npup)
         for w in waves:
