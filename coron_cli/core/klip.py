@@ -7,7 +7,8 @@ from .metrics import _radius
 __all__ = ["klip_subtract", "annulus_zones", "noise_weights"]
 
 
-def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=None):
+def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=None,
+                  width=None):
     """Label image partitioning a frame into annuli and angular subsections.
 
     Parameters
@@ -23,6 +24,10 @@ def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=No
         Radii bounding the annuli; `outer` defaults to the farthest corner.
         Pixels inside `inner` belong to the first annulus, beyond `outer` to
         the last, so that every pixel is processed.
+    width : float, optional
+        Annuli of this width (pixels) from `inner` outwards instead of
+        `annuli` equal ones; the last one reaches `outer` (it is widened to
+        at most 1.5 `width` rather than leaving a sliver).
 
     Returns
     -------
@@ -36,7 +41,13 @@ def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=No
     r = np.hypot(dx, dy)
     if outer is None:
         outer = r.max() + 1e-9
-    edges = np.linspace(inner, outer, int(annuli) + 1)
+    if width is not None:
+        if not width > 0:
+            raise ValueError("annulus width must be positive")
+        annuli = max(1, int(np.floor((outer - inner) / float(width) + 0.5)))
+        edges = np.concatenate([inner + float(width) * np.arange(annuli), [outer]])
+    else:
+        edges = np.linspace(inner, outer, int(annuli) + 1)
     ring = np.clip(np.searchsorted(edges, r, side="right") - 1, 0, int(annuli) - 1)
     theta = np.mod(np.arctan2(dy, dx), 2 * np.pi)
     sector = np.minimum((theta / (2 * np.pi) * subsections).astype(int), int(subsections) - 1)
@@ -108,7 +119,7 @@ def _sky_basis(zpix, nx, zfit, order):
 
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
                   fit_weights=None, reference_variance=None, sky_order=0,
-                  max_bytes=64 * 2 ** 20):
+                  pixels_per_mode=None, max_bytes=64 * 2 ** 20):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -140,6 +151,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         Polynomial order of a sky fitted in every zone together with the KL
         modes (see Notes): 0 removes only the zone mean (classic KLIP), 1 a
         plane, 2 a quadratic surface.
+    pixels_per_mode : float, optional
+        In a zone with n fit pixels, keep at most ``n / pixels_per_mode``
+        modes (at least 1): with as many coefficients as a small zone has
+        independent pixels, the fit would absorb the noise and any source
+        (over-fitting). None: no such limit.
     max_bytes : int
         Memory budget for the float64 working copies; integrations are
         processed in chunks that fit it.
@@ -271,6 +287,8 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             u = a @ V                                             # V^T R t
             with np.errstate(divide="ignore", invalid="ignore"):
                 w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
+            if pixels_per_mode:
+                usable = np.minimum(usable, max(1, int(zfit.size / float(pixels_per_mode))))
             k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
             keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
             W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)

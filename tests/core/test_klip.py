@@ -224,3 +224,24 @@ def test_sky_plane_the_references_lack_is_removed():
     tilted0 = tilted.copy()
     klip_subtract(tilted, refs, truncations=[3], sky_order=2)
     assert np.array_equal(tilted, tilted0)
+
+
+def test_zones_of_a_given_width():
+    z = annulus_zones((41, 41), (20.0, 20.0), width=4.0, outer=20.0)
+    y, x = np.indices((41, 41))
+    r = np.hypot(x - 20.0, y - 20.0)
+    assert z.max() == 4                                   # 5 annuli of 4 px to r = 20
+    assert (z[r < 4] == 0).all() and (z[(r >= 8) & (r < 12)] == 2).all()
+    assert (z[r >= 20] == 4).all()                        # beyond outer: the last one
+    with pytest.raises(ValueError):
+        annulus_zones((10, 10), (5, 5), width=0)
+
+
+def test_pixels_per_mode_caps_the_modes_of_small_zones():
+    sci, refs = _data(nint=1, nref=12, shape=(20, 20))
+    z = annulus_zones((20, 20), (9.5, 9.5), width=3.0)
+    _, _, free = klip_subtract(sci, refs, truncations=[12], zones=z)
+    _, _, capped = klip_subtract(sci, refs, truncations=[12], zones=z, pixels_per_mode=10)
+    inner = int((z == 0).sum())
+    assert free[0, 0] == 12
+    assert capped[0, 0] == max(1, inner // 10) < 12      # the smallest zone sets the count
