@@ -55,6 +55,9 @@ __all__ = ["PLAIN", "plain_options", "parse_value", "parse_variant", "sim_setups
 PLAIN = dict(method="fourier", weights="none", protect=0, truncate=None, annuli=1,
              subsections=1)
 
+#: seeds per simulated set-up in the default panel
+_SEEDS = 5
+
 _START = time.perf_counter()
 
 
@@ -204,28 +207,30 @@ def dataset_specs(*, sim=True, real=True, setups=None, seeds=None, size="medium"
     """The panel's data sets, in the order they are reported.
 
     Simulated: every set-up (default :func:`sim_setups`) x every seed
-    (default 0, 1, 2; 0-11 while the simulator has no set-ups); real: every
+    (default 0-4; 0-11 while the simulator has no set-ups); real: every
     folder of `data_dir` with an association.
 
     Returns
     -------
     list of dict
-        {'kind': 'sim', 'setup', 'seed', 'size', 'label'} or {'kind': 'real',
-        'name', 'asn', 'label'}.
+        {'kind': 'sim', 'setup', 'seed', 'size', 'label', 'group'} or
+        {'kind': 'real', 'name', 'asn', 'label', 'group'}; 'group' is what the
+        summary pools (a set-up over its seeds, or a real set).
     """
     specs = []
     if sim:
         setups = sim_setups() if setups is None else list(setups)
         if seeds is None:
-            seeds = range(3) if setups != [None] else range(12)
+            seeds = range(_SEEDS) if setups != [None] else range(12)
         for setup in setups:
             for seed in seeds:
                 label = f"sim {size} {setup or 'default'} seed {seed}"
                 specs.append({"kind": "sim", "setup": setup, "seed": int(seed), "size": size,
-                              "label": label})
+                              "label": label, "group": f"sim {setup or 'default'}"})
     if real:
         for name, asn in H.find_real_sets(data_dir):
-            specs.append({"kind": "real", "name": name, "asn": asn, "label": f"real {name}"})
+            specs.append({"kind": "real", "name": name, "asn": asn, "label": f"real {name}",
+                          "group": f"real {name}"})
     return specs
 
 
@@ -365,30 +370,46 @@ def _ratio(m, p):
     return float(m / p)
 
 
+def _groups(results):
+    """Data-set groups (a set-up over its seeds, a real set) in order of first appearance."""
+    out = []
+    for res in results:
+        g = res.get("group", res["label"])
+        if g not in out:
+            out.append(g)
+    return out
+
+
 def _stats(results, method, ref):
-    """Ratios of `method` to `ref` over every companion and data set."""
-    ratios, meas, per_set = [], [], []
+    """Ratios of `method`'s SNR to `ref`'s over every companion, pooled and per group."""
+    ratios, meas, groups = [], [], {}
     n_total = 0
     for res in results:
-        rs = []
+        rs = groups.setdefault(res.get("group", res["label"]), [])
         for c in res["companions"]:
             n_total += 1
             m, p = c["snr"].get(method), c["snr"].get(ref)
             r = _ratio(m, p)
             if np.isfinite(r):
                 rs.append(r)
+                ratios.append(r)
                 if max(m, p) >= 3:
                     meas.append(r)
-        ratios += rs
-        if rs:
-            per_set.append((float(np.median(rs)), res["label"]))
     r = np.array(ratios)
-    worst_set = min(per_set) if per_set else (float("nan"), "")
+    up, down = int((r > 1).sum()), int((r < 1).sum())
+    sign_p = float("nan")
+    if up + down:
+        from scipy.stats import binomtest
+
+        sign_p = float(binomtest(up, up + down).pvalue)
+    per_group = {g: float(np.median(v)) if v else float("nan") for g, v in groups.items()}
+    done = {g: v for g, v in per_group.items() if np.isfinite(v)}
+    worst = min(done.items(), key=lambda kv: kv[1]) if done else ("", float("nan"))
     return {"median": float(np.median(r)) if r.size else float("nan"),
             "median_snr3": float(np.median(meas)) if meas else float("nan"),
             "worst": float(r.min()) if r.size else float("nan"),
             "n_below_0.9": int((r < 0.9).sum()), "n_ratio": int(r.size), "n_total": n_total,
-            "worst_set_median": worst_set[0], "worst_set": worst_set[1]}
+            "n_up": up, "n_down": down, "sign_test_p": sign_p, "per_group": per_group, "worst_group": worst[0], "worst_group_median": worst[1]}
 
 
 def summarize(results, methods):
@@ -400,8 +421,10 @@ def summarize(results, methods):
         'vs_plain' {method: stats}, 'vs_coron' {variant: stats}, 'registration'
         {method: worst RMS, worst |err|, largest |shift| over the simulated sets}.
         Stats: median ratio, median over companions with SNR >= 3 in either
-        method, worst ratio, count below 0.9, the worst data set's median ratio.
-        A ratio needs a positive SNR of the reference method.
+        method, worst ratio, count below 0.9, counts above and below 1 with
+        the two-sided sign test's p-value, the median per group (a set-up over
+        its seeds, a real set) and the worst group. A ratio needs a positive
+        SNR of the reference method.
     """
     out = {"vs_plain": {}, "vs_coron": {}, "registration": {}}
     for m in methods:
@@ -471,35 +494,47 @@ def format_dataset(res, methods, short):
 
 
 def format_summary(summary, methods, short, legend, results, wall, jobs):
-    """The summary table (plain text)."""
+    """The summary tables (plain text)."""
     ncomp = sum(len(r["companions"]) for r in results)
+    others = [m for m in methods if m != "plain"]
     lines = [f"== summary: {len(results)} data sets, {ncomp} companions; SNR ratio to plain "
              f"KLIP per companion (where plain's SNR > 0)",
-             f"{'method':<8} {'median':>6} {'med(SNR>=3)':>11} {'worst':>6} {'n<0.9':>7} "
-             f"{'worst set (median)':>30} | {'reg worst RMS':>13} {'max|err|':>8} "
+             f"{'method':<8} {'median':>6} {'med(SNR>=3)':>11} {'worst':>6} {'n<0.9':>8} "
+             f"{'>1/<1':>7} {'sign p':>7} {'worst set-up (median)':>36} | "
+             f"{'reg worst RMS':>13} {'max|err|':>8} "
              f"{'max|shift|':>10}"]
     for m in methods:
         reg = summary["registration"].get(m, {})
         regtxt = (f"{_f(reg.get('worst_rms_px'), '13.4f')} {_f(reg.get('worst_err_px'), '8.3f')} "
-                  f"{_f(reg.get('max_shift_px'), '10.3f')}") if reg else f"{'-':>13} {'-':>8} {'-':>10}"
+                  f"{_f(reg.get('max_shift_px'), '10.3f')}") if reg else \
+            f"{'-':>13} {'-':>8} {'-':>10}"
         if m == "plain":
-            lines.append(f"{short[m]:<8} {'(reference)':>33} {'':>30} | {regtxt}")
+            lines.append(f"{short[m]:<8} {'(reference)':>34} {'':>52} | {regtxt}")
             continue
         s = summary["vs_plain"][m]
-        ws = f"{_f(s['worst_set_median'], '.2f')} {s['worst_set']}"[:30]
+        ws = f"{_f(s['worst_group_median'], '.2f')} {s['worst_group']}"[:36]
         lines.append(f"{short[m]:<8} {_f(s['median'])} {_f(s['median_snr3'], '11.2f')} "
-                     f"{_f(s['worst'])} {s['n_below_0.9']:>3}/{s['n_ratio']:<3} {ws:>30} | "
+                     f"{_f(s['worst'])} {s['n_below_0.9']:>4}/{s['n_ratio']:<3} "
+                     f"{str(s['n_up']) + '/' + str(s['n_down']):>7} {_f(s['sign_test_p'], '7.2g')} "
+                     f"{ws:>36} | "
                      f"{regtxt}")
+    lines.append("median SNR ratio to plain KLIP per set-up (seeds pooled) and real set:")
+    lines.append(f"{'':<36} " + " ".join(f"{short[m] + '/pl':>8}" for m in others))
+    for g in _groups(results):
+        lines.append(f"{g[:36]:<36} " + " ".join(
+            _f(summary["vs_plain"][m]["per_group"].get(g), "8.3f") for m in others))
     if summary["vs_coron"]:
         lines.append("variants against coron's defaults (SPEC 6: a default changes only when "
-                     "it wins on the panel and loses > 10 % nowhere):")
+                     "it wins on the panel and loses > 10 % nowhere; here: median ratio > 1 "
+                     "and no set-up's median below 0.9):")
         for m, s in summary["vs_coron"].items():
-            wins = s["median"] > 1.0 and s["worst_set_median"] >= 0.9
+            wins = s["median"] > 1.0 and s["worst_group_median"] >= 0.9
             lines.append(f"  {short[m]} ({legend[m]}): median {_f(s['median'], '.3f')}, "
                          f"SNR>=3 median {_f(s['median_snr3'], '.3f')}, worst companion "
                          f"{_f(s['worst'], '.2f')}, {s['n_below_0.9']}/{s['n_ratio']} "
-                         f"companions below 0.9x, worst data set {_f(s['worst_set_median'], '.2f')}"
-                         f" ({s['worst_set']}) -> "
+                         f"companions below 0.9x, better at {s['n_up']} and worse at "
+                         f"{s['n_down']} (sign test p = {_f(s['sign_test_p'], '.2g')}), worst "
+                         f"set-up {_f(s['worst_group_median'], '.3f')} ({s['worst_group']}) -> "
                          f"{'wins' if wins else 'does not win'} by that rule")
     if legend:
         lines.append("legend: " + "; ".join(f"{short[m]} = {v}" for m, v in legend.items()))
@@ -578,7 +613,8 @@ def build_parser():
     ap.add_argument("--setups", default=None,
                     help="comma-separated simulator set-ups (default: all of "
                          "coron_cli.simulate.SETUPS, or the simulator's default)")
-    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--seeds", default=None,
+                    help=f"comma-separated seeds (default 0-{_SEEDS - 1} per set-up)")
     ap.add_argument("--size", default=None, choices=["small", "medium", "large"],
                     help="simulated size (default medium; small with --quick)")
     ap.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,

@@ -192,7 +192,7 @@ def test_dataset_specs_fall_back_and_find_real_sets(tmp_path):
     if names == [None]:
         assert [s["seed"] for s in specs] == list(range(12))
     else:
-        assert len(specs) == 3 * len(names)
+        assert len(specs) == panel._SEEDS * len(names)
     (tmp_path / "set1").mkdir()
     (tmp_path / "set1" / "x_asn.json").write_text("{}")
     (tmp_path / "notaset").mkdir()
