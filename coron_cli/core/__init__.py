@@ -5,6 +5,7 @@ Submodules
 stack        concatenation of reference cubes
 background   sky backgrounds: combination, sky level, whether to subtract
 badpix       bad-pixel masks, outlier (cosmic-ray) detection and repair
+optics       filter wavelengths, diffraction-limited PSF widths, Airy patterns
 registration sub-pixel offset and flux-scale fitting, Fourier shifts
 klip         Karhunen-Loeve image projection (KLIP) PSF subtraction
 combine      rotation to north-up and inverse-variance combination
@@ -39,6 +40,7 @@ from .metrics import (
     student_t_factor,
     value_at,
 )
+from .optics import airy_pixels, diffraction_fwhm_pix, filter_wavelength_um
 from .registration import (
     align_references,
     dither_groups,
@@ -54,6 +56,7 @@ from .stack import stack_cubes
 __all__ = [
     "DO_NOT_USE",
     "OUTLIER",
+    "airy_pixels",
     "align_references",
     "annular_mean",
     "annular_profile",
@@ -68,9 +71,11 @@ __all__ = [
     "combine_images",
     "dither_groups",
     "dither_model_shifts",
+    "diffraction_fwhm_pix",
     "dither_positions",
     "contrast_curve",
     "find_candidates",
+    "filter_wavelength_um",
     "find_outliers",
     "inject_sources",
     "injection_grid",
