@@ -14,7 +14,15 @@ metrics      SNR images, annular noise, contrast and aperture SNR
 """
 
 from .background import background_decision, combine_backgrounds, sky_level
-from .badpix import DO_NOT_USE, OUTLIER, bad_pixel_mask, find_outliers, repair_bad_pixels
+from .badpix import (
+    DO_NOT_USE,
+    OUTLIER,
+    bad_pixel_mask,
+    find_outliers,
+    repair_bad_pixels,
+    restore_source_pixels,
+    sharpness_bound,
+)
 from .combine import combine_images, north_up
 from .inject import (
     inject_sources,
@@ -88,6 +96,8 @@ __all__ = [
     "psf_flux",
     "refine_peaks",
     "repair_bad_pixels",
+    "restore_source_pixels",
+    "sharpness_bound",
     "shift_images",
     "shift_stack",
     "shift_variance",
