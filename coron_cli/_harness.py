@@ -34,6 +34,7 @@ __all__ = [
     "DIAMETER_M",
     "REAL_SETS",
     "FAKE_PEAK_SIGMA",
+    "FAKE_BASE_PA",
     "quiet",
     "read_members",
     "reference_count",
@@ -68,6 +69,9 @@ DIAMETER_M = 6.5
 
 #: Peak of an injected fake in the combined image, in units of the local residual noise.
 FAKE_PEAK_SIGMA = 6.0
+
+#: Position angle (deg) from which the fakes are placed (:func:`place_fakes`).
+FAKE_BASE_PA = 20.0
 
 #: What is known of the real data sets (README of the data folder), by folder name.
 #: ``disk_pa``: position angles (deg east of north) of an edge-on disk's two sides;
@@ -535,7 +539,7 @@ def wedge_points(radius, pas, half_width_deg, spacing):
 # ---------------------------------------------------------------------------
 # fake companions for real data
 # ---------------------------------------------------------------------------
-def place_fakes(seps_pix, lod_pix, geometries, *, disk_pa=(), known=(), base_pa=20.0,
+def place_fakes(seps_pix, lod_pix, geometries, *, disk_pa=(), known=(), base_pa=FAKE_BASE_PA,
                 clearance_deg=_FAKE_DISK_CLEARANCE_DEG, min_dist_lod=_FAKE_MIN_DIST_LOD,
                 edge_lod=_FAKE_EDGE_LOD, min_rel_t=_FAKE_MIN_REL_T):
     """Sky positions of fake companions, spread in angle and clear of what must be avoided.
@@ -655,7 +659,7 @@ def _write_injected(asn_path, workdir, images):
 
     info = read_members(asn_path)
     os.makedirs(workdir, exist_ok=True)
-    for kind, path, name in info["members"]:
+    for _, path, _ in info["members"]:
         dst = os.path.join(workdir, os.path.basename(path))
         if os.path.lexists(dst):
             continue
@@ -682,14 +686,14 @@ def _write_injected(asn_path, workdir, images):
 
 
 def prepare_real_set(name, asn_path, workdir, plain_options, *, seps_lod=_FAKE_SEPS_LOD,
-                     peak_sigma=FAKE_PEAK_SIGMA):
+                     peak_sigma=FAKE_PEAK_SIGMA, base_pa=FAKE_BASE_PA):
     """A real data set with fake companions injected, and where to measure them.
 
     1. Plain KLIP (`plain_options`) on the data as they are; the robust noise
        of its i2d at every fake's separation (disk wedges and known sources
        left out) sets the fakes' brightness.
-    2. Fakes are placed (:func:`place_fakes`) at `seps_lod` lambda/D; lambda
-       is read from FILTER, the pixel scale from the WCS.
+    2. Fakes are placed (:func:`place_fakes`, from `base_pa`) at `seps_lod`
+       lambda/D; lambda is read from FILTER, the pixel scale from the WCS.
     3. Every fake's unattenuated peak is ``peak_sigma`` times that noise over
        its mean transmission in the science exposures, so that in the
        combined image it peaks near ``peak_sigma`` times the noise; in every
@@ -738,7 +742,8 @@ def prepare_real_set(name, asn_path, workdir, plain_options, *, seps_lod=_FAKE_S
     excl = sector_mask(img.shape, center, conf["disk_pa"], _NOISE_WEDGE_DEG)
     excl |= near_mask(img.shape, np.asarray(center) + known_off, 3.0 * lod)
     seps = np.asarray(seps_lod, dtype=np.float64) * lod
-    placed = place_fakes(seps, lod, geoms, disk_pa=conf["disk_pa"], known=known_off)
+    placed = place_fakes(seps, lod, geoms, disk_pa=conf["disk_pa"], known=known_off,
+                         base_pa=base_pa)
     companions = []
     if placed:
         sep_p = np.array([s for s, _ in placed])

@@ -43,7 +43,7 @@ import numpy as np
 
 from . import _harness as H
 
-__all__ = ["PLAIN", "plain_options", "parse_value", "parse_variant", "sim_setups",
+__all__ = ["PLAIN", "ROTATIONS", "plain_options", "parse_value", "parse_variant", "sim_setups",
            "dataset_specs", "run_dataset", "summarize", "format_dataset", "format_summary",
            "run_panel", "main"]
 
@@ -57,6 +57,8 @@ PLAIN = dict(method="fourier", weights="none", protect=0, truncate=None, annuli=
 
 #: seeds per simulated set-up in the default panel
 _SEEDS = 5
+#: injections of the fakes per real set (turned by 360 / ROTATIONS degrees each)
+ROTATIONS = 3
 
 _START = time.perf_counter()
 
@@ -203,18 +205,21 @@ def sim_setups():
 
 
 def dataset_specs(*, sim=True, real=True, setups=None, seeds=None, size="medium",
-                  data_dir=None):
+                  data_dir=None, rotations=ROTATIONS):
     """The panel's data sets, in the order they are reported.
 
     Simulated: every set-up (default :func:`sim_setups`) x every seed
     (default 0-4; 0-11 while the simulator has no set-ups); real: every
-    folder of `data_dir` with an association.
+    folder of `data_dir` with an association, `rotations` times, the fakes
+    turned by ``360 / rotations`` degrees each time (the known companions
+    are measured in the first only).
 
     Returns
     -------
     list of dict
         {'kind': 'sim', 'setup', 'seed', 'size', 'label', 'group'} or
-        {'kind': 'real', 'name', 'asn', 'label', 'group'}; 'group' is what the
+        {'kind': 'real', 'name', 'asn', 'base_pa', 'known', 'label', 'group'};
+        'group' is what the
         summary pools (a set-up over its seeds, or a real set).
     """
     specs = []
@@ -229,8 +234,11 @@ def dataset_specs(*, sim=True, real=True, setups=None, seeds=None, size="medium"
                               "label": label, "group": f"sim {setup or 'default'}"})
     if real:
         for name, asn in H.find_real_sets(data_dir):
-            specs.append({"kind": "real", "name": name, "asn": asn, "label": f"real {name}",
-                          "group": f"real {name}"})
+            for k in range(max(1, int(rotations))):
+                base = H.FAKE_BASE_PA + 360.0 * k / max(1, int(rotations))
+                label = f"real {name}" + (f" fakes+{base - H.FAKE_BASE_PA:.0f}deg" if k else "")
+                specs.append({"kind": "real", "name": name, "asn": asn, "base_pa": base,
+                              "known": k == 0, "label": label, "group": f"real {name}"})
     return specs
 
 
@@ -312,9 +320,12 @@ def _run_dataset(spec, variants, workroot, keep):
         else:
             t0 = time.perf_counter()
             plain0 = plain_options(spec["asn"])
-            prep = H.prepare_real_set(spec["name"], spec["asn"], folder, plain0)
+            prep = H.prepare_real_set(spec["name"], spec["asn"], folder, plain0,
+                                      base_pa=spec.get("base_pa", H.FAKE_BASE_PA))
             res["seconds"]["inject"] = time.perf_counter() - t0
             asn, lod, companions = prep["asn"], prep["lod"], prep["companions"]
+            if not spec.get("known", True):
+                companions = [c for c in companions if c["kind"] != "known"]
             res.update(wave_um=prep["wave_um"], scale=prep["scale"])
             asn_id = None
         res["lod"] = lod
@@ -409,7 +420,8 @@ def _stats(results, method, ref):
             "median_snr3": float(np.median(meas)) if meas else float("nan"),
             "worst": float(r.min()) if r.size else float("nan"),
             "n_below_0.9": int((r < 0.9).sum()), "n_ratio": int(r.size), "n_total": n_total,
-            "n_up": up, "n_down": down, "sign_test_p": sign_p, "per_group": per_group, "worst_group": worst[0], "worst_group_median": worst[1]}
+            "n_up": up, "n_down": down, "sign_test_p": sign_p, "per_group": per_group,
+            "worst_group": worst[0], "worst_group_median": worst[1]}
 
 
 def summarize(results, methods):
@@ -621,8 +633,12 @@ def build_parser():
                     help="include the real sets of --data (default yes)")
     ap.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
                     help="include the simulated sets (default yes)")
+    ap.add_argument("--rotations", type=int, default=None,
+                    help=f"injections of the fakes per real set, turned by 360/N degrees "
+                         f"(default {ROTATIONS}; 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
-                    help="for iterating: small size, one seed per set-up")
+                    help="for iterating: small size, one seed per set-up, one injection "
+                         "per real set")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="data sets run in parallel processes (default: the CPU count)")
     ap.add_argument("--json", default=None, metavar="FILE", help="write every number here")
@@ -660,7 +676,9 @@ def main(argv=None):
         print(f"panel: no real data at {a.data} (--data DIR); real sets skipped",
               file=sys.stderr)
         real = False
+    rotations = a.rotations if a.rotations is not None else (1 if a.quick else ROTATIONS)
     specs = dataset_specs(sim=a.sim, real=real, setups=setups, seeds=seeds, size=size,
+                          rotations=rotations,
                           data_dir=a.data)
     if not specs:
         print("panel: no data sets to run", file=sys.stderr)

@@ -6,7 +6,8 @@ and plain KLIP (:data:`coron_cli.panel.PLAIN`) on the two real sets of
 (for coron; plain's figures are shown for comparison):
 
 AU Mic (``aumic-f356w``), with the panel's fake companions injected
-(:func:`coron_cli._harness.prepare_real_set`):
+(:func:`coron_cli._harness.prepare_real_set`), ``--rotations`` times turned
+by 360/N degrees as in the panel:
 
 - residual noise (robust std) per annulus, 6-100 px, in the i2d outside the
   disk (a wedge of +-15 deg about PA 128.5 and 308.5 left out) and the fakes:
@@ -44,7 +45,7 @@ import time
 import numpy as np
 
 from . import _harness as H
-from .panel import PLAIN, plain_options
+from .panel import PLAIN, ROTATIONS, plain_options
 
 __all__ = ["check_aumic", "check_hd106906", "format_aumic", "format_hd106906", "main"]
 
@@ -150,30 +151,72 @@ def _new_flags(psfsub_dq, input_dq, xy, radius, clean_dq=None):
             int(((in_dq & dnu) != 0).sum()), also)
 
 
-def check_aumic(asn_path, workdir):
-    """The AU Mic measures (module docstring); a JSON-able dict."""
+def _aumic_injection(asn_path, workdir, base_pa):
+    """One injection of the fakes: the prepared set, both runs' i2d, SNR and DQ flags."""
     from .products import exposure_root, read_product
 
-    prep = H.prepare_real_set(_AUMIC, asn_path, workdir, plain_options(asn_path))
-    _progress("AU Mic: fakes injected; running coron's defaults and plain KLIP")
+    prep = H.prepare_real_set(_AUMIC, asn_path, workdir, plain_options(asn_path),
+                              base_pa=base_pa)
     runs = {"coron": H.run_pipeline(prep["asn"], os.path.join(workdir, "coron"), {}),
             "plain": H.run_pipeline(prep["asn"], os.path.join(workdir, "plain"),
                                     plain_options(prep["asn"]))}
     lod = prep["lod"]
     fakes = [c for c in prep["companions"] if c["kind"] == "fake"]
-    res = {"lod": lod, "fakes": [], "noise": [], "spine": {}, "seconds":
-           {k: r["seconds"] for k, r in runs.items()}}
-    imgs = {}
-    for name, run in runs.items():
-        _, img, center = _i2d(run["i2d"])
-        imgs[name] = (img, center)
-    img0, center = imgs["coron"]
+    imgs = {name: _i2d(run["i2d"])[1:] for name, run in runs.items()}
     off = np.array([c["offset"] for c in fakes]).reshape(-1, 2)
+    snr = {name: H.companion_snr(img, c, off, lod, avoid=[f["avoid"] for f in fakes])
+           for name, (img, c) in imgs.items()}
+    asn_id = H.read_members(prep["asn"])["asn_id"]
+    flags = {name: [] for name in runs}
+    for e, path in enumerate(prep["exposures"]):
+        inp = read_product(path)
+        root = exposure_root(path) + (f"_{asn_id}" if asn_id else "")
+        clean = os.path.join(prep["calib_dir"], f"{root}_psfsub.fits")
+        clean_dq = read_product(clean).dq if os.path.exists(clean) else None
+        for name, run in runs.items():
+            sub = read_product(os.path.join(run["outdir"], f"{root}_psfsub.fits"))
+            flags[name].append([_new_flags(sub.dq, inp.dq, f["detector"][e], lod, clean_dq)
+                                for f in fakes])
+    rows = []
+    for k, f in enumerate(fakes):
+        row = {key: f[key] for key in ("name", "sep_lod", "sep_pix", "pa", "amplitude",
+                                       "noise")}
+        row["base_pa"] = float(base_pa)
+        row["transmission"] = f["transmission"]
+        row["snr"] = {name: float(s[k]) for name, s in snr.items()}
+        row["ratio"] = row["snr"]["coron"] / row["snr"]["plain"] \
+            if row["snr"]["plain"] > 0 else float("nan")
+        row["flags"] = {name: [int(sum(v[k][i] for v in flags[name])) for i in range(4)]
+                        for name in runs}
+        rows.append(row)
+    return prep, runs, imgs, rows
+
+
+def check_aumic(asn_path, workdir, *, rotations=ROTATIONS):
+    """The AU Mic measures (module docstring); a JSON-able dict.
+
+    The fakes are injected `rotations` times, turned by ``360 / rotations``
+    degrees each time (as the panel does); the noise and the spine are
+    measured in the first injection's images, with its fakes left out.
+    """
+    rotations = max(1, int(rotations))
+    res = {"fakes": [], "noise": [], "spine": {}, "seconds": {"coron": 0.0, "plain": 0.0},
+           "rotations": rotations}
+    for k in range(rotations):
+        base = H.FAKE_BASE_PA + 360.0 * k / rotations
+        _progress(f"AU Mic: fakes from PA {base:.0f}; coron's defaults and plain KLIP")
+        prep, runs, imgs_k, rows = _aumic_injection(asn_path, os.path.join(workdir, f"rot{k}"),
+                                                    base)
+        res["fakes"] += rows
+        for name, run in runs.items():
+            res["seconds"][name] += run["seconds"]
+        if k == 0:
+            first, imgs = prep, imgs_k
+    lod = res["lod"] = first["lod"]
+    img0, center = imgs["coron"]
     mask = H.sector_mask(img0.shape, center, _DISK_PA, _WEDGE_DEG)
-    mask |= H.near_mask(img0.shape, np.asarray(center) + off, 3.0 * lod)
-    for c in prep["companions"]:
-        if c["kind"] == "known":
-            mask |= H.near_mask(img0.shape, [np.asarray(center) + c["offset"]], 3.0 * lod)
+    mask |= H.near_mask(img0.shape, [np.asarray(center) + c["offset"]
+                                     for c in first["companions"]], 3.0 * lod)
     r = {k: _radius(v[0].shape, v[1]) for k, v in imgs.items()}
     for a, b in zip(_NOISE_EDGES[:-1], _NOISE_EDGES[1:]):
         row = {"r_in": float(a), "r_out": float(b)}
@@ -198,29 +241,6 @@ def check_aumic(asn_path, workdir):
     both["ratio"] = both["coron"] / both["plain"]
     both["pass"] = _check(both["ratio"], lambda v: v >= 0.95)
     res["spine"]["both"] = both
-    snr = {name: H.companion_snr(img, c, off, lod, avoid=[f["avoid"] for f in fakes])
-           for name, (img, c) in imgs.items()}
-    asn_id = H.read_members(prep["asn"])["asn_id"]
-    flags = {name: [] for name in runs}
-    for e, path in enumerate(prep["exposures"]):
-        inp = read_product(path)
-        root = exposure_root(path) + (f"_{asn_id}" if asn_id else "")
-        clean = os.path.join(prep["calib_dir"], f"{root}_psfsub.fits")
-        clean_dq = read_product(clean).dq if os.path.exists(clean) else None
-        for name, run in runs.items():
-            sub = read_product(os.path.join(run["outdir"], f"{root}_psfsub.fits"))
-            flags[name].append([_new_flags(sub.dq, inp.dq, f["detector"][e], lod, clean_dq)
-                                for f in fakes])
-    for k, f in enumerate(fakes):
-        row = {key: f[key] for key in ("name", "sep_lod", "sep_pix", "pa", "amplitude",
-                                       "noise")}
-        row["transmission"] = f["transmission"]
-        row["snr"] = {name: float(s[k]) for name, s in snr.items()}
-        row["ratio"] = row["snr"]["coron"] / row["snr"]["plain"] \
-            if row["snr"]["plain"] > 0 else float("nan")
-        row["flags"] = {name: [int(sum(v[k][i] for v in flags[name])) for i in range(4)]
-                        for name in runs}
-        res["fakes"].append(row)
     ratios = np.array([f["ratio"] for f in res["fakes"]])
     ratios = ratios[np.isfinite(ratios)]
     res["snr_median_ratio"] = float(np.median(ratios)) if ratios.size else float("nan")
@@ -233,9 +253,9 @@ def check_aumic(asn_path, workdir):
 
 def format_aumic(res):
     """The AU Mic section (plain text)."""
-    lines = [f"== AU Mic ({_AUMIC}), fakes injected (lambda/D = {res['lod']:.2f} px); "
-             f"run time coron {res['seconds']['coron']:.1f} s, plain "
-             f"{res['seconds']['plain']:.1f} s",
+    lines = [f"== AU Mic ({_AUMIC}), fakes injected {res['rotations']} time(s) "
+             f"(lambda/D = {res['lod']:.2f} px); run time coron {res['seconds']['coron']:.1f} s, "
+             f"plain {res['seconds']['plain']:.1f} s",
              f"-- residual noise, robust std (MJy/sr) in the i2d, disk wedge +-{_WEDGE_DEG:g} "
              "deg and fakes left out; target coron <= plain in every annulus",
              f"{'r/px':>11} {'coron':>10} {'plain':>10} {'ratio':>6}  target"]
@@ -266,15 +286,18 @@ def format_aumic(res):
                  "flags = pixels within lambda/D in the psfsub DQ, summed over exposures: "
                  "OUTLIER / newly DO_NOT_USE / DO_NOT_USE already in the input / of the "
                  "first two, also flagged without the fakes (plain run on the data as they are)")
-    lines.append(f"{'name':<5} {'sep/lD':>6} {'sep/px':>6} {'PA':>6} {'T':>5} {'coron':>6} "
+    lines.append(f"{'name':<8} {'sep/lD':>6} {'sep/px':>6} {'PA':>6} {'T':>5} {'coron':>6} "
                  f"{'plain':>6} {'ratio':>6}  {'flags coron':>13} {'flags plain':>13}")
     for f in res["fakes"]:
         fl = {k: "/".join(str(v) for v in f["flags"][k]) for k in ("coron", "plain")}
-        lines.append(f"{f['name']:<5} {f['sep_lod']:6.2f} {f['sep_pix']:6.1f} {f['pa']:6.1f} "
+        tag = f"{f['name']}" + (f"@{f['base_pa'] - H.FAKE_BASE_PA:.0f}" if
+                                f["base_pa"] != H.FAKE_BASE_PA else "")
+        lines.append(f"{tag:<8} {f['sep_lod']:6.2f} {f['sep_pix']:6.1f} {f['pa']:6.1f} "
                      f"{np.mean(f['transmission']):5.2f} {f['snr']['coron']:6.2f} "
                      f"{f['snr']['plain']:6.2f} {f['ratio']:6.2f}  {fl['coron']:>13} "
                      f"{fl['plain']:>13}")
-    lines.append(f"companions' median SNR ratio coron/plain: {res['snr_median_ratio']:.3f}  "
+    lines.append(f"companions' median SNR ratio coron/plain ({len(res['fakes'])} fakes): "
+                 f"{res['snr_median_ratio']:.3f}  "
                  f"target >= 1.3  {_pf(res['snr_pass'])}")
     nflag = sum(f["flags"]["coron"][0] + f["flags"]["coron"][1] for f in res["fakes"])
     nalso = sum(f["flags"]["coron"][3] for f in res["fakes"])
@@ -320,7 +343,7 @@ def _background_record(run_dir, asn_path):
     from astropy.io import fits
 
     seen_cards, seen_hist = set(), set()
-    for kind, path, _ in H.read_members(asn_path)["members"]:
+    for _, path, _ in H.read_members(asn_path)["members"]:
         h = fits.getheader(path, 0)
         seen_cards.update((key, h[key]) for key in h if key.startswith("BKG"))
         seen_hist.update(_history_entries(h))
@@ -477,6 +500,9 @@ def main(argv=None):
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/realdata",
                     help="folder holding aumic-f356w/ and hd106906-miri/ (default %(default)s)")
+    ap.add_argument("--rotations", type=int, default=ROTATIONS,
+                    help="injections of AU Mic's fakes, turned by 360/N degrees "
+                         "(default %(default)s, as the panel)")
     ap.add_argument("--json", default=None, metavar="FILE", help="write every number here")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="keep the products here (default: a temporary folder, removed)")
@@ -496,7 +522,8 @@ def main(argv=None):
         root = a.keep or stack.enter_context(tempfile.TemporaryDirectory(prefix="coron_real_"))
         if _AUMIC in sets:
             _progress("AU Mic")
-            out["aumic"] = r = check_aumic(sets[_AUMIC], os.path.join(root, _AUMIC))
+            out["aumic"] = r = check_aumic(sets[_AUMIC], os.path.join(root, _AUMIC),
+                                           rotations=a.rotations)
             print(format_aumic(r), flush=True)
             verdicts += [r["noise_pass"], r["spine"]["both"]["pass"], r["snr_pass"],
                          r["flag_pass"]]

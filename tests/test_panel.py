@@ -110,7 +110,7 @@ def test_companion_snr_recovers_a_known_t_value():
     # sum = N g (x - cx) for a disk of N pixels; a point source adds F to its own aperture
     fwhm, g, F = 4.0, 0.3, 50.0
     c = (80.0, 80.0)
-    yy, xx = np.indices((161, 161), dtype=np.float64)
+    xx = np.indices((161, 161), dtype=np.float64)[1]
     img = g * (xx - c[0])
     off = np.array([[0.0, 40.0], [40.0 * np.sin(np.radians(200)), 40.0 * np.cos(np.radians(200))]])
     img[int(c[1] + off[0, 1]), int(c[0] + off[0, 0])] += F
@@ -196,8 +196,11 @@ def test_dataset_specs_fall_back_and_find_real_sets(tmp_path):
     (tmp_path / "set1").mkdir()
     (tmp_path / "set1" / "x_asn.json").write_text("{}")
     (tmp_path / "notaset").mkdir()
-    specs = panel.dataset_specs(sim=False, data_dir=str(tmp_path))
-    assert [s["name"] for s in specs] == ["set1"]
+    specs = panel.dataset_specs(sim=False, data_dir=str(tmp_path), rotations=3)
+    assert [s["name"] for s in specs] == ["set1"] * 3
+    assert [s["base_pa"] for s in specs] == [20.0, 140.0, 260.0]
+    assert [s["known"] for s in specs] == [True, False, False]
+    assert len({s["label"] for s in specs}) == 3 and len({s["group"] for s in specs}) == 1
     assert panel.dataset_specs(sim=False, data_dir=str(tmp_path / "absent")) == []
 
 
@@ -303,14 +306,17 @@ def test_realcheck_runs_on_real_like_sets(tmp_path, capsys):
     rng = np.random.default_rng(2)
     _write_real_like(tmp_path / "aumic-f356w", rng)
     _write_real_like(tmp_path / "hd106906-miri", rng, n=48, filt="F1140C", scale=0.11)
-    assert realcheck.main(["--data", str(tmp_path), "--json", str(tmp_path / "r.json")]) == 0
+    assert realcheck.main(["--data", str(tmp_path), "--rotations", "2",
+                           "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     for text in ("AU Mic", "disk spine", "median SNR ratio", "HD 106906",
                  "background", "block median scatter",
                  "acceptance checks"):
         assert text in out
     data = json.loads((tmp_path / "r.json").read_text())
-    assert data["aumic"]["fakes"] and data["hd106906"]["coron"]["b"] is None
+    fakes = data["aumic"]["fakes"]
+    assert fakes and {f["base_pa"] for f in fakes} == {20.0, 200.0}
+    assert data["hd106906"]["coron"]["b"] is None
 
 
 def test_absent_data_gives_a_message(tmp_path, capsys):
