@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 import warnings
 
@@ -208,19 +207,22 @@ def classical_rdi_i2d(asn_path, run_dir):
 # geometry and the injected model
 # ---------------------------------------------------------------------------
 def filter_wavelength_um(name):
-    """Pivot-like wavelength of a JWST filter name: 'F356W' -> 3.56, 'F1140C' -> 11.4.
+    """Wavelength (um) of a JWST filter name: 'F356W' -> 3.56, 'F1140C' -> 11.4.
 
-    The digits of the name are the wavelength in hundredths of a micron.
+    :func:`coron_cli.core.optics.filter_wavelength_um`, which reads the digits
+    of the name as the wavelength in hundredths of a micron.
 
     Raises
     ------
     ValueError
-        A name without the F<digits> pattern.
+        A name that is not a band-pass filter's.
     """
-    m = re.match(r"^\s*F(\d{3,4})", str(name).upper())
-    if not m:
+    from .core.optics import filter_wavelength_um as wavelength
+
+    wave = wavelength(name)
+    if wave is None:
         raise ValueError(f"cannot read a wavelength from the filter name {name!r}")
-    return int(m.group(1)) / 100.0
+    return float(wave)
 
 
 def lambda_over_d_pix(wave_um, scale_arcsec, diameter_m=DIAMETER_M):
@@ -335,31 +337,18 @@ def position_angle(dx, dy, roll_deg=0.0):
     return np.mod(roll_deg + np.degrees(np.arctan2(-np.asarray(dx), np.asarray(dy))), 360.0)
 
 
-def _airy(x):
-    """(2 J1(x) / x)**2, 1 at x = 0."""
-    from scipy.special import j1
-
-    x = np.asarray(x, dtype=np.float64)
-    out = np.ones_like(x)
-    nz = x > 1e-8
-    out[nz] = (2.0 * j1(x[nz]) / x[nz]) ** 2
-    return out
-
-
 def _airy_stamp(lod_pix, fx, fy, half, oversample):
     """Pixel-integrated Airy pattern (continuous peak 1) on a (2 half + 1)**2 stamp.
 
     The source is at (half + fx, half + fy) in stamp pixels; every pixel's
-    value is the mean of the pattern over oversample**2 points in it.
+    value is the mean of the pattern over oversample**2 points in it
+    (:func:`coron_cli.core.optics.airy_pixels`).
     """
-    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    from .core.optics import AIRY_FWHM_LOD, airy_pixels
+
     g = np.arange(-half, half + 1, dtype=np.float64)
-    xs = (g[:, None] + sub[None, :]).ravel() - fx          # (n * os,)
-    ys = (g[:, None] + sub[None, :]).ravel() - fy
-    r = np.hypot(xs[None, :], ys[:, None])
-    img = _airy(np.pi * r / lod_pix)
-    n = 2 * half + 1
-    return img.reshape(n, oversample, n, oversample).mean(axis=(1, 3))
+    offsets = np.stack(np.broadcast_arrays((g - fy)[:, None], (g - fx)[None, :]), axis=-1)
+    return airy_pixels(AIRY_FWHM_LOD * lod_pix, offsets, oversample=oversample)
 
 
 def airy_image(shape, positions, amplitudes, lod_pix, *, oversample=5, radius_lod=12.0):
