@@ -34,6 +34,8 @@ __all__ = [
     "psfmask_beside",
     "read_psfmask",
     "transmission_for",
+    "psf_fwhm_pix",
+    "lambda_over_d_pix",
     "KNOWN_SUFFIXES",
 ]
 
@@ -733,3 +735,31 @@ def transmission_for(psfmask, exposure_path, shape):
         return None
     path = psfmask_beside(exposure_path) if psfmask == "auto" else psfmask
     return None if path is None else read_psfmask(path, shape)
+
+
+def lambda_over_d_pix(primary, sci_header):
+    """lambda/D of JWST (6.5 m) at the exposure's FILTER, in pixels; None if unknown."""
+    from .core.optics import JWST_DIAMETER_M, filter_wavelength_um
+
+    wave = filter_wavelength_um(primary.get("FILTER", sci_header.get("FILTER")))
+    scale = pixel_scale_arcsec(sci_header) or primary.get("PIXSCALE")
+    if not wave or not scale:
+        return None
+    try:
+        return float(wave * 1e-6 / JWST_DIAMETER_M * 206264.806 / float(scale))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def psf_fwhm_pix(primary, sci_header):
+    """FWHM in pixels of the sharpest PSF the exposure can hold (diffraction limit); None."""
+    from .core.optics import diffraction_fwhm_pix, filter_wavelength_um
+
+    wave = filter_wavelength_um(primary.get("FILTER", sci_header.get("FILTER")))
+    scale = pixel_scale_arcsec(sci_header) or primary.get("PIXSCALE")
+    if not wave or not scale:
+        return None
+    try:
+        return float(diffraction_fwhm_pix(wave, float(scale)))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None

@@ -14,7 +14,8 @@ import numpy as np
 
 from . import core
 from .errors import InputError
-from .products import Product, add_provenance, pixel_scale_arcsec, roll_angle, star_center
+from .products import (Product, add_provenance, pixel_scale_arcsec, psf_fwhm_pix, roll_angle,
+                       star_center)
 
 __all__ = [
     "prepare_science",
@@ -92,7 +93,8 @@ def _check_not_all_bad(product, bad):
         raise InputError(product.path, "all pixels are flagged DO_NOT_USE or not finite")
 
 
-def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
+def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True,
+                    return_outliers=False):
     """Flag outliers and repair bad pixels of an exposure.
 
     Parameters
@@ -102,7 +104,13 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
     bad_bits : int
         DQ bits meaning "do not use".
     outliers : bool
-        Search for unflagged outliers (cosmic rays) across integrations.
+        Search for unflagged outliers (cosmic rays): across integrations,
+        and, where they cannot decide (one integration), only pixels sharper
+        than the diffraction limit at the exposure's FILTER allows
+        (:func:`coron_cli.core.find_outliers`), so that a companion is never
+        taken for one.
+    return_outliers : bool
+        Also return the mask of the outliers found.
 
     Returns
     -------
@@ -114,6 +122,8 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
         DQ with new outliers flagged DO_NOT_USE | OUTLIER.
     nout : int
         Outliers found.
+    hit : ndarray of bool (nint, ny, nx)
+        Only with `return_outliers`: where they are.
     """
     bad = core.bad_pixel_mask(product.sci, product.dq, bad_bits=bad_bits)
     _check_not_all_bad(product, bad)
@@ -122,15 +132,23 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True):
                   dtype=np.uint32)
     dq[~np.isfinite(product.sci)] |= np.uint32(core.DO_NOT_USE)  # repaired, stays flagged
     nout = 0
+    hit = np.zeros(product.sci.shape, bool)
     if outliers:
-        hit = core.find_outliers(product.sci, bad, err=err)
+        hit = _find_outliers(product, bad, err)
         nout = int(hit.sum())
         if nout:
             dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
             bad = bad | hit
     # the integrations of one exposure show the same scene: repair across them first
     sci = core.repair_bad_pixels(product.sci, bad, groups=np.zeros(product.sci.shape[0], int))
-    return sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
+    out = sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
+    return out + (hit,) if return_outliers else out
+
+
+def _find_outliers(product, bad, err):
+    """core.find_outliers with the diffraction limit of the exposure's filter."""
+    fwhm = psf_fwhm_pix(product.primary, product.sci_header)
+    return core.find_outliers(product.sci, bad, err=err, psf_fwhm=fwhm)
 
 
 def _mjd(product):
@@ -288,7 +306,7 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
         err = _err_or_estimate(e)
         dq = np.array(e.dq, dtype=np.uint32)
         dq[~np.isfinite(e.sci)] |= np.uint32(core.DO_NOT_USE)
-        hit = core.find_outliers(e.sci, bad, err=err)
+        hit = _find_outliers(e, bad, err)
         dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
         nout += int(hit.sum())
         scis.append(e.sci.astype(np.float32))
@@ -753,7 +771,8 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
                                         f"the science exposure {science.path} has {nint}")
     nref = psfalign.sci.shape[1]
-    sci, err, dq, _ = prepare_science(science, bad_bits=bad_bits)  # may refuse: before warning
+    # may refuse: before warning
+    sci, err, dq, nout, hit = prepare_science(science, bad_bits=bad_bits, return_outliers=True)
     if max(truncate) > nref:
         log.warning("--truncate %s exceeds the %d references; using at most %d modes",
                     ",".join(map(str, truncate)), nref, nref)
@@ -784,10 +803,13 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                                                 zones=zones, fit_mask=fit, fit_weights=fw,
                                                 reference_variance=ref_var, sky_order=sky_order)
     protected = 0
-    if protect:
+    found = None
+    if protect or nout:
         first = residual[0] if inj is None else residual[0][:, 0]
         fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
-        found = _sources_in(first, err, fvar, center, protect, annuli_width) & fit
+        found = _sources_in(first, err, fvar, center, protect or 5.0, annuli_width)
+    if protect:
+        found = found & fit
         if found.any() and found.sum() <= 0.5 * fit.sum():
             protected = int(found.sum())
             log.info("protecting %d pixels of sources above %g sigma from the KL fit",
@@ -801,6 +823,17 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
         residual = np.ascontiguousarray(residual[:, :, 0])
         mvar = None if mvar is None else mvar[:, :, 0]
+    restored = 0
+    if nout and found is not None and (hit & found[None]).any():
+        # outliers that lie on a source were signal: their own values come back (KLIP is
+        # linear in the target, and a protected source's pixels are not in the fit)
+        back = hit & found[None]
+        restored = int(back.sum())
+        delta = np.where(back, np.asarray(science.sci, np.float64) - sci, 0.0)
+        residual = residual + delta[None].astype(np.float32)
+        dq[back] &= ~np.uint32(core.DO_NOT_USE | core.OUTLIER)
+        log.info("%s: %d pixel(s) flagged as outliers lie on a source; their values are kept",
+                 science.path, restored)
     var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
     if mvar is not None:
         var = var + mvar[0]
@@ -811,6 +844,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     header["KLMODES"] = (",".join(str(int(k)) for k in nmodes[:, 0]),
                          "KL modes used (per truncation)")
     header["KLPROTEC"] = (protected, "source pixels left out of the KL fit")
+    header["OUTLRSTR"] = (restored, "outlier pixels on a source given their values back")
     images = {}
     if len(truncate) > 1:
         from astropy.io import fits

@@ -293,3 +293,77 @@ def test_bad_background_and_psfmask_options_exit_2(tmp_path, runner, monkeypatch
     assert not os.path.exists("a.fits")
     r = _invoke(runner, align, [sci, ref, "--background", "missing.fits", "-o", "a.fits"])
     assert r.exit_code == 2 and "missing.fits" in r.stderr and not os.path.exists("a.fits")
+
+
+# --------------------------------------------------------------------------- outliers
+
+AUMIC = os.path.join(DATA, "aumic-f356w")
+
+
+def _aumic(name):
+    return read_product(os.path.join(AUMIC, name), what="exposure")
+
+
+def test_one_integration_companions_are_never_flagged_and_cosmic_rays_are():
+    """Real NIRCam one-integration science (AU Mic crop, F356W): fake companions of 10 to
+    10,000 sigma (the diffraction-limited PSF at the filter) are never flagged DO_NOT_USE or
+    OUTLIER by the KLIP step; single-pixel cosmic rays of 100 sigma and more are."""
+    from coron_cli.core.optics import airy_pixels
+
+    sci = _aumic("jw01184001001_03107_00001_nrcalong_calints.fits.gz")
+    names = [n for n in sorted(os.listdir(AUMIC)) if n.endswith("_calints.fits.gz")
+             and not n.startswith(("jw01184001", "jw01184002"))]
+    refs = [_aumic(n) for n in names]
+    assert len(refs) == 6
+    stack = steps.stack_step(refs)
+    fwhm = 1.845                                       # 1.03 lambda/D at 3.56 um, 0.063"/px
+    err = np.nanmedian(sci.err)
+    cx, cy = 32.0, 32.0
+    pos = [(cx + 14.3, cy + 3.6), (cx - 12.1, cy + 11.4), (cx + 2.5, cy - 15.2),
+           (cx - 16.6, cy - 9.4)]
+    amps = [10, 100, 1000, 10000]
+    data = np.array(sci.sci, dtype=np.float64)
+    y, x = np.indices(data.shape[-2:])
+    for (px, py), a in zip(pos, amps):
+        offs = np.stack([x - px, y - py], axis=-1).reshape(-1, 2)
+        img = airy_pixels(fwhm, offs).reshape(data.shape[-2:])
+        data[0] += a * err * img / img.max()
+    rays = [(10, 50), (53, 12), (55, 55)]
+    for rx, ry in rays:
+        data[0, ry, rx] += 300 * err
+    fake = Product(sci=data.astype(np.float32), err=sci.err, dq=sci.dq, primary=sci.primary,
+                   sci_header=sci.sci_header, path="fake")
+    aligned = steps.align_step(fake, stack)
+    sub = steps.klip_step(fake, aligned, truncate=(6,))
+    flagged = (sub.dq[0] & (core.DO_NOT_USE | core.OUTLIER)) != 0
+    new = flagged & ~((sci.dq[0] & 1) != 0) & np.isfinite(sci.sci[0])
+    for px, py in pos:
+        near = np.hypot(x - px, y - py) <= 2 * fwhm
+        assert not new[near].any(), (px, py)
+    for rx, ry in rays:
+        assert new[ry, rx]
+    # the brightest companion is there in the residual, not repaired away
+    k = np.argmax(amps)
+    px, py = (int(round(v)) for v in pos[k])
+    assert sub.sci[0, py - 1:py + 2, px - 1:px + 2].max() > 0.3 * amps[k] * err
+
+
+def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
+    """Should the outlier search ever flag a companion's pixel, the psfsub gives it back its
+    own value (the companion found after subtraction) and clears its flags."""
+    science, align, c = _klip_inputs(shape=(48, 48), nint=1)
+    data = science.sci.astype(np.float64)
+    psf = 400.0 * gaussian_psf((48, 48), 34.0, 20.0, sigma=1.0, halo=0)
+    data = data + psf[None]
+    comp = Product(sci=data.astype(np.float32), err=science.err, dq=science.dq,
+                   sci_header=science.sci_header, path="comp")
+    peak = np.zeros(data.shape, bool)
+    peak[0, 20, 34] = True
+    monkeypatch.setattr(steps, "_find_outliers", lambda product, bad, err: peak.copy())
+    sub = steps.klip_step(comp, align, truncate=(3,))
+    monkeypatch.setattr(steps, "_find_outliers",
+                        lambda product, bad, err: np.zeros(data.shape, bool))
+    ref = steps.klip_step(comp, align, truncate=(3,))
+    assert sub.sci_header["OUTLRSTR"] == 1
+    assert sub.dq[0, 20, 34] == 0
+    assert_allclose(sub.sci[0, 20, 34], ref.sci[0, 20, 34], rtol=0.02)
