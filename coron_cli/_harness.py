@@ -180,7 +180,9 @@ def classical_rdi_i2d(asn_path, run_dir):
     The scaled mean of the aligned references (the run's ``_psfalign``
     products) is subtracted from every science exposure
     (:func:`coron_cli.evaluate.classical_rdi`) and the exposures are combined
-    north-up (:func:`coron_cli.steps.combine_step`).
+    north-up (:func:`coron_cli.steps.combine_step`). Where the run subtracted
+    background exposures from the science (BKGSUB in the psfalign header),
+    the science is taken the same way (:func:`coron_cli.steps.background_step`).
 
     Returns
     -------
@@ -194,11 +196,20 @@ def classical_rdi_i2d(asn_path, run_dir):
 
     asn = read_asn(asn_path)
     prod = asn.products[0]
-    subs = []
+    subs, bkg_sci = [], None
     for sci_path in prod.science:
         root = exposure_root(sci_path) + (f"_{asn.asn_id}" if asn.asn_id else "")
         ali = read_product(os.path.join(run_dir, f"{root}_psfalign.fits"), ndims=(4,))
-        subs.append(classical_rdi(read_product(sci_path), ali))
+        sci = read_product(sci_path)
+        if ali.primary.get("BKGSUB") and getattr(prod, "background", None):
+            if bkg_sci is None:
+                bkg_sci = steps.match_backgrounds(
+                    [read_product(p) for p in prod.background],
+                    [read_product(p) for p in prod.science],
+                    [read_product(p) for p in prod.psf])[0]
+            sci, _ = steps.background_step(sci, bkg_sci,
+                                           mode=str(ali.primary.get("BKGMODE", "auto")))
+        subs.append(classical_rdi(sci, ali))
         del ali
     return steps.combine_step(subs)
 

@@ -213,18 +213,19 @@ def _star(shape, cx, cy, flux):
     return flux * (np.exp(-r ** 2 / 8.0) + 0.05 * np.exp(-r / 6.0) * (1 + 0.3 * np.cos(r)))
 
 
-def _write_real_like(folder, rng, *, n=64, filt="F356W", scale=0.063):
-    """Two science rolls, three references and a background, with WCS, FILTER,
-    transmission maps beside them and a CORON association (background member too)."""
+def _write_real_like(folder, rng, *, n=64, filt="F356W", scale=0.063, sky=0.0):
+    """Two science rolls, three references and two backgrounds (one per program), with
+    WCS, FILTER, PROGRAM, transmission maps beside them and a CORON association."""
     folder.mkdir(parents=True, exist_ok=True)
     members = []
     cx, cy = 31.4, 32.3
     yy, xx = np.indices((n, n), dtype=np.float64)
     tmap = 1.0 - np.exp(-np.hypot(xx - cx, yy - cy) ** 2 / (2 * 4.0 ** 2))
-    for k, (kind, roll, dx, dy, f) in enumerate([
-            ("science", 40.0, 0.0, 0.0, 1000.0), ("science", 50.0, 0.05, -0.03, 1000.0),
-            ("psf", 10.0, 0.1, 0.05, 2000.0), ("psf", 20.0, -0.08, 0.02, 1900.0),
-            ("psf", 30.0, 0.02, -0.1, 2100.0), ("background", 40.0, 0, 0, 0.0)]):
+    for k, (kind, prog, roll, dx, dy, f) in enumerate([
+            ("science", "01", 40.0, 0.0, 0.0, 1000.0), ("science", "01", 50.0, 0.05, -0.03, 1000.0),
+            ("psf", "02", 10.0, 0.1, 0.05, 2000.0), ("psf", "02", 20.0, -0.08, 0.02, 1900.0),
+            ("psf", "02", 30.0, 0.02, -0.1, 2100.0), ("background", "01", 40.0, 0, 0, 0.0),
+            ("background", "02", 10.0, 0, 0, 0.0)]):
         name = f"jw0000{k + 1}_calints.fits"
         s = np.radians(roll)
         sci_h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CUNIT1": "deg",
@@ -234,9 +235,9 @@ def _write_real_like(folder, rng, *, n=64, filt="F356W", scale=0.063):
                              "CD2_1": scale / 3600 * np.sin(s), "CD2_2": scale / 3600 * np.cos(s),
                              "BUNIT": "MJy/sr"})
         prim = fits.Header({"TARGNAME": "T", "INSTRUME": "NIRCAM", "FILTER": filt, "NINTS": 1,
-                            "BKGDTARG": kind == "background"})
+                            "PROGRAM": prog, "BKGDTARG": kind == "background"})
         data = (_star((n, n), cx + dx, cy + dy, f) * (1 - 0.9 * np.exp(
-            -np.hypot(xx - cx, yy - cy) ** 2 / 8.0)) + rng.normal(0, 1.0, (n, n)))[None]
+            -np.hypot(xx - cx, yy - cy) ** 2 / 8.0)) + sky + rng.normal(0, 1.0, (n, n)))[None]
         dq = np.zeros(data.shape, np.uint32)
         dq[0, 5, 7] = 1
         fits.HDUList([fits.PrimaryHDU(header=prim),
@@ -277,7 +278,7 @@ def test_real_path_injects_copies_and_measures(tmp_path):
     work = tmp_path / "work" / "data"
     new = json.loads(open(prep["asn"]).read())
     assert [m["exptype"] for m in new["products"][0]["members"]] == \
-        ["science", "science", "psf", "psf", "psf", "background"]
+        ["science", "science", "psf", "psf", "psf", "background", "background"]
     for k, path in enumerate(prep["exposures"]):
         name = os.path.basename(path)
         added = fits.getdata(work / name, "SCI").astype(np.float64) - \
@@ -300,6 +301,20 @@ def test_real_path_injects_copies_and_measures(tmp_path):
     bright = [c for c in res["companions"] if c["sep_lod"] > 5]
     assert bright and all(np.isfinite(c["snr"]["plain"]) for c in bright)
     assert np.median([c["snr"]["plain"] for c in bright]) > 2
+
+
+def test_classical_rdi_takes_the_science_as_the_run_did(tmp_path):
+    # a sky the run subtracts with the background exposures: classical RDI must not keep it
+    asn = _write_real_like(tmp_path / "d", np.random.default_rng(4), sky=20.0)
+    with H.quiet():
+        run = H.run_pipeline(str(asn), str(tmp_path / "coron"), {})
+        crdi = H.classical_rdi_i2d(str(asn), run["outdir"])
+    ali = fits.getheader(H.find_product(run["outdir"], "_psfalign.fits"), 0)
+    if not ali.get("BKGSUB"):
+        pytest.skip("this pipeline does not subtract background exposures")
+    img = np.asarray(crdi.sci, dtype=np.float64)
+    r = np.hypot(*(np.indices(img.shape)[::-1] - 31.5))
+    assert abs(np.nanmedian(img[(r > 15) & (r < 28)])) < 1.0
 
 
 def test_realcheck_runs_on_real_like_sets(tmp_path, capsys):
