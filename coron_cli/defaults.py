@@ -15,3 +15,7 @@ MIN_TRANSMISSION = 0.0
 SKY_ORDER = 0
 #: What to do with background exposures: auto, subtract or off.
 BACKGROUND = "auto"
+#: KLIP zones: annuli of this width ("2lod" = 2 lambda/D, or pixels); None = --annuli.
+ZONE_WIDTH = None
+#: At most (fit pixels of a zone / this) KL modes in a zone; None = no limit.
+PIXELS_PER_MODE = None

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 
-from . import core, steps
+from . import core, defaults, steps
 from .asn import read_asn
 from .errors import InputError, OutputError
 from .products import (exposure_root, pixel_scale_arcsec, read_product, star_center,
@@ -166,9 +166,11 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                     fwhm=None,
                     star_flux_method="peak", offaxis_psf=None, contrast=False,
                     snr_method="ratio", detect=None, inner_radius=None, table_format="fits",
-                    plot=False, mask=None, method="auto", psfmask="auto",
-                    psfmask_weights=False, min_transmission=0.0, sky_order=0,
-                    background="auto", on_step=None):
+                    plot=False, mask=None, method="auto", psfmask=defaults.PSFMASK,
+                    psfmask_weights=defaults.PSFMASK_WEIGHTS,
+                    min_transmission=defaults.MIN_TRANSMISSION, sky_order=defaults.SKY_ORDER,
+                    zone_width=defaults.ZONE_WIDTH, pixels_per_mode=defaults.PIXELS_PER_MODE,
+                    background=defaults.BACKGROUND, on_step=None):
     """Run the whole chain on an association.
 
     Parameters
@@ -207,7 +209,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         ``auto`` takes the ``<exposure>_psfmask.fits`` beside it when there
         is one (:func:`coron_cli.products.psfmask_beside`), a path names one
         map for all, ``none`` uses none.
-    psfmask_weights, min_transmission, sky_order :
+    psfmask_weights, min_transmission, sky_order, zone_width, pixels_per_mode :
         As for coron-align (registration weighted by the map) and
         coron-klip (pixels below `min_transmission` left out of the KL fit;
         the sky's polynomial order).
@@ -309,6 +311,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                       protect=protect, weights=weights,
                       annuli_width=annuli_width, bad_bits=bad_bits, transmission=tmap,
                       min_transmission=min_transmission, sky_order=sky_order,
+                      zone_width=zone_width, pixels_per_mode=pixels_per_mode,
                       params={"science": sci_path, "psfalign": "in memory"})
             if contrast:
                 sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, fwhm=fwhm, **kw)
@@ -391,6 +394,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                        "plot": plot, "method": method, "psfmask": psfmask,
                        "psfmask_weights": psfmask_weights,
                        "min_transmission": min_transmission, "sky_order": sky_order,
+                       "zone_width": zone_width, "pixels_per_mode": pixels_per_mode,
                        "background": background},
     }
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import core
+from . import core, defaults
 from .errors import InputError
-from .products import (Product, add_provenance, pixel_scale_arcsec, psf_fwhm_pix, roll_angle,
-                       star_center)
+from .products import (Product, add_provenance, lambda_over_d_pix, pixel_scale_arcsec,
+                       psf_fwhm_pix, roll_angle, star_center)
 
 __all__ = [
     "prepare_science",
@@ -201,7 +201,8 @@ def match_backgrounds(backgrounds, science, references):
     return for_sci, for_ref, out
 
 
-def background_step(exposure, backgrounds, *, mode="auto", bad_bits=core.DO_NOT_USE):
+def background_step(exposure, backgrounds, *, mode=defaults.BACKGROUND,
+                    bad_bits=core.DO_NOT_USE):
     """Subtract the combined sky of background exposures from an exposure, if it is needed.
 
     Parameters
@@ -437,7 +438,8 @@ def _shift_dq(dq, dx, dy):
     return out
 
 
-def align_step(science, psfstack, *, mask=None, transmission=None, psfmask_weights=False,
+def align_step(science, psfstack, *, mask=None, transmission=None,
+               psfmask_weights=defaults.PSFMASK_WEIGHTS,
                bad_bits=core.DO_NOT_USE, asn_id=None, method="auto", params=None):
     """Register the stacked references onto every science integration.
 
@@ -591,8 +593,46 @@ def _exclusion_mask(shape, exclude):
     return fit
 
 
+def parse_zone_width(value):
+    """'4' -> (4.0, 'pix'); '2lod' -> (2.0, 'lod'); None/''/'none' -> None. ValueError if bad."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        out = (float(value), "pix")
+    else:
+        text = str(value).strip().lower()
+        if text in ("", "none", "off"):
+            return None
+        unit = "lod" if text.endswith("lod") else "pix"
+        num = text[:-3] if unit == "lod" else text.rstrip("px").rstrip("pi")
+        try:
+            out = (float(num), unit)
+        except ValueError:
+            raise ValueError(f"zone width must be pixels or N lod (lambda/D), not {value!r}") \
+                from None
+    if not (np.isfinite(out[0]) and out[0] > 0):
+        raise ValueError(f"zone width must be positive, not {value!r}")
+    return out
+
+
+def zone_width_pix(science, value):
+    """A zone width setting in pixels for an exposure (lambda/D from its FILTER)."""
+    parsed = parse_zone_width(value)
+    if parsed is None:
+        return None
+    width, unit = parsed
+    if unit == "pix":
+        return width
+    lod = lambda_over_d_pix(science.primary, science.sci_header)
+    if lod is None:
+        lod = 2.0
+        log.warning("%s: lambda/D unknown (no JWST FILTER or pixel scale); zones of %g lambda/D "
+                    "taken as %g pixels", science.path, width, width * lod)
+    return width * lod
+
+
 def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
-                   transmission=None, min_transmission=0.0):
+                   transmission=None, min_transmission=0.0, zone_width=None):
     """What KLIP needs besides the science: references, star, zones and fit mask."""
     refs = psfalign.sci
     if not np.isfinite(refs).all():
@@ -601,7 +641,10 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
     hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
     center, src = star_center(hdr, science.sci.shape)
     zones = None
-    if annuli > 1 or subsections > 1:
+    width = zone_width_pix(science, zone_width)
+    if width is not None:
+        zones = core.annulus_zones((ny, nx), center, width=width, subsections=subsections)
+    elif annuli > 1 or subsections > 1:
         zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
     fit = _exclusion_mask((ny, nx), exclude)
     if not fit.any():
@@ -619,7 +662,9 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
 
 def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
               protect=5.0, weights="noise", annuli_width=2, bad_bits=core.DO_NOT_USE,
-              transmission=None, min_transmission=0.0, sky_order=0, params=None):
+              transmission=None, min_transmission=defaults.MIN_TRANSMISSION,
+              sky_order=defaults.SKY_ORDER, zone_width=defaults.ZONE_WIDTH,
+              pixels_per_mode=defaults.PIXELS_PER_MODE, params=None):
     """KLIP-subtract every science integration with its aligned references.
 
     Returns
@@ -669,13 +714,16 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
                  exclude=exclude, protect=protect, weights=weights, annuli_width=annuli_width,
                  bad_bits=bad_bits, transmission=transmission,
-                 min_transmission=min_transmission, sky_order=sky_order, params=params)[0]
+                 min_transmission=min_transmission, sky_order=sky_order,
+                 zone_width=zone_width, pixels_per_mode=pixels_per_mode, params=params)[0]
 
 
 def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
                      subsections=1, exclude=(), protect=5.0, weights="noise", annuli_width=2,
-                     bad_bits=core.DO_NOT_USE, transmission=None, min_transmission=0.0,
-                     sky_order=0, n_pa=6, step=1.0, inner=2.0, params=None):
+                     bad_bits=core.DO_NOT_USE, transmission=None,
+                     min_transmission=defaults.MIN_TRANSMISSION, sky_order=defaults.SKY_ORDER,
+                     zone_width=defaults.ZONE_WIDTH, pixels_per_mode=defaults.PIXELS_PER_MODE,
+                     n_pa=6, step=1.0, inner=2.0, params=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
     Fake point sources (the off-axis PSF, shifted) are placed at
@@ -730,7 +778,8 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
                          subsections=subsections, exclude=exclude, protect=protect,
                          weights=weights, annuli_width=annuli_width, bad_bits=bad_bits,
                          transmission=transmission, min_transmission=min_transmission,
-                         sky_order=sky_order, params=params,
+                         sky_order=sky_order, zone_width=zone_width,
+                         pixels_per_mode=pixels_per_mode, params=params,
                          fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner,
                                     transmission=transmission))
     if inj is not None:
@@ -757,7 +806,8 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
           bad_bits, params, protect=None, weights="noise", transmission=None,
-          min_transmission=0.0, sky_order=0, fakes=None):
+          min_transmission=0.0, sky_order=0, zone_width=None, pixels_per_mode=None,
+          fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     if weights not in ("noise", "none", None):
         raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
@@ -780,7 +830,8 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     refs, center, src, zones, fit = _klip_geometry(science, psfalign, annuli=annuli,
                                                    subsections=subsections, exclude=exclude,
                                                    transmission=transmission,
-                                                   min_transmission=min_transmission)
+                                                   min_transmission=min_transmission,
+                                                   zone_width=zone_width)
     ref_var = None
     if psfalign.err is not None:
         # float32, squared in place: one array the size of the references, not three
@@ -801,7 +852,8 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                                 width=annuli_width)
     residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
                                                 zones=zones, fit_mask=fit, fit_weights=fw,
-                                                reference_variance=ref_var, sky_order=sky_order)
+                                                reference_variance=ref_var, sky_order=sky_order,
+                                                pixels_per_mode=pixels_per_mode)
     protected = 0
     found = None
     if protect or nout:
@@ -818,7 +870,8 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
             residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
                                                         zones=zones, fit_mask=fit, fit_weights=fw,
                                                         reference_variance=ref_var,
-                                                        sky_order=sky_order)
+                                                        sky_order=sky_order,
+                                                        pixels_per_mode=pixels_per_mode)
     if inj is not None:
         inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
         residual = np.ascontiguousarray(residual[:, :, 0])
@@ -861,6 +914,8 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                   protect=protect or "off", weights=weights or "none",
                   exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
                   annuli_width=annuli_width, sky_order=int(sky_order),
+                  zone_width=str(zone_width) if zone_width else "none",
+                  pixels_per_mode=pixels_per_mode or "none",
                   min_transmission=float(min_transmission) if transmission is not None
                   else "no map")
     primary = add_provenance(science.primary, "coron-klip", params, history=[

@@ -367,3 +367,20 @@ def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
     assert sub.sci_header["OUTLRSTR"] == 1
     assert sub.dq[0, 20, 34] == 0
     assert_allclose(sub.sci[0, 20, 34], ref.sci[0, 20, 34], rtol=0.02)
+
+
+def test_zone_width_in_lambda_over_d_and_bad_values(tmp_path, runner, monkeypatch):
+    from coron_cli.cli import klip
+
+    sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
+    # F1140C at 0.11"/px: lambda/D = 3.28 px
+    assert_allclose(steps.zone_width_pix(sci, "2lod"), 2 * 3.28, rtol=0.01)
+    assert steps.zone_width_pix(sci, "5") == 5.0 and steps.zone_width_pix(sci, "none") is None
+    for bad in ("-2", "lod", "abc", "0lod"):
+        with pytest.raises(ValueError):
+            steps.parse_zone_width(bad)
+    _miri_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    name = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
+    r = _invoke(runner, klip, [name, name, "--zone-width", "2 lod x", "-o", "k.fits"])
+    assert r.exit_code == 2 and "--zone-width" in r.stderr and not os.path.exists("k.fits")

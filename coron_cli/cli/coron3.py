@@ -3,7 +3,8 @@
 import click
 
 from . import options
-from .common import parse_exclude, resolve_star_flux, run, setup_logging, step_progress
+from .common import (check_zone_width, parse_exclude, resolve_star_flux, run, setup_logging,
+                     step_progress)
 
 
 @click.group(name="coron3")
@@ -61,7 +62,8 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
 def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky_order,
-            background, truncate, annuli, subsections, exclude, protect, weights,
+            background, truncate, annuli, zone_width, subsections, pixels_per_mode, exclude,
+            protect, weights,
             annuli_width, bad_bits, star_flux, psf_offaxis, star_flux_method, fwhm, contrast,
             snr_method, detect, inner_radius, table_format, plot, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
@@ -113,6 +115,7 @@ def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky
         require_matplotlib()
     truncs, excl, star_flux, psf = _resolve(truncate, exclude, star_flux, psf_offaxis,
                                             star_flux_method, fwhm, contrast)
+    check_zone_width(zone_width)
     total = step_count(plan(read_asn(asn), outdir))
     with step_progress(total, enabled=not quiet) as on_step:
         summary = run_association(asn, outdir, truncate=truncs, annuli=annuli,
@@ -126,7 +129,8 @@ def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky
                                   plot=plot, method=method, psfmask=psfmask,
                                   psfmask_weights=psfmask_weights,
                                   min_transmission=min_transmission, sky_order=sky_order,
-                                  background=background, on_step=on_step)
+                                  background=background, zone_width=zone_width,
+                                  pixels_per_mode=pixels_per_mode, on_step=on_step)
     if as_json:
         _echo_json(summary, time.perf_counter() - t0)
 

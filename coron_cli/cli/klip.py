@@ -5,8 +5,8 @@ import logging
 import click
 
 from . import options
-from .common import (check_output, check_stdin_once, parse_exclude, resolve_star_flux, run,
-                     setup_logging, timed)
+from .common import (check_output, check_stdin_once, check_zone_width, parse_exclude,
+                     resolve_star_flux, run, setup_logging, timed)
 
 
 @click.command(name="coron-klip", no_args_is_help=True)
@@ -29,7 +29,8 @@ from .common import (check_output, check_stdin_once, parse_exclude, resolve_star
 @options.psf_offaxis
 @options.fwhm
 @options.common
-def cli(science, psfalign, output, truncate, annuli, subsections, exclude, protect, weights,
+def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, pixels_per_mode,
+        exclude, protect, weights,
         psfmask, min_transmission, sky_order, annuli_width, bad_bits, background, contrast,
         psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
@@ -86,6 +87,7 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
     except ValueError as exc:
         raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
     zones_excl = parse_exclude(exclude)
+    check_zone_width(zone_width)
     _, bkg_files = split_background(background)
     check_stdin_once([science, psfalign] + bkg_files)
     if output is None:
@@ -106,7 +108,8 @@ def cli(science, psfalign, output, truncate, annuli, subsections, exclude, prote
     kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
               protect=protect or None, weights=weights, annuli_width=annuli_width,
               bad_bits=bad_bits, transmission=tmap, min_transmission=min_transmission,
-              sky_order=sky_order, params={"science": science, "psfalign": psfalign})
+              sky_order=sky_order, zone_width=zone_width, pixels_per_mode=pixels_per_mode,
+              params={"science": science, "psfalign": psfalign})
     with timed("klip"):
         if contrast:
             product, _ = klip_inject_step(sci, refs, psf, fwhm=fwhm, **kw)

@@ -73,9 +73,19 @@ truncate = click.option(
 
 klip_zones = _compose(
     click.option("--annuli", default=1, show_default=True, type=click.IntRange(min=1),
-                 metavar="N", help="Solve KLIP separately in N concentric annuli."),
+                 metavar="N", help="Solve KLIP separately in N concentric annuli of equal "
+                                   "width (see also --zone-width)."),
+    click.option("--zone-width", default=defaults.ZONE_WIDTH, show_default=True,
+                 metavar="W|Nlod",
+                 help="Solve KLIP separately in annuli W pixels wide from the star out, or N "
+                      "lambda/D wide with a 'lod' suffix (lambda/D from FILTER and the pixel "
+                      "scale), e.g. 2lod; replaces --annuli; none = one zone."),
     click.option("--subsections", default=1, show_default=True, type=click.IntRange(min=1),
                  metavar="M", help="Split every annulus into M angular sectors."),
+    click.option("--pixels-per-mode", default=defaults.PIXELS_PER_MODE, show_default=True,
+                 type=click.FloatRange(min=1.0), metavar="P",
+                 help="Keep at most (fit pixels of a zone)/P KL modes in each zone, so small "
+                      "zones near the star do not over-fit [default: no limit]."),
 )
 
 exclude = click.option(
