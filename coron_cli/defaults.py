@@ -19,3 +19,5 @@ BACKGROUND = "auto"
 ZONE_WIDTH = None
 #: At most (fit pixels of a zone / this) KL modes in a zone; None = no limit.
 PIXELS_PER_MODE = None
+#: Registration shifts farther than this (pixels) from the headers' prediction are rejected.
+MAX_SHIFT = 1.0

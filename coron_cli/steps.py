@@ -439,7 +439,7 @@ def _shift_dq(dq, dx, dy):
 
 
 def align_step(science, psfstack, *, mask=None, transmission=None,
-               psfmask_weights=defaults.PSFMASK_WEIGHTS,
+               psfmask_weights=defaults.PSFMASK_WEIGHTS, max_shift=defaults.MAX_SHIFT,
                bad_bits=core.DO_NOT_USE, asn_id=None, method="auto", params=None):
     """Register the stacked references onto every science integration.
 
@@ -503,8 +503,26 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
             if j.size:
                 aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
     del out
-    used_how = "dither" if used.all() else ("fourier" if not used.any() else "dither+fourier")
     nint, nref = dx.shape
+    expected, labels = _expected_shifts(science, psfstack, sci.shape[0])
+    dx, dy, scale, bad_shift, bad_scale = core.bound_shifts(
+        dx, dy, scale, expected, labels, max_shift=max_shift)
+    if bad_shift.any():
+        used &= ~bad_shift
+        log.warning("%s: %d of %d registration shifts are more than %g px from where the "
+                    "pointing puts the star (a coronagraphic image that changes with the "
+                    "star's offset, not a motion); those references are placed by the headers' "
+                    "star positions instead", science.path, int(bad_shift.sum()), dx.size,
+                    max_shift)
+        for i in range(nint):
+            j = np.flatnonzero(bad_shift[i])
+            if j.size:
+                aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
+    if bad_scale.any():
+        log.warning("%s: %d flux factors far (> 1.5x) from those of the same reference star "
+                    "replaced by their median", science.path, int(bad_scale.sum()))
+    how = np.where(used, "dither", np.where(bad_shift, "header", "fourier"))
+    used_how = "+".join(m for m in ("dither", "fourier", "header") if (how == m).any())
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
     err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
@@ -517,11 +535,12 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     shifts["dx"] = dx.ravel()
     shifts["dy"] = dy.ravel()
     shifts["scale"] = scale.ravel()
-    shifts["method"] = np.where(used.ravel(), "dither", "fourier")
+    shifts["method"] = how.ravel()
     for col, unit in (("dx", "pix"), ("dy", "pix")):
         shifts[col].unit = unit
     shifts["method"].description = "dither: dither model of the reference's visit; " \
-                                   "fourier: rigid Fourier fit"
+                                   "fourier: rigid Fourier fit; header: the star positions " \
+                                   "of the headers (the fit was beyond the bound)"
     (cx, cy), src = star_center(science.sci_header, science.sci.shape)
     header = science.sci_header.copy()
     header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
@@ -545,6 +564,26 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
              nref, nint, float(np.median(np.hypot(dx, dy))), used_how)
     return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
                    tables={"SHIFTS": shifts}, path="psfalign")
+
+
+def _expected_shifts(science, psfstack, nint):
+    """Shifts the headers predict ((nint, nref, 2): science minus reference star) and the
+    references' star/visit labels (from REFS; zeros and one label without it)."""
+    nref = psfstack.sci.shape[0]
+    (cx, cy), _ = star_center(science.sci_header, science.sci.shape)
+    refs = psfstack.tables.get("REFS") if psfstack.tables else None
+    expected = np.zeros((nint, nref, 2))
+    labels = np.zeros(nref, int)
+    if refs is not None and len(refs) == nref:
+        if "starcenx" in refs.colnames:
+            rx = np.asarray(refs["starcenx"], float)
+            ry = np.asarray(refs["starceny"], float)
+            ok = np.isfinite(rx) & np.isfinite(ry)
+            expected[:, ok, 0] = cx - rx[ok]
+            expected[:, ok, 1] = cy - ry[ok]
+        if "visit" in refs.colnames:
+            _, labels = np.unique(np.asarray(refs["visit"]).astype(str), return_inverse=True)
+    return expected, labels
 
 
 def _check_transmission(science, transmission):

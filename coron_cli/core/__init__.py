@@ -51,6 +51,7 @@ from .metrics import (
 from .optics import airy_pixels, diffraction_fwhm_pix, filter_wavelength_um
 from .registration import (
     align_references,
+    bound_shifts,
     dither_groups,
     dither_model_shifts,
     dither_positions,
@@ -73,6 +74,7 @@ __all__ = [
     "aperture_sums",
     "background_decision",
     "bad_pixel_mask",
+    "bound_shifts",
     "calibrate_error",
     "source_regions",
     "combine_backgrounds",

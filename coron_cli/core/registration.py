@@ -10,8 +10,9 @@ import mmap
 import numpy as np
 from scipy import fft as sfft
 
-__all__ = ["align_references", "dither_groups", "dither_model_shifts", "dither_positions",
-           "fit_offsets", "pair_residuals", "shift_images", "shift_stack", "shift_variance"]
+__all__ = ["align_references", "bound_shifts", "dither_groups", "dither_model_shifts",
+           "dither_positions", "fit_offsets", "pair_residuals", "shift_images", "shift_stack",
+           "shift_variance"]
 
 _TWO_PI = 2.0 * np.pi
 
@@ -924,3 +925,58 @@ def dither_model_shifts(references, dithers, groups, targets, rigid, *, weights=
         scale[sub] = np.where(ok, msc, rsc[sub])
         used[sub] = ok
     return dx, dy, scale, used, report
+
+
+def bound_shifts(dx, dy, scale, expected, groups=None, *, max_shift=1.0, max_scale_ratio=1.5):
+    """Reject shifts and flux factors that no pointing can explain.
+
+    Parameters
+    ----------
+    dx, dy, scale : ndarray of shape (nint, nref)
+        Measured shifts and flux factors.
+    expected : ndarray of shape (nint, nref, 2) or (2,)
+        The shift the pointing predicts (science star minus reference star
+        from the headers; 0 when both sit on the mask centre, as JWST's
+        target acquisition puts them).
+    groups : ndarray of int of shape (nref,), optional
+        References of one star: their flux factors should agree.
+    max_shift : float
+        A shift farther than this (pixels) from `expected` is rejected and
+        replaced by `expected`: behind a coronagraph a rigid fit can mistake
+        the change of the image with the star's offset for a motion (seen:
+        1.8 px on a four-quadrant mask where the truth was 0.5 px).
+    max_scale_ratio : float
+        A flux factor more than this ratio from the median of its group (for
+        the same science integration) is replaced by that median.
+
+    Returns
+    -------
+    dx, dy, scale : ndarray of shape (nint, nref)
+        Copies, with the rejected values replaced.
+    bad_shift, bad_scale : ndarray of bool of shape (nint, nref)
+        What was replaced.
+    """
+    dx = np.array(dx, dtype=np.float64)
+    dy = np.array(dy, dtype=np.float64)
+    scale = np.array(scale, dtype=np.float64)
+    exp = np.broadcast_to(np.asarray(expected, dtype=np.float64), dx.shape + (2,))
+    bad_shift = ~(np.hypot(dx - exp[..., 0], dy - exp[..., 1]) <= max_shift)
+    dx = np.where(bad_shift, exp[..., 0], dx)
+    dy = np.where(bad_shift, exp[..., 1], dy)
+    bad_scale = np.zeros(dx.shape, bool)
+    labels = np.zeros(dx.shape[1], int) if groups is None else np.asarray(groups)
+    for g in np.unique(labels):
+        idx = np.flatnonzero(labels == g)
+        if idx.size < 3:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            med = np.nanmedian(scale[:, idx], axis=1, keepdims=True)
+            ratio = scale[:, idx] / med
+            out = ~((ratio <= max_scale_ratio) & (ratio >= 1.0 / max_scale_ratio))
+        out &= np.isfinite(med) & (med > 0)
+        sub = scale[:, idx]
+        sub[out] = np.broadcast_to(med, sub.shape)[out]
+        scale[:, idx] = sub
+        bad_scale[:, idx] = out
+    return dx, dy, scale, bad_shift, bad_scale
+

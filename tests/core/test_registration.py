@@ -406,3 +406,22 @@ def test_pair_residuals_match_direct_sum():
     w = rng.uniform(0, 1, (8, 9))
     direct = [(w * (t - s[j] * a[j]) ** 2).sum() for j in range(5)]
     assert_allclose(pair_residuals(a, t, s, weights=w, block=2), direct, rtol=1e-9)
+
+
+def test_bound_shifts_rejects_what_no_pointing_explains():
+    from coron_cli.core import bound_shifts
+
+    dx = np.array([[0.2, 1.6, -0.1, 0.3]])
+    dy = np.array([[0.1, 0.2, 0.05, -1.2]])
+    scale = np.array([[1.0, 1.05, 3.0, 0.98]])
+    expected = np.zeros(2)
+    ndx, ndy, nsc, bad_shift, bad_scale = bound_shifts(dx, dy, scale, expected,
+                                                       np.zeros(4, int))
+    assert bad_shift.tolist() == [[False, True, False, True]]
+    assert ndx[0, 1] == 0 and ndy[0, 3] == 0 and ndx[0, 0] == 0.2
+    assert bad_scale.tolist() == [[False, False, True, False]]
+    assert_allclose(nsc[0, 2], np.median(scale))
+    assert dx[0, 1] == 1.6                                # inputs untouched
+    # the bound is about the prediction, not about zero
+    ndx, _, _, bad, _ = bound_shifts(dx, dy, scale, np.array([1.5, 0.0]))
+    assert not bad[0, 1] and bad[0, 0]
