@@ -696,6 +696,9 @@ def main(argv=None):
     print("# SNR: aperture t-test of Mawet et al. 2014 at the known position in the i2d "
           "(other companions, a disk's wedge +-15 deg and known sources avoided); "
           "* = known real companion, f = injected fake, p = simulated planet")
+    if real:
+        print(f"# real sets: {H.FAKE_PEAK_SIGMA:g}-sigma fakes (Airy x transmission) injected "
+              f"{rotations} time(s), turned by {360 / max(1, rotations):.0f} deg each time")
     sys.stdout.flush()
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
