@@ -833,16 +833,29 @@ def _shift_table(path):
     return sh, keep
 
 
+def _methods(sh, keep):
+    if "method" not in sh.colnames:
+        return []
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(sh["method"])[keep]]
+
+
 def shift_stats(outdir):
-    """Largest accepted |shift| (px) over a run's psfalign products, or NaN."""
-    best = np.nan
+    """A run's applied shifts without a truth: largest |shift| (px) and pairs per method.
+
+    Returns
+    -------
+    dict
+        'max_shift_px' (NaN without psfalign products), 'methods'.
+    """
+    best, how = np.nan, []
     for name in sorted(os.listdir(outdir)):
         if name.endswith("_psfalign.fits"):
             sh, keep = _shift_table(os.path.join(outdir, name))
+            how += _methods(sh, keep)
             if keep.any():
                 m = float(np.hypot(np.asarray(sh["dx"]), np.asarray(sh["dy"]))[keep].max())
                 best = m if not np.isfinite(best) else max(best, m)
-    return best
+    return {"max_shift_px": best, "methods": {m: how.count(m) for m in sorted(set(how))}}
 
 
 def registration_error(outdir, truth, *, asn_id="c1001"):
@@ -859,7 +872,8 @@ def registration_error(outdir, truth, *, asn_id="c1001"):
     dict
         'rms_px' (RMS of |measured - true| offset), 'max_err_px', 'max_shift_px'
         (largest |offset| applied), 'bias_x', 'bias_y', 'scale_rms' (RMS
-        relative flux-scale error), 'npairs'; NaN without psfalign products.
+        relative flux-scale error), 'npairs', 'methods' (pairs per SHIFTS
+        method: dither, fourier, header...); NaN without psfalign products.
     """
     exps = {e["name"]: e for e in truth["exposures"]}
     stack_path = find_product(outdir, "_psfstack.fits")
@@ -871,7 +885,7 @@ def registration_error(outdir, truth, *, asn_id="c1001"):
     default_ratio = truth.get("ref_flux_ratio", 1.0)
     rfl = np.array([exps[str(f)].get("flux_ratio", default_ratio) for f in refs["file"]],
                    dtype=np.float64)
-    ex, ey, es, sh_all = [], [], [], []
+    ex, ey, es, sh_all, how = [], [], [], [], []
     for name, e in exps.items():
         if e["exptype"] != "science":
             continue
@@ -888,16 +902,17 @@ def registration_error(outdir, truth, *, asn_id="c1001"):
         ey.append(dy - (sxy[i, 1] - rxy[j, 1]))
         es.append(np.asarray(sh["scale"])[keep] * rfl[j] - 1.0)
         sh_all.append(np.hypot(dx, dy))
+        how += _methods(sh, keep)
     if not ex:
         nan = float("nan")
         return {"rms_px": nan, "max_err_px": nan, "max_shift_px": nan, "bias_x": nan,
-                "bias_y": nan, "scale_rms": nan, "npairs": 0}
+                "bias_y": nan, "scale_rms": nan, "npairs": 0, "methods": {}}
     ex, ey, es, sh_all = map(np.concatenate, (ex, ey, es, sh_all))
     err = np.hypot(ex, ey)
     return {"rms_px": float(np.sqrt(np.mean(err ** 2))), "max_err_px": float(err.max()),
             "max_shift_px": float(sh_all.max()), "bias_x": float(ex.mean()),
             "bias_y": float(ey.mean()), "scale_rms": float(np.sqrt(np.mean(es ** 2))),
-            "npairs": int(err.size)}
+            "npairs": int(err.size), "methods": {m: how.count(m) for m in sorted(set(how))}}
 
 
 def to_json(obj):

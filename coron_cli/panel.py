@@ -341,7 +341,7 @@ def _run_dataset(spec, variants, workroot, keep):
                     res["registration"][name] = H.registration_error(
                         out, truth, asn_id=asn_id)
                 else:
-                    res["registration"][name] = {"max_shift_px": H.shift_stats(out)}
+                    res["registration"][name] = H.shift_stats(out)
             except Exception as exc:          # a failing method is reported, not fatal
                 res["errors"][name] = _short_error(exc)
                 snrs[name] = np.full(len(companions), np.nan)
@@ -497,6 +497,11 @@ def format_dataset(res, methods, short):
         else:
             parts = [f"{short[m]} {_f(g.get('max_shift_px'), '.3f')}" for m, g in regs.items()]
             lines.append("largest |shift| px (no truth): " + ", ".join(parts))
+        hows = {m: ", ".join(f"{k} {v}" for k, v in g.get("methods", {}).items())
+                for m, g in regs.items()}
+        if any(hows.values()):
+            lines.append("registration pairs by method: " + "; ".join(
+                f"{short[m]}: {h}" for m, h in hows.items() if h))
     secs = ", ".join(f"{short.get(k, k)} {v:.1f}" for k, v in res["seconds"].items()
                      if k != "total")
     lines.append(f"seconds: {secs}")
