@@ -382,7 +382,7 @@ def _stack_dithers(psfstack):
 
     None when the REFS table does not give offsets.
     """
-    refs = psfstack.tables.get("REFS")
+    refs = psfstack.tables.get("REFS") if psfstack.tables else None
     if refs is None or "xoffset" not in refs.colnames or len(refs) != psfstack.sci.shape[0]:
         return None
     pos = np.column_stack([np.asarray(refs["xoffset"], float),
@@ -390,8 +390,6 @@ def _stack_dithers(psfstack):
     keys = np.asarray(refs["visit"]).astype(str) if "visit" in refs.colnames else \
         np.zeros(len(refs), dtype=str)
     _, groups = np.unique(keys, return_inverse=True)
-    if not core.dither_groups(pos, groups):
-        return None
     return pos, groups, keys
 
 
@@ -443,23 +441,43 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
                bad_bits=core.DO_NOT_USE, asn_id=None, method="auto", params=None):
     """Register the stacked references onto every science integration.
 
-    Every (integration, reference) pair first gets the rigid shift and flux
-    scale that best match the reference to the science image
+    Every (integration, reference) pair gets the rigid shift and flux scale
+    that best match the reference to the science image
     (:func:`coron_cli.core.align_references`, a Fourier fit, weighted by
-    `mask` when given). Then, with `method` ``auto`` or ``dither``, every
-    group of references of one star and visit dithered over 3 or more
-    positions (REFS xoffset/yoffset, from XOFFSET/YOFFSET) gets an empirical
-    model of how the coronagraphic image changes with the star's position
-    (:func:`coron_cli.core.dither_positions`): behind a coronagraph the
-    image does not move rigidly, and the model measures the true offsets
-    where a rigid fit is biased. The model is checked frame by frame
-    against the rigid fit (:func:`coron_cli.core.dither_model_shifts`): a
-    science integration takes it only where it fits the integration better
-    than any rigidly shifted reference of the group, and a pair only where
-    the model's shift is within 1 pixel and its flux factor within 1.5x of
-    the rigid ones; every other pair keeps the rigid fit, and a model that a
-    science exposure rejects gives one warning naming it. ``fourier`` uses
-    the rigid fit only.
+    `mask` when given). Behind a coronagraph that fit misreads the star's
+    offset: the image does not move rigidly (the mask dims or lets through
+    more of the halo as the star moves), and the fitted shift is about a
+    linear map G of the true one (1.2x for a round Lyot mask, 2-3x along
+    the axes of a four-quadrant mask, on coron's simulator). With `method`
+    ``auto`` (or ``dither``), when references of one star and visit were
+    dithered (REFS xoffset/yoffset, from XOFFSET/YOFFSET), G is measured by
+    rigid fits between those references against their commanded offsets
+    (:func:`coron_cli.core.shift_gain`: a linear map that must explain 90 %
+    of their shifts, with a gain between 0.5 and 5; a one-dimensional bar
+    dither measures it along the bar only), and every shift is corrected by
+    it (SHIFTS method "fourier+gain"). A fit to a rigid shift cannot be
+    validated by its residual here (the rigid shift is the one that
+    minimises it), so the correction is validated by the commanded offsets
+    it reproduces.
+
+    ``dither`` also fits the empirical dither model of each dithered visit
+    (:func:`coron_cli.core.dither_positions`) and uses it for the pairs
+    where it fits the science integration better than the best rigidly
+    shifted reference of the visit and agrees with the rigid fit to 1 pixel
+    and 1.5x in flux (:func:`coron_cli.core.dither_model_shifts`; a model an
+    exposure rejects gives one warning naming it). ``fourier`` uses the raw
+    rigid fit.
+
+    The fit weights are `mask` when given, else, with `psfmask_weights`, the
+    coronagraph's `transmission` map (as the JWST stage weighs its fit).
+
+    Bounds (:func:`coron_cli.core.bound_shifts`): a shift more than
+    `max_shift` pixels from what the headers' star positions predict (0 for
+    JWST data, whose target acquisition puts every star on the mask centre
+    to a fraction of a pixel) is taken for the fit's confusion, not a
+    motion, and replaced by the prediction (method "header", one warning
+    naming the exposure); a flux factor more than 1.5x from the median of
+    its reference star's is replaced by that median.
 
     The references are Fourier-shifted by the chosen offsets, and their ERR
     is the noise carried through that shift
@@ -469,9 +487,9 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     -------
     Product
         SCI/ERR/DQ of shape (nint, nref, ny, nx) and a SHIFTS table (sci_int,
-        ref, dx, dy, scale, method: "dither" or "fourier" for each pair); the
-        science star position in STARCENX/STARCENY; ALIGNMTH says which
-        methods were used.
+        ref, dx, dy, scale, method for each pair); the science star position
+        in STARCENX/STARCENY; ALIGNMTH lists the methods used and ALGAINij
+        the gain applied.
     """
     from astropy.table import Table
 
@@ -485,44 +503,70 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
         mask, weights_from = np.asarray(transmission, dtype=np.float64), "psfmask"
     sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
     refs = _repair_stack(psfstack, bad_bits)
-    dithers = _stack_dithers(psfstack) if method in ("auto", "dither") else None
-    if method == "dither" and dithers is None:
+    dith = _stack_dithers(psfstack) if method in ("auto", "dither") else None
+    if method == "dither" and (dith is None or not core.dither_groups(dith[0], dith[1])):
         raise InputError(psfstack.path, "the dither method needs references of one visit at 3 "
                                         "or more non-collinear dither positions (REFS "
                                         "xoffset/yoffset)")
-    out = core.align_references(refs, sci, weights=mask, return_residual=dithers is not None)
-    aligned, dx, dy, scale = out[:4]
-    used = np.zeros(dx.shape, bool)
-    if dithers is not None:
-        pos, groups, keys = dithers
-        dx, dy, scale, used, report = core.dither_model_shifts(
-            refs, pos, groups, sci, (dx, dy, scale, out[4]), weights=mask)
-        _report_dither_models(report, keys, science.path, psfstack.path, sci.shape[0])
-        for i in range(sci.shape[0]):
-            j = np.flatnonzero(used[i])
-            if j.size:
-                aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
-    del out
-    nint, nref = dx.shape
-    expected, labels = _expected_shifts(science, psfstack, sci.shape[0])
+    nint, nref = sci.shape[0], refs.shape[0]
+    expected, labels = _expected_shifts(science, psfstack, nint)
+    how = np.full((nint, nref), "fourier", dtype=object)
+    gain = None
+    if dith is not None:
+        gain, ginfo = core.shift_gain(refs, dith[0], dith[1], weights=mask)
+        if gain is None:
+            log.info("%s: no shift gain from the dithered references (%s)", psfstack.path,
+                     ginfo["reason"])
+        else:
+            log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
+                     "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
+                     psfstack.path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
+    if gain is None and method != "dither":
+        aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
+        shifted = (dx.copy(), dy.copy())
+    else:
+        aligned = None
+        if method == "dither":
+            aligned, dx, dy, scale, resid = core.align_references(refs, sci, weights=mask,
+                                                                  return_residual=True)
+            rigid = (dx.copy(), dy.copy(), scale.copy(), resid)
+        else:
+            dx, dy, scale = core.align_references(refs, sci, weights=mask, fit_only=True)
+        if gain is not None:
+            dx, dy = core.apply_gain(dx, dy, gain, expected)
+            how[:] = "fourier+gain"
+        if method == "dither":
+            pos, groups, keys = dith
+            mdx, mdy, mscale, used, report = core.dither_model_shifts(
+                refs, pos, groups, sci, rigid, weights=mask)
+            _report_dither_models(report, keys, science.path, psfstack.path, nint)
+            dx, dy = np.where(used, mdx, dx), np.where(used, mdy, dy)
+            scale = np.where(used, mscale, scale)
+            how[used] = "dither"
+        shifted = (rigid[0], rigid[1]) if aligned is not None else None
     dx, dy, scale, bad_shift, bad_scale = core.bound_shifts(
         dx, dy, scale, expected, labels, max_shift=max_shift)
     if bad_shift.any():
-        used &= ~bad_shift
+        how[bad_shift] = "header"
         log.warning("%s: %d of %d registration shifts are more than %g px from where the "
                     "pointing puts the star (a coronagraphic image that changes with the "
                     "star's offset, not a motion); those references are placed by the headers' "
                     "star positions instead", science.path, int(bad_shift.sum()), dx.size,
                     max_shift)
+    if aligned is None:
+        aligned, _, _, _ = core.align_references(refs, sci, shifts=(dx, dy, scale))
+    else:
+        redo = (dx != shifted[0]) | (dy != shifted[1])
         for i in range(nint):
-            j = np.flatnonzero(bad_shift[i])
+            j = np.flatnonzero(redo[i])
             if j.size:
                 aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
     if bad_scale.any():
         log.warning("%s: %d flux factors far (> 1.5x) from those of the same reference star "
                     "replaced by their median", science.path, int(bad_scale.sum()))
-    how = np.where(used, "dither", np.where(bad_shift, "header", "fourier"))
-    used_how = "+".join(m for m in ("dither", "fourier", "header") if (how == m).any())
+    how = how.astype(str)
+    used_how = ",".join(m for m in ("fourier", "fourier+gain", "dither", "header")
+                        if (how == m).any())
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
     err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
@@ -538,15 +582,18 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     shifts["method"] = how.ravel()
     for col, unit in (("dx", "pix"), ("dy", "pix")):
         shifts[col].unit = unit
-    shifts["method"].description = "dither: dither model of the reference's visit; " \
-                                   "fourier: rigid Fourier fit; header: the star positions " \
-                                   "of the headers (the fit was beyond the bound)"
+    shifts["method"].description = (
+        "fourier: rigid Fourier fit; fourier+gain: the same corrected by the shift gain "
+        "measured on dithered references; dither: dither model of the reference's visit; "
+        "header: the star positions of the headers (the fit was beyond the bound)")
     (cx, cy), src = star_center(science.sci_header, science.sci.shape)
     header = science.sci_header.copy()
     header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
     header["STARCENY"] = (cy, f"star y, 0-based pixels (from {src})")
-    header["ALIGNMTH"] = (used_how, "registration: dither model and/or rigid Fourier fit")
-    header["ALIGNMOD"] = (int(used.sum()), "pairs registered with a dither model")
+    header["ALIGNMTH"] = (used_how, "registration methods used (SHIFTS method column)")
+    if gain is not None:
+        for (a, b), v in np.ndenumerate(gain):
+            header[f"ALGAIN{a + 1}{b + 1}"] = (float(v), "rigid-fit shift gain behind the mask")
     params = dict(params or {})
     params.setdefault("mask", "none" if mask is None else "yes")
     params["fit_weights"] = weights_from
@@ -557,8 +604,7 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")
     primary = add_provenance(primary, "coron-align", params, history=[
-        f"aligned {nref} references to {nint} integrations ({used.sum()} pairs by a dither "
-        f"model, {used.size - used.sum()} by a rigid Fourier fit); median |shift| "
+        f"aligned {nref} references to {nint} integrations ({used_how}); median |shift| "
         f"{np.median(np.hypot(dx, dy)):.3f} px, median scale {np.median(scale):.4f}"])
     log.info("aligned %d references onto %d integrations (median shift %.3f px; %s)",
              nref, nint, float(np.median(np.hypot(dx, dy))), used_how)

@@ -251,4 +251,12 @@ def test_align_uses_dither_model_on_dithered_references(demo_data, tmp_path, run
     r = invoke(runner, align, [sci, str(stack_out), "-o", str(out)])
     assert r.exit_code == 0, r.stderr
     with fits.open(out) as h:
-        assert h["SCI"].header["ALIGNMTH"] == "dither"
+        # auto: the rigid fits corrected by the gain measured on the dithered references
+        assert h["SCI"].header["ALIGNMTH"] == "fourier+gain"
+        assert 1.05 < h["SCI"].header["ALGAIN11"] < 1.4          # ~1.2 behind the round mask
+        assert set(h["SHIFTS"].data["method"]) == {"fourier+gain"}
+    out2 = tmp_path / "d_psfalign.fits"
+    r = invoke(runner, align, [sci, str(stack_out), "-o", str(out2), "--method", "dither"])
+    assert r.exit_code == 0, r.stderr
+    with fits.open(out2) as h:
+        assert "dither" in h["SCI"].header["ALIGNMTH"]

@@ -28,18 +28,16 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, method, bad_b
     Measures, in float64, the offset of the star in every reference slice
     relative to every science integration, and the flux scale, then shifts
     the references with the Fourier shift theorem. Every pair gets a rigid
-    shift fit. References of one star and visit taken in a small-grid
-    dither (XOFFSET/YOFFSET in their headers) also give a model of how the
-    coronagraphic image changes with the star's position (the image behind a
-    coronagraph does not move rigidly); a science integration takes the
-    model's offsets only where the model fits it better than a rigidly
-    shifted reference and agrees with the rigid fit to within 1 pixel and
-    1.5x in flux, with a warning naming the exposure where it is rejected
-    (see --method). Writes a psfalign product: SCI/ERR/DQ of shape
-    (nints_sci, nrefs, ny, nx) and a SHIFTS table (sci_int, ref, dx, dy,
-    scale, method; dx, dy = science centre minus reference centre, in
-    pixels). --background subtracts the science's background exposures
-    first (give the same to coron-klip).
+    shift fit; behind a coronagraph that fit over-reads the star's offset
+    (the image does not move rigidly), so when references of one star and
+    visit were dithered (XOFFSET/YOFFSET in their headers) the fits between
+    them measure by how much, and every shift is corrected (see --method).
+    A shift more than 1 pixel from the headers' star positions is rejected,
+    with a warning naming the exposure. Writes a psfalign product:
+    SCI/ERR/DQ of shape (nints_sci, nrefs, ny, nx) and a SHIFTS table
+    (sci_int, ref, dx, dy, scale, method; dx, dy = science centre minus
+    reference centre, in pixels). --background subtracts the science's
+    background exposures first (give the same to coron-klip).
 
     \b
     Examples:

@@ -169,12 +169,13 @@ registration = click.option(
     "--method", type=click.Choice(["auto", "dither", "fourier"]), default="auto",
     show_default=True,
     help="How offsets are measured. Every pair gets a rigid shift and flux fit ('fourier' "
-         "stops there). 'auto' also learns, from the references of each star and visit "
-         "dithered over 3+ positions (XOFFSET/YOFFSET), how the coronagraphic image changes "
-         "with the star's position, and uses that model where it fits a science "
-         "integration better than a rigid shift and agrees with the rigid fit to 1 pixel "
-         "and 1.5x in flux (a warning names an exposure that rejects it); 'dither' is "
-         "'auto' that fails without a dithered set.")
+         "stops there). Behind a coronagraph that fit over-reads the star's offset; 'auto' "
+         "measures by how much on references of one visit dithered over 2+ positions "
+         "(XOFFSET/YOFFSET) and corrects every shift. 'dither' also uses an empirical model "
+         "of the image against the star's position, learned from such references, where it "
+         "fits a science integration better than a rigid shift (a warning names an "
+         "exposure that rejects it). Shifts more than 1 pixel from the headers' star "
+         "positions are rejected.")
 
 def outdir(help_text):
     """-d/--outdir DIR (coron3 run, coron3 check)."""

@@ -10,9 +10,9 @@ import mmap
 import numpy as np
 from scipy import fft as sfft
 
-__all__ = ["align_references", "bound_shifts", "dither_groups", "dither_model_shifts",
-           "dither_positions", "fit_offsets", "pair_residuals", "shift_images", "shift_stack",
-           "shift_variance"]
+__all__ = ["align_references", "apply_gain", "bound_shifts", "dither_groups", "dither_model_shifts",
+           "dither_positions", "fit_offsets", "pair_residuals", "shift_gain", "shift_images",
+           "shift_stack", "shift_variance"]
 
 _TWO_PI = 2.0 * np.pi
 
@@ -516,7 +516,7 @@ def _fit_image(R, tgt, w, dx, dy, ky, kx, max_iter, tol, workers):
 
 
 def align_references(references, targets, *, weights=None, shifts=None, workers=-1,
-                     max_iter=30, return_residual=False):
+                     max_iter=30, return_residual=False, fit_only=False):
     """Fit and apply the shift of every reference onto every target.
 
     Parameters
@@ -532,6 +532,8 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
         the references are only shifted.
     return_residual : bool
         Also return the residual of every pair (see Returns).
+    fit_only : bool
+        Only fit: return ``(dx, dy, scale)`` and shift nothing.
 
     Returns
     -------
@@ -560,7 +562,7 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     # the shifts are applied in single precision (the output is float32); the fits
     # use the double-precision spectra
     R32 = R.astype(np.complex64)
-    aligned = _large_empty((nint, nref, ny, nx), np.float32)
+    aligned = None if fit_only else _large_empty((nint, nref, ny, nx), np.float32)
     dx = np.empty((nint, nref))
     dy = np.empty((nint, nref))
     scale = np.empty((nint, nref))
@@ -599,9 +601,13 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
                 dx[i], dy[i], scale[i] = _fit_image(Rf, np.asarray(tg[i], dtype=np.float64),
                                                     w, x0, y0, ky, kx, max_iter, 1e-7,
                                                     workers)
+        if fit_only:
+            continue
         _shift_spectra(R32, dx[i], dy[i], ky, kx, (ny, nx), workers, buf, out=aligned[i])
         if return_residual:
             resid[i] = pair_residuals(aligned[i], tg[i], scale[i], weights=wr)
+    if fit_only:
+        return dx, dy, scale
     if return_residual:
         return aligned, dx, dy, scale, resid
     return aligned, dx, dy, scale
@@ -979,4 +985,114 @@ def bound_shifts(dx, dy, scale, expected, groups=None, *, max_shift=1.0, max_sca
         scale[:, idx] = sub
         bad_scale[:, idx] = out
     return dx, dy, scale, bad_shift, bad_scale
+
+
+def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=(0.5, 5.0)):
+    """How a rigid shift fit misreads star offsets behind a coronagraph, from a dithered set.
+
+    Behind a focal-plane mask the image does not move rigidly with the star:
+    the part of the halo the mask dims or lets through changes, and a rigid
+    fit reads that as extra motion. To first order the fitted shift is a
+    linear map of the true one, ``d = G delta`` (G about 1.2 for a round
+    Lyot mask, 2-3 along the axes of a four-quadrant mask, 1 far from any
+    mask). References of one star and visit taken at commanded dither
+    offsets c measure G: the rigid fits between them give ``d_jk = G (c_j -
+    c_k)``, and G is their least-squares fit. The same visit means the same
+    wavefront and pointing, so those fits see the mask's effect and little
+    else.
+
+    Parameters
+    ----------
+    references : ndarray of shape (nref, ny, nx)
+        Finite reference images.
+    dithers : ndarray of shape (nref, 2)
+        Commanded dither offsets (pixels); NaN where unknown.
+    groups : ndarray of int of shape (nref,)
+        Star-and-visit labels; only references of one group are compared.
+    weights : ndarray of shape (ny, nx), optional
+        Fit weights, as for the science.
+    min_r2 : float
+        The linear map must explain at least this share of the variance of
+        the fitted shifts; otherwise no gain is returned.
+    bounds : (float, float)
+        Allowed range of G's singular values.
+
+    Returns
+    -------
+    gain : ndarray of shape (2, 2) or None
+        G, or None when no group has 2 or more distinct dither positions or
+        the fit fails the checks. For a one-dimensional pattern (a bar
+        dither) G is 1 across the pattern's axis and measured along it.
+    info : dict
+        ``groups`` used, ``npairs``, ``r2`` (share of the variance
+        explained), ``rms`` of the fit (pixels), ``reason`` when None.
+    """
+    refs = np.asarray(references)
+    dithers = np.asarray(dithers, dtype=np.float64).reshape(-1, 2)
+    groups = np.asarray(groups).reshape(-1)
+    dc, dd, used = [], [], []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        c = dithers[idx]
+        if idx.size < 2 or not np.isfinite(c).all():
+            continue
+        if len(np.unique(np.round(c, 4), axis=0)) < 2:
+            continue
+        dx, dy, _ = align_references(refs[idx], refs[idx], weights=weights, fit_only=True)
+        # dx[j, k]: shift putting reference k onto reference j
+        j, k = np.nonzero(~np.eye(idx.size, dtype=bool))
+        dc.append(c[j] - c[k])
+        dd.append(np.column_stack([dx[j, k], dy[j, k]]))
+        used.append(g)
+    info = {"groups": used, "npairs": int(sum(len(a) for a in dc)), "r2": float("nan"),
+            "rms": float("nan"), "reason": None}
+    if not dc:
+        info["reason"] = "no references of one visit at 2 or more dither positions"
+        return None, info
+    dc, dd = np.concatenate(dc), np.concatenate(dd)
+    # the directions the pattern spans
+    _, sv, vt = np.linalg.svd(dc, full_matrices=False)
+    span = sv > 1e-3 * max(sv[0], 1e-12)
+    if span.sum() == 2:
+        gain = np.linalg.lstsq(dc, dd, rcond=None)[0].T            # d = G c
+    else:
+        u = vt[0]                                                   # the pattern's axis
+        a = dc @ u
+        b = dd @ u
+        g1 = float(a @ b / (a @ a))
+        gain = np.eye(2) + (g1 - 1.0) * np.outer(u, u)
+    pred = dc @ gain.T
+    resid = dd - pred
+    total = ((dd - dd.mean(axis=0)) ** 2).sum()
+    info["r2"] = float(1.0 - (resid ** 2).sum() / total) if total > 0 else float("nan")
+    info["rms"] = float(np.sqrt((resid ** 2).sum(axis=1).mean()))
+    svals = np.linalg.svd(gain, compute_uv=False)
+    if not np.isfinite(info["r2"]) or info["r2"] < min_r2:
+        info["reason"] = f"the dithers explain only {info['r2']:.2f} of the fitted shifts"
+        return None, info
+    if svals.min() < bounds[0] or svals.max() > bounds[1]:
+        info["reason"] = f"gain {svals.min():.2f}-{svals.max():.2f} outside {bounds}"
+        return None, info
+    return gain, info
+
+
+def apply_gain(dx, dy, gain, expected=None):
+    """True shifts from rigid-fit ones: ``e + G^-1 (d - e)`` (see :func:`shift_gain`).
+
+    Parameters
+    ----------
+    dx, dy : ndarray of the same shape
+    gain : ndarray of shape (2, 2)
+    expected : ndarray of shape dx.shape + (2,), optional
+        The shift the pointing predicts (default 0).
+
+    Returns
+    -------
+    dx, dy : ndarray
+    """
+    inv = np.linalg.inv(np.asarray(gain, dtype=np.float64))
+    ex = np.zeros(np.shape(dx)) if expected is None else np.asarray(expected)[..., 0]
+    ey = np.zeros(np.shape(dy)) if expected is None else np.asarray(expected)[..., 1]
+    ux, uy = np.asarray(dx) - ex, np.asarray(dy) - ey
+    return ex + inv[0, 0] * ux + inv[0, 1] * uy, ey + inv[1, 0] * ux + inv[1, 1] * uy
 

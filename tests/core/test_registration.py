@@ -425,3 +425,42 @@ def test_bound_shifts_rejects_what_no_pointing_explains():
     # the bound is about the prediction, not about zero
     ndx, _, _, bad, _ = bound_shifts(dx, dy, scale, np.array([1.5, 0.0]))
     assert not bad[0, 1] and bad[0, 0]
+
+
+@pytest.mark.parametrize("pattern", ["9-POINT-CIRCLE", "5-POINT-BOX", "9-POINT-SMALL-GRID",
+                                     "5-POINT-BAR"])
+def test_shift_gain_corrects_the_rigid_fit_behind_a_mask(pattern):
+    """Behind the soft occulter the rigid fit over-reads offsets; the gain measured on the
+    dithered references (against their commanded offsets) brings the shifts to the truth."""
+    from coron_cli.core import apply_gain, shift_gain
+
+    cmd = _commanded(pattern) - _commanded(pattern).mean(axis=0)
+    ta = np.array([0.11, -0.06])
+    refs = np.stack([2.0 * _star(31.5 + ta[0] + cx, 32.0 + ta[1] + cy) for cx, cy in cmd])
+    sci_pos = np.array([[0.05, 0.08]])
+    sci = np.stack([_star(31.5 + x, 32.0 + y) for x, y in sci_pos])
+    gain, info = shift_gain(refs, cmd, np.zeros(len(cmd), int))
+    assert gain is not None and info["r2"] > 0.99
+    rdx, rdy, _ = align_references(refs, sci, fit_only=True)
+    true = sci_pos[:, None, :] - (ta + cmd)[None]
+    raw = np.hypot(rdx - true[..., 0], rdy - true[..., 1])
+    cdx, cdy = apply_gain(rdx, rdy, gain)
+    fixed = np.hypot(cdx - true[..., 0], cdy - true[..., 1])
+    if pattern.endswith("BAR"):                        # measured along the bar only
+        assert gain[1, 1] == 1.0 and gain[0, 1] == 0.0
+        assert np.abs(cdx - true[..., 0]).max() < 0.5 * np.abs(rdx - true[..., 0]).max()
+    else:
+        assert fixed.max() < 0.25 * raw.max()
+        assert fixed.max() < 0.01
+    assert raw.max() > 0.01 and abs(gain[0, 0] - 1.0) > 0.02   # the mask misleads the fit
+
+
+def test_shift_gain_needs_dithers_that_explain_the_shifts():
+    from coron_cli.core import shift_gain
+
+    refs = np.stack([_star(31.5 + x, 32.0 + y) for x, y in _commanded("5-POINT-BOX")])
+    gain, info = shift_gain(refs, np.full((5, 2), np.nan), np.zeros(5, int))
+    assert gain is None and "dither" in info["reason"]
+    gain, info = shift_gain(refs, _commanded("5-POINT-BOX")[[2, 0, 4, 1, 3]],
+                            np.zeros(5, int))                  # offsets that do not match
+    assert gain is None and info["r2"] < 0.9
