@@ -43,9 +43,9 @@ import numpy as np
 
 from . import _harness as H
 
-__all__ = ["PLAIN", "ROTATIONS", "plain_options", "parse_value", "parse_variant", "sim_setups",
-           "dataset_specs", "run_dataset", "summarize", "format_dataset", "format_summary",
-           "run_panel", "main"]
+__all__ = ["PLAIN", "ROTATIONS", "MEASURABLE_SNR", "plain_options", "parse_value",
+           "parse_variant", "sim_setups", "dataset_specs", "run_dataset", "summarize",
+           "format_dataset", "format_summary", "run_panel", "main"]
 
 #: Plain KLIP, what the JWST stage does: run_association keyword arguments.
 #: ``truncate=None`` means all modes: set to (number of reference slices,) at
@@ -391,8 +391,13 @@ def _groups(results):
     return out
 
 
+#: a companion counts in the worst ratio, the counts and the sign test when either method
+#: measures it at this SNR or more (below, the ratio of two noise draws says nothing)
+MEASURABLE_SNR = 3.0
+
+
 def _stats(results, method, ref):
-    """Ratios of `method`'s SNR to `ref`'s over every companion, pooled and per group."""
+    """Ratios of `method`'s SNR to `ref`'s over the companions, pooled and per group."""
     ratios, meas, groups = [], [], {}
     n_total = 0
     for res in results:
@@ -404,10 +409,10 @@ def _stats(results, method, ref):
             if np.isfinite(r):
                 rs.append(r)
                 ratios.append(r)
-                if max(m, p) >= 3:
+                if max(m, p) >= MEASURABLE_SNR:
                     meas.append(r)
-    r = np.array(ratios)
-    up, down = int((r > 1).sum()), int((r < 1).sum())
+    r, q = np.array(ratios), np.array(meas)
+    up, down = int((q > 1).sum()), int((q < 1).sum())
     sign_p = float("nan")
     if up + down:
         from scipy.stats import binomtest
@@ -417,9 +422,11 @@ def _stats(results, method, ref):
     done = {g: v for g, v in per_group.items() if np.isfinite(v)}
     worst = min(done.items(), key=lambda kv: kv[1]) if done else ("", float("nan"))
     return {"median": float(np.median(r)) if r.size else float("nan"),
-            "median_snr3": float(np.median(meas)) if meas else float("nan"),
-            "worst": float(r.min()) if r.size else float("nan"),
-            "n_below_0.9": int((r < 0.9).sum()), "n_ratio": int(r.size), "n_total": n_total,
+            "n_ratio": int(r.size), "n_total": n_total,
+            "n_measurable": int(q.size),
+            "median_snr3": float(np.median(q)) if q.size else float("nan"),
+            "worst": float(q.min()) if q.size else float("nan"),
+            "n_below_0.9": int((q < 0.9).sum()),
             "n_up": up, "n_down": down, "sign_test_p": sign_p, "per_group": per_group,
             "worst_group": worst[0], "worst_group_median": worst[1]}
 
@@ -432,11 +439,12 @@ def summarize(results, methods):
     dict
         'vs_plain' {method: stats}, 'vs_coron' {variant: stats}, 'registration'
         {method: worst RMS, worst |err|, largest |shift| over the simulated sets}.
-        Stats: median ratio, median over companions with SNR >= 3 in either
-        method, worst ratio, count below 0.9, counts above and below 1 with
-        the two-sided sign test's p-value, the median per group (a set-up over
-        its seeds, a real set) and the worst group. A ratio needs a positive
-        SNR of the reference method.
+        Stats: the median ratio over all companions; over the measurable ones
+        (SNR >= :data:`MEASURABLE_SNR` in either method) their number, median,
+        worst ratio, count below 0.9, counts above and below 1 with the
+        two-sided sign test's p-value; the median per group (a set-up over its
+        seeds, a real set, all companions) and the worst group. A ratio needs
+        a positive SNR of the reference method.
     """
     out = {"vs_plain": {}, "vs_coron": {}, "registration": {}}
     for m in methods:
@@ -515,26 +523,27 @@ def format_summary(summary, methods, short, legend, results, wall, jobs):
     ncomp = sum(len(r["companions"]) for r in results)
     others = [m for m in methods if m != "plain"]
     lines = [f"== summary: {len(results)} data sets, {ncomp} companions; SNR ratio to plain "
-             f"KLIP per companion (where plain's SNR > 0)",
-             f"{'method':<8} {'median':>6} {'med(SNR>=3)':>11} {'worst':>6} {'n<0.9':>8} "
-             f"{'>1/<1':>7} {'sign p':>7} {'worst set-up (median)':>36} | "
-             f"{'reg worst RMS':>13} {'max|err|':>8} "
-             f"{'max|shift|':>10}"]
+             f"KLIP per companion (where plain's SNR > 0); 'measurable': SNR >= "
+             f"{MEASURABLE_SNR:g} in either method",
+             f"{'':<8} {'all':>6} | {'measurable companions':^41} | {'':>36} | "
+             f"{'registration vs truth (px)':^34}",
+             f"{'method':<8} {'median':>6} | {'n':>4} {'median':>6} {'worst':>6} {'n<0.9':>5} "
+             f"{'>1/<1':>7} {'sign p':>8} | {'worst set-up (median, all)':>36} | "
+             f"{'worst RMS':>9} {'max|err|':>8} {'max|shift|':>10}"]
     for m in methods:
         reg = summary["registration"].get(m, {})
-        regtxt = (f"{_f(reg.get('worst_rms_px'), '13.4f')} {_f(reg.get('worst_err_px'), '8.3f')} "
+        regtxt = (f"{_f(reg.get('worst_rms_px'), '9.4f')} {_f(reg.get('worst_err_px'), '8.3f')} "
                   f"{_f(reg.get('max_shift_px'), '10.3f')}") if reg else \
-            f"{'-':>13} {'-':>8} {'-':>10}"
+            f"{'-':>9} {'-':>8} {'-':>10}"
         if m == "plain":
-            lines.append(f"{short[m]:<8} {'(reference)':>34} {'':>52} | {regtxt}")
+            lines.append(f"{short[m]:<8} {'':>6} | {'(reference)':^41} | {'':>36} | {regtxt}")
             continue
         s = summary["vs_plain"][m]
         ws = f"{_f(s['worst_group_median'], '.2f')} {s['worst_group']}"[:36]
-        lines.append(f"{short[m]:<8} {_f(s['median'])} {_f(s['median_snr3'], '11.2f')} "
-                     f"{_f(s['worst'])} {s['n_below_0.9']:>4}/{s['n_ratio']:<3} "
-                     f"{str(s['n_up']) + '/' + str(s['n_down']):>7} {_f(s['sign_test_p'], '7.2g')} "
-                     f"{ws:>36} | "
-                     f"{regtxt}")
+        lines.append(f"{short[m]:<8} {_f(s['median'])} | {s['n_measurable']:>4} "
+                     f"{_f(s['median_snr3'])} {_f(s['worst'])} {s['n_below_0.9']:>5} "
+                     f"{str(s['n_up']) + '/' + str(s['n_down']):>7} "
+                     f"{_f(s['sign_test_p'], '8.2g')} | {ws:>36} | {regtxt}")
     lines.append("median SNR ratio to plain KLIP per set-up (seeds pooled) and real set:")
     lines.append(f"{'':<36} " + " ".join(f"{short[m] + '/pl':>8}" for m in others))
     for g in _groups(results):
@@ -546,10 +555,10 @@ def format_summary(summary, methods, short, legend, results, wall, jobs):
                      "and no set-up's median below 0.9):")
         for m, s in summary["vs_coron"].items():
             wins = s["median"] > 1.0 and s["worst_group_median"] >= 0.9
-            lines.append(f"  {short[m]} ({legend[m]}): median {_f(s['median'], '.3f')}, "
-                         f"SNR>=3 median {_f(s['median_snr3'], '.3f')}, worst companion "
-                         f"{_f(s['worst'], '.2f')}, {s['n_below_0.9']}/{s['n_ratio']} "
-                         f"companions below 0.9x, better at {s['n_up']} and worse at "
+            lines.append(f"  {short[m]} ({legend[m]}): median {_f(s['median'], '.3f')}; "
+                         f"{s['n_measurable']} measurable companions: median "
+                         f"{_f(s['median_snr3'], '.3f')}, worst {_f(s['worst'], '.2f')}, "
+                         f"{s['n_below_0.9']} below 0.9x, better at {s['n_up']} and worse at "
                          f"{s['n_down']} (sign test p = {_f(s['sign_test_p'], '.2g')}), worst "
                          f"set-up {_f(s['worst_group_median'], '.3f')} ({s['worst_group']}) -> "
                          f"{'wins' if wins else 'does not win'} by that rule")
