@@ -476,7 +476,7 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     JWST data, whose target acquisition puts every star on the mask centre
     to a fraction of a pixel) is taken for the fit's confusion, not a
     motion, and replaced by the prediction (method "header", one warning
-    naming the exposure); a flux factor more than 1.5x from the median of
+    naming the exposure); a flux factor more than 3x from the median of
     its reference star's is replaced by that median.
 
     The references are Fourier-shifted by the chosen offsets, and their ERR
@@ -509,7 +509,6 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
                                         "or more non-collinear dither positions (REFS "
                                         "xoffset/yoffset)")
     nint, nref = sci.shape[0], refs.shape[0]
-    expected, labels = _expected_shifts(science, psfstack, nint)
     how = np.full((nint, nref), "fourier", dtype=object)
     gain = None
     if dith is not None:
@@ -521,6 +520,8 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
             log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
                      "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
                      psfstack.path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
+    expected, allowance, labels = _expected_shifts(science, psfstack, nint, dith,
+                                                   verified=gain is not None)
     if gain is None and method != "dither":
         aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
         shifted = (dx.copy(), dy.copy())
@@ -545,7 +546,7 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
             how[used] = "dither"
         shifted = (rigid[0], rigid[1]) if aligned is not None else None
     dx, dy, scale, bad_shift, bad_scale = core.bound_shifts(
-        dx, dy, scale, expected, labels, max_shift=max_shift)
+        dx, dy, scale, expected, labels, max_shift=max_shift + allowance[None, :])
     if bad_shift.any():
         how[bad_shift] = "header"
         log.warning("%s: %d of %d registration shifts are more than %g px from where the "
@@ -562,7 +563,7 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
             if j.size:
                 aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
     if bad_scale.any():
-        log.warning("%s: %d flux factors far (> 1.5x) from those of the same reference star "
+        log.warning("%s: %d flux factors far (> 3x) from those of the same reference star "
                     "replaced by their median", science.path, int(bad_scale.sum()))
     how = how.astype(str)
     used_how = ",".join(m for m in ("fourier", "fourier+gain", "dither", "header")
@@ -612,13 +613,21 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
                    tables={"SHIFTS": shifts}, path="psfalign")
 
 
-def _expected_shifts(science, psfstack, nint):
-    """Shifts the headers predict ((nint, nref, 2): science minus reference star) and the
-    references' star/visit labels (from REFS; zeros and one label without it)."""
+def _expected_shifts(science, psfstack, nint, dith=None, verified=False):
+    """Shifts the headers predict ((nint, nref, 2): science minus reference star), the
+    allowance added to the bound for each reference ((nref,), pixels) and the references'
+    star/visit labels (from REFS; zeros and one label without it).
+
+    A dithered reference sits at its commanded offset from the pattern's mean (the
+    pattern's origin is a header convention: MIRI's start at 0.2"). When the gain fit
+    verified that the offsets are along the detector's axes (`verified`), they enter the
+    prediction; otherwise the bound is widened by the offset instead.
+    """
     nref = psfstack.sci.shape[0]
     (cx, cy), _ = star_center(science.sci_header, science.sci.shape)
     refs = psfstack.tables.get("REFS") if psfstack.tables else None
     expected = np.zeros((nint, nref, 2))
+    allowance = np.zeros(nref)
     labels = np.zeros(nref, int)
     if refs is not None and len(refs) == nref:
         if "starcenx" in refs.colnames:
@@ -629,7 +638,18 @@ def _expected_shifts(science, psfstack, nint):
             expected[:, ok, 1] = cy - ry[ok]
         if "visit" in refs.colnames:
             _, labels = np.unique(np.asarray(refs["visit"]).astype(str), return_inverse=True)
-    return expected, labels
+    if dith is not None:
+        pos, groups, _ = dith
+        rel = np.zeros((nref, 2))
+        for g in np.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            if np.isfinite(pos[idx]).all():
+                rel[idx] = pos[idx] - pos[idx].mean(axis=0)
+        if verified:
+            expected -= rel[None]
+        else:
+            allowance = np.hypot(rel[:, 0], rel[:, 1])
+    return expected, allowance, labels
 
 
 def _check_transmission(science, transmission):
@@ -873,12 +893,20 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
     return product, inj
 
 
-def _sources_in(residual, err, model_var, center, threshold, annuli_width):
+#: extended sources (disks) are protected by their footprint too (see _sources_in)
+EXTENDED_PROTECTION = True
+
+
+def _sources_in(residual, err, model_var, center, threshold, annuli_width, lod=None):
     """Pixels of sources in an exposure's first KLIP pass (2-D bool).
 
     The integrations are averaged, the error of the mean calibrated in
-    annuli, and the sources found in the significance map
-    (:func:`coron_cli.core.source_regions`).
+    annuli, and the sources found in the significance map: a disk around
+    every point source (:func:`coron_cli.core.source_regions`), and the
+    footprint of extended ones (:func:`coron_cli.core.source_footprints`:
+    smoothed significance above 2 connected to a peak above `threshold`,
+    beyond 3 lambda/D of the star, where residual speckles are not taken
+    for a source).
     """
     var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
     if model_var is not None:
@@ -886,7 +914,37 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width):
     img, mvar = _mean_frames(residual, np.sqrt(var))
     e = core.calibrate_error(img, np.sqrt(mvar), center, width=annuli_width)
     z = np.nan_to_num(core.snr_image(img, e))
-    return core.source_regions(z, threshold, center=center, negative=False)
+    found = core.source_regions(z, threshold, center=center, negative=False)
+    if EXTENDED_PROTECTION:
+        lod = 2.0 if lod is None else lod
+        found |= core.source_footprints(z, threshold, low=2.0, smooth=0.5 * lod,
+                                        inner=3.0 * lod, center=center,
+                                        grow=max(1, int(round(0.5 * lod))))
+    return found, z
+
+
+def _outliers_on_sources(science, hit, zmap, err, bad_bits, lod):
+    """The outliers (nint, ny, nx) that are part of a source, to be given their values back.
+
+    An outlier is part of a source when the source is there without it (it lies in the
+    footprint of a source of the first KLIP pass, made from the repaired data) and its own
+    value is not sharper than a point source allows in its frame (a cosmic ray on a
+    companion is, and stays repaired). With one integration the outlier search flags only
+    such sharp pixels, so nothing comes back; with several, a pixel the integrations
+    disagree on can be a companion's, and comes back.
+    """
+    lod = 2.0 if lod is None else lod
+    foot = core.source_footprints(zmap, 5.0, low=2.0, smooth=0.5 * lod, grow=0)
+    cand = hit & foot[None]
+    if not cand.any():
+        return None
+    bad = core.bad_pixel_mask(science.sci, science.dq, bad_bits=bad_bits)
+    fwhm = psf_fwhm_pix(science.primary, science.sci_header)
+    sharp = np.zeros(hit.shape, bool)
+    for i in np.unique(np.nonzero(cand)[0]):
+        sharp[i] = core.find_outliers(science.sci[i:i + 1], bad[i:i + 1], err=err[i:i + 1],
+                                      psf_fwhm=fwhm)[0]
+    return cand & ~sharp
 
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
@@ -940,11 +998,14 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                                                 reference_variance=ref_var, sky_order=sky_order,
                                                 pixels_per_mode=pixels_per_mode)
     protected = 0
-    found = None
+    found = zmap = None
+    lod = lambda_over_d_pix(science.primary, science.sci_header)
     if protect or nout:
         first = residual[0] if inj is None else residual[0][:, 0]
         fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
-        found = _sources_in(first, err, fvar, center, protect or 5.0, annuli_width)
+        found, zmap = _sources_in(first, err, fvar, center, protect or 5.0, annuli_width,
+                                  lod=lod)
+    back = _outliers_on_sources(science, hit, zmap, err, bad_bits, lod) if nout else None
     if protect:
         found = found & fit
         if found.any() and found.sum() <= 0.5 * fit.sum():
@@ -962,16 +1023,15 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         residual = np.ascontiguousarray(residual[:, :, 0])
         mvar = None if mvar is None else mvar[:, :, 0]
     restored = 0
-    if nout and found is not None and (hit & found[None]).any():
-        # outliers that lie on a source were signal: their own values come back (KLIP is
-        # linear in the target, and a protected source's pixels are not in the fit)
-        back = hit & found[None]
+    if back is not None and back.any():
+        # outliers that are part of a source were signal: their own values come back (KLIP
+        # is linear in the target; a protected source's pixels are not in the fit)
         restored = int(back.sum())
         delta = np.where(back, np.asarray(science.sci, np.float64) - sci, 0.0)
         residual = residual + delta[None].astype(np.float32)
         dq[back] &= ~np.uint32(core.DO_NOT_USE | core.OUTLIER)
-        log.info("%s: %d pixel(s) flagged as outliers lie on a source; their values are kept",
-                 science.path, restored)
+        log.info("%s: %d pixel(s) flagged as outliers are part of a source; their values are "
+                 "kept", science.path, restored)
     var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
     if mvar is not None:
         var = var + mvar[0]

@@ -45,6 +45,7 @@ from .metrics import (
     refine_peaks,
     snr_image,
     snr_map_mawet,
+    source_footprints,
     student_t_factor,
     value_at,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "bound_shifts",
     "calibrate_error",
     "source_regions",
+    "source_footprints",
     "combine_backgrounds",
     "combine_images",
     "dither_groups",

@@ -18,6 +18,7 @@ __all__ = [
     "find_candidates",
     "refine_peaks",
     "source_regions",
+    "source_footprints",
     "value_at",
 ]
 
@@ -325,6 +326,8 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     if sources is not None:
         src = source_regions(_mean_significance(res, e2, excess[ring], ok), sources,
                              negative=False)
+        if (ok & ~src).sum() < 8:
+            src[:] = False            # sources everywhere: nothing to tell them from
         if src.any():
             use = ok & ~src
             kept = np.bincount(ring[use], minlength=nring)
@@ -482,6 +485,56 @@ def source_regions(z, threshold=5.0, *, envelope=0.15, floor=0.5, center=None,
             out[k, y0:y1, x0:x1] |= ((yy[y0:y1, x0:x1] - py) ** 2
                                      + (xx[y0:y1, x0:x1] - px) ** 2) <= radius ** 2
     return out.reshape(z.shape)
+
+
+def source_footprints(z, threshold=5.0, *, low=2.0, smooth=1.0, inner=0.0, center=None,
+                      grow=1):
+    """The whole extent of sources of a significance map, extended ones included.
+
+    A disk (:func:`source_regions`) fits a point source; a debris disk seen
+    edge-on or a spiral arm is a long, faint structure whose peak may be
+    nowhere near most of its light. Its footprint is the connected region
+    where the smoothed significance exceeds `low` and that holds a pixel
+    above `threshold`.
+
+    Parameters
+    ----------
+    z : ndarray of shape (ny, nx)
+        Significance map; non-finite values count as 0.
+    threshold : float
+        A footprint must reach this significance somewhere.
+    low : float
+        Its edge, in the map smoothed by a Gaussian of `smooth` pixels.
+    smooth : float
+        Smoothing (pixels), which tells a faint extended structure from
+        pixel noise.
+    inner : float
+        Pixels closer than this to `center` are never in a footprint: there
+        the residual speckles, not sources, make the significant pixels.
+    center : (x, y), optional
+        The star (required with `inner`).
+    grow : int
+        Footprints are widened by this many pixels.
+
+    Returns
+    -------
+    ndarray of bool of shape (ny, nx)
+    """
+    z = np.nan_to_num(np.asarray(z, dtype=np.float64))
+    zs = ndimage.gaussian_filter(z, smooth) if smooth else z
+    keep = zs > low
+    if inner and center is not None:
+        keep &= _radius(z.shape, center) >= inner
+    labels, n = ndimage.label(keep)
+    if not n:
+        return np.zeros(z.shape, bool)
+    peak = ndimage.maximum(np.where(keep, z, -np.inf), labels, index=np.arange(1, n + 1))
+    out = np.isin(labels, np.flatnonzero(np.asarray(peak) > threshold) + 1)
+    if grow:
+        out = ndimage.binary_dilation(out, iterations=int(grow))
+        if inner and center is not None:
+            out &= _radius(z.shape, center) >= inner
+    return out
 
 
 def student_t_factor(n, *, sigma=5.0):

@@ -933,7 +933,7 @@ def dither_model_shifts(references, dithers, groups, targets, rigid, *, weights=
     return dx, dy, scale, used, report
 
 
-def bound_shifts(dx, dy, scale, expected, groups=None, *, max_shift=1.0, max_scale_ratio=1.5):
+def bound_shifts(dx, dy, scale, expected, groups=None, *, max_shift=1.0, max_scale_ratio=3.0):
     """Reject shifts and flux factors that no pointing can explain.
 
     Parameters
@@ -946,7 +946,7 @@ def bound_shifts(dx, dy, scale, expected, groups=None, *, max_shift=1.0, max_sca
         target acquisition puts them).
     groups : ndarray of int of shape (nref,), optional
         References of one star: their flux factors should agree.
-    max_shift : float
+    max_shift : float or ndarray broadcastable to (nint, nref)
         A shift farther than this (pixels) from `expected` is rejected and
         replaced by `expected`: behind a coronagraph a rigid fit can mistake
         the change of the image with the star's offset for a motion (seen:
@@ -1025,7 +1025,10 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
         dither) G is 1 across the pattern's axis and measured along it.
     info : dict
         ``groups`` used, ``npairs``, ``r2`` (share of the variance
-        explained), ``rms`` of the fit (pixels), ``reason`` when None.
+        explained), ``rms`` of the fit (pixels), ``rotation_deg`` of G,
+        ``reason`` when None. The commanded offsets are taken to be along
+        the detector's axes: a G that reflects or turns by more than 20
+        degrees says they are not, and is refused.
     """
     refs = np.asarray(references)
     dithers = np.asarray(dithers, dtype=np.float64).reshape(-1, 2)
@@ -1067,6 +1070,15 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
     info["r2"] = float(1.0 - (resid ** 2).sum() / total) if total > 0 else float("nan")
     info["rms"] = float(np.sqrt((resid ** 2).sum(axis=1).mean()))
     svals = np.linalg.svd(gain, compute_uv=False)
+    # the commanded offsets must be in the detector's frame (up to the mask's distortion):
+    # a reflection or a large rotation means they are not, and G would turn the shifts
+    u, _, vt = np.linalg.svd(gain)
+    rot = u @ vt                                   # the rotation of G's polar decomposition
+    info["rotation_deg"] = float(np.degrees(np.arctan2(rot[1, 0], rot[0, 0])))
+    if np.linalg.det(gain) <= 0 or abs(info["rotation_deg"]) > 20.0:
+        info["reason"] = (f"the commanded offsets are not in the detector's frame (rotation "
+                          f"{info['rotation_deg']:.0f} deg, det {np.linalg.det(gain):.2f})")
+        return None, info
     if not np.isfinite(info["r2"]) or info["r2"] < min_r2:
         info["reason"] = f"the dithers explain only {info['r2']:.2f} of the fitted shifts"
         return None, info

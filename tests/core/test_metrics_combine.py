@@ -269,3 +269,33 @@ def test_grouped_spread_sees_a_negative_tail_but_not_a_positive_one():
     assert s[1] > 1.15 * s3[1]                    # seen on the negative side: noise
     assert s[1] == pytest.approx(np.std(base[1]), rel=0.15)
     assert s[2] == pytest.approx(s3[2])          # a positive tail may be a source
+
+
+def test_calibrate_error_survives_sources_everywhere():
+    """A constant offset of several sigma over the whole frame makes every pixel a
+    'source'; the calibration must still return an error (it crashed with IndexError)."""
+    from coron_cli.core import calibrate_error
+
+    rng = np.random.default_rng(0)
+    res = 4.0 + rng.normal(0, 1, (40, 40))
+    out = calibrate_error(res, np.ones((40, 40)), (20, 20))
+    assert out.shape == (40, 40) and np.isfinite(out).all() and (out >= 1).all()
+
+
+def test_source_footprints_cover_an_extended_source_and_not_noise():
+    from coron_cli.core import source_footprints
+
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 1, (80, 80))
+    assert not source_footprints(z, 5.0, low=2.0, smooth=1.0).any()
+    y, x = np.indices(z.shape)
+    # an edge-on "disk" through the star at (40, 40): a line of significance 3, peaking at 8
+    along = (x - 40) * np.cos(0.5) + (y - 40) * np.sin(0.5)
+    across = -(x - 40) * np.sin(0.5) + (y - 40) * np.cos(0.5)
+    disk = np.where(np.abs(along) < 30, 3.0 + 5.0 * np.exp(-((along - 12) / 3) ** 2), 0) \
+        * np.exp(-0.5 * (across / 1.5) ** 2)
+    fp = source_footprints(z + disk, 5.0, low=2.0, smooth=1.0, inner=6.0, center=(40, 40))
+    on = (np.abs(across) < 1) & (np.abs(along) > 8) & (np.abs(along) < 26)
+    assert fp[on].mean() > 0.9
+    assert not fp[np.hypot(x - 40, y - 40) < 6].any()
+    assert fp.sum() < 0.2 * fp.size

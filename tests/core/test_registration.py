@@ -413,7 +413,7 @@ def test_bound_shifts_rejects_what_no_pointing_explains():
 
     dx = np.array([[0.2, 1.6, -0.1, 0.3]])
     dy = np.array([[0.1, 0.2, 0.05, -1.2]])
-    scale = np.array([[1.0, 1.05, 3.0, 0.98]])
+    scale = np.array([[1.0, 1.05, 4.0, 0.98]])
     expected = np.zeros(2)
     ndx, ndy, nsc, bad_shift, bad_scale = bound_shifts(dx, dy, scale, expected,
                                                        np.zeros(4, int))
