@@ -242,53 +242,29 @@ def lambda_over_d_pix(wave_um, scale_arcsec, diameter_m=DIAMETER_M):
 
 
 def psfmask_path(exposure_path):
-    """The transmission map beside an exposure, or None.
+    """The transmission map beside an exposure, or None (:func:`products.psfmask_beside`)."""
+    from .products import psfmask_beside
 
-    ``x_calints.fits`` -> ``x_calints_psfmask.fits`` (or ``.fits.gz``);
-    ``x_calints.fits.gz`` -> ``x_calints_psfmask.fits.gz`` (or ``.fits``).
-    """
-    base = exposure_path
-    for ext in (".gz", ".fits"):
-        if base.endswith(ext):
-            base = base[:-len(ext)]
-    for ext in (".fits", ".fits.gz"):
-        if os.path.exists(base + "_psfmask" + ext):
-            return base + "_psfmask" + ext
-    return None
+    return psfmask_beside(exposure_path)
 
 
 def read_transmission(exposure_path, shape):
-    """The transmission map beside an exposure (``<exposure>_psfmask.fits``), or None.
+    """The transmission map beside an exposure, or None when there is none of that shape.
 
-    The map is the first SCI extension whose shape is the frame's `shape`
-    (ny, nx) (leading axes of length 1 dropped); else the first image HDU of
-    that shape.
+    :func:`coron_cli.products.transmission_for` with ``auto``: the first SCI
+    extension (then image) of the frame's `shape` in ``<exposure>_psfmask.fits``.
 
     Returns
     -------
-    ndarray of float64 of shape (ny, nx), or None when there is no such file or map.
+    ndarray of float64 of shape (ny, nx), or None.
     """
-    from astropy.io import fits
+    from .errors import InputError
+    from .products import transmission_for
 
-    path = psfmask_path(exposure_path)
-    if path is None:
+    try:
+        return transmission_for("auto", exposure_path, tuple(shape))
+    except InputError:
         return None
-    shape = tuple(shape)
-    with fits.open(path) as h:
-        found = None
-        for prefer_sci in (True, False):
-            for hdu in h:
-                if hdu.data is None or (prefer_sci and hdu.name != "SCI"):
-                    continue
-                data = np.asarray(hdu.data)
-                while data.ndim > 2 and data.shape[0] == 1:
-                    data = data[0]
-                if data.shape == shape:
-                    found = data.astype(np.float64)
-                    break
-            if found is not None:
-                break
-    return found
 
 
 def exposure_geometry(path):

@@ -753,13 +753,7 @@ def lambda_over_d_pix(primary, sci_header):
 
 def psf_fwhm_pix(primary, sci_header):
     """FWHM in pixels of the sharpest PSF the exposure can hold (diffraction limit); None."""
-    from .core.optics import diffraction_fwhm_pix, filter_wavelength_um
+    from .core.optics import AIRY_FWHM_LOD
 
-    wave = filter_wavelength_um(primary.get("FILTER", sci_header.get("FILTER")))
-    scale = pixel_scale_arcsec(sci_header) or primary.get("PIXSCALE")
-    if not wave or not scale:
-        return None
-    try:
-        return float(diffraction_fwhm_pix(wave, float(scale)))
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
+    lod = lambda_over_d_pix(primary, sci_header)
+    return None if lod is None else AIRY_FWHM_LOD * lod

@@ -70,16 +70,7 @@ def annular_profile(image, center, *, width=2):
     npix : ndarray of int64
         Valid pixels in it.
     """
-    width = int(width)
-    if width < 1:
-        raise ValueError("annulus width must be a positive integer")
-    img = np.asarray(image, dtype=np.float64)
-    r = _radius(img.shape, center)
-    ok = np.isfinite(img)
-    idx = (r[ok] // width).astype(np.int64)
-    v = img[ok]
-    n = np.bincount(idx)
-    s1 = np.bincount(idx, weights=v, minlength=n.size)
+    width, idx, v, n, s1 = _annulus_sums(image, center, width)
     s2 = np.bincount(idx, weights=v * v, minlength=n.size)
     keep = n >= 2
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -97,6 +88,13 @@ def annular_mean(image, center, *, width=2):
     radius, mean : ndarray of float64
         Mid radius and mean of every annulus holding a finite pixel.
     """
+    width, idx, v, n, s1 = _annulus_sums(image, center, width)
+    bins = np.flatnonzero(n > 0)
+    return (bins + 0.5) * width, s1[bins] / n[bins]
+
+
+def _annulus_sums(image, center, width):
+    """Annulus index, values, counts and sums of the finite pixels of an image."""
     width = int(width)
     if width < 1:
         raise ValueError("annulus width must be a positive integer")
@@ -104,10 +102,9 @@ def annular_mean(image, center, *, width=2):
     r = _radius(img.shape, center)
     ok = np.isfinite(img)
     idx = (r[ok] // width).astype(np.int64)
+    v = img[ok]
     n = np.bincount(idx)
-    s1 = np.bincount(idx, weights=img[ok], minlength=n.size)
-    bins = np.flatnonzero(n > 0)
-    return (bins + 0.5) * width, s1[bins] / n[bins]
+    return width, idx, v, n, np.bincount(idx, weights=v, minlength=n.size)
 
 
 def value_at(image, positions):
