@@ -377,3 +377,22 @@ def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
     sub = run(ray, hit)
     assert sub.sci_header["OUTLRSTR"] == 0 and sub.dq[0, 21, 35] & core.OUTLIER
     assert sub.sci[0, 21, 35] < 0.5 * ray[0, 21, 35]
+
+
+def test_psfmask_weights_the_registration_like_a_mask():
+    """--psfmask-weights: the transmission map weighs the registration fit exactly as the
+    same map given as --mask does (the JWST stage's use of its PSFMASK)."""
+    sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
+    names = sorted(n for n in os.listdir(MIRI)
+                   if n.startswith("jw01194015001") and n.endswith("_calints.fits.gz"))
+    stack = steps.stack_step([read_product(os.path.join(MIRI, n)) for n in names])
+    tmap = transmission_for("auto", sci.path, sci.sci.shape[-2:])
+    assert tmap is not None and tmap.min() < 0.5            # the 4QPM's cross
+    a = steps.align_step(sci, stack, transmission=tmap, psfmask_weights=True, method="fourier")
+    b = steps.align_step(sci, stack, mask=tmap, method="fourier")
+    c = steps.align_step(sci, stack, transmission=tmap, psfmask_weights=False,
+                         method="fourier")
+    assert_allclose(a.tables["SHIFTS"]["dx"], b.tables["SHIFTS"]["dx"])
+    assert not np.allclose(a.tables["SHIFTS"]["dx"], c.tables["SHIFTS"]["dx"])
+    history = "".join(str(h) for h in a.primary["HISTORY"])
+    assert "fit_weights=psfmask" in history
