@@ -11,13 +11,20 @@ PSFMASK = "auto"
 PSFMASK_WEIGHTS = False
 #: Pixels whose coronagraph transmission is below this are left out of the KL fit.
 MIN_TRANSMISSION = 0.0
-#: Polynomial order of the sky fitted with the KL modes (0 = the zone mean only).
-SKY_ORDER = 0
+#: Polynomial order of the sky fitted with the KL modes in every zone (0 = the zone mean
+#: only); "auto" = 2 behind a four-quadrant phase mask, whose background has the four-fold
+#: pattern of the quadrant boundaries, 1 otherwise (a plane: a gradient the references do
+#: not share). Order 2 also fits an edge-on disk's two-sided pattern, hence not everywhere.
+SKY_ORDER = "auto"
 #: What to do with background exposures: auto, subtract or off.
 BACKGROUND = "auto"
 #: KLIP zones: annuli of this width ("2lod" = 2 lambda/D, or pixels); None = --annuli.
-ZONE_WIDTH = None
-#: At most (fit pixels of a zone / this) KL modes in a zone; None = no limit.
-PIXELS_PER_MODE = None
+ZONE_WIDTH = "1lod@4lod"
+#: Where a zone's coefficients are fitted: "self" (its own pixels) or "around" (the annuli
+#: within two zone widths of it, not itself, as LOCI separates its subtraction and
+#: optimization regions): a zone then cannot fit its own sources away.
+ZONE_FIT = "self"
+#: Pixel weights of the KL fit: "none" (classic KLIP) or "noise" (inverse ERR variance).
+WEIGHTS = "none"
 #: Registration shifts farther than this (pixels) from the headers' prediction are rejected.
 MAX_SHIFT = 1.0

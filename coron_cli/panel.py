@@ -53,7 +53,8 @@ __all__ = ["PLAIN", "ROTATIONS", "MEASURABLE_SNR", "plain_options", "parse_value
 #: departs from the stage (the panel and realcheck build plain KLIP from this
 #: dict only).
 PLAIN = dict(method="fourier", weights="none", protect=0, truncate=None, annuli=1,
-             subsections=1)
+             subsections=1, zone_width=None, zone_fit="self", sky_order=0,
+             min_transmission=0.0, psfmask_weights=False)
 
 #: seeds per simulated set-up in the default panel
 _SEEDS = 5

@@ -161,7 +161,8 @@ def _warn_once(func):
 
 @_warn_once
 def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsections=1,
-                    exclude=(), protect=5.0, weights="noise", annuli_width=2, bad_bits=1,
+                    exclude=(), protect=5.0, weights=defaults.WEIGHTS, annuli_width=2,
+                    bad_bits=1,
                     star_flux=None,
                     fwhm=None,
                     star_flux_method="peak", offaxis_psf=None, contrast=False,
@@ -169,7 +170,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                     plot=False, mask=None, method="auto", psfmask=defaults.PSFMASK,
                     psfmask_weights=defaults.PSFMASK_WEIGHTS,
                     min_transmission=defaults.MIN_TRANSMISSION, sky_order=defaults.SKY_ORDER,
-                    zone_width=defaults.ZONE_WIDTH, pixels_per_mode=defaults.PIXELS_PER_MODE,
+                    zone_width=defaults.ZONE_WIDTH, zone_fit=defaults.ZONE_FIT,
                     background=defaults.BACKGROUND, on_step=None):
     """Run the whole chain on an association.
 
@@ -209,7 +210,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         ``auto`` takes the ``<exposure>_psfmask.fits`` beside it when there
         is one (:func:`coron_cli.products.psfmask_beside`), a path names one
         map for all, ``none`` uses none.
-    psfmask_weights, min_transmission, sky_order, zone_width, pixels_per_mode :
+    psfmask_weights, min_transmission, sky_order, zone_width, zone_fit :
         As for coron-align (registration weighted by the map) and
         coron-klip (pixels below `min_transmission` left out of the KL fit;
         the sky's polynomial order).
@@ -311,7 +312,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                       protect=protect, weights=weights,
                       annuli_width=annuli_width, bad_bits=bad_bits, transmission=tmap,
                       min_transmission=min_transmission, sky_order=sky_order,
-                      zone_width=zone_width, pixels_per_mode=pixels_per_mode,
+                      zone_width=zone_width, zone_fit=zone_fit,
                       params={"science": sci_path, "psfalign": "in memory"})
             if contrast:
                 sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, fwhm=fwhm, **kw)
@@ -394,7 +395,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
                        "plot": plot, "method": method, "psfmask": psfmask,
                        "psfmask_weights": psfmask_weights,
                        "min_transmission": min_transmission, "sky_order": sky_order,
-                       "zone_width": zone_width, "pixels_per_mode": pixels_per_mode,
+                       "zone_width": zone_width, "zone_fit": zone_fit,
                        "background": background},
     }
 

@@ -22,6 +22,7 @@ __all__ = [
     "background_step",
     "transmission_image",
     "product_transmission",
+    "resolve_sky_order",
     "match_backgrounds",
     "stack_step",
     "align_step",
@@ -262,7 +263,8 @@ def background_step(exposure, backgrounds, *, mode=defaults.BACKGROUND,
     usable = np.isfinite(sky)
     sci = (np.asarray(exposure.sci, dtype=np.float64) - np.where(usable, sky, 0.0)[None])
     err = exposure.err if exposure.err is not None else estimate_err(exposure.sci)
-    err = np.sqrt(np.asarray(err, dtype=np.float64) ** 2 + np.where(usable, sky_err, 0.0)[None] ** 2)
+    err = np.sqrt(np.asarray(err, dtype=np.float64) ** 2
+                  + np.where(usable, sky_err, 0.0)[None] ** 2)
     dq = np.array(exposure.dq if exposure.dq is not None else np.zeros(sci.shape), np.uint32)
     dq[:, ~usable] |= np.uint32(core.DO_NOT_USE)
     return replace(exposure, sci=sci.astype(np.float32), err=err.astype(np.float32), dq=dq,
@@ -698,46 +700,67 @@ def _exclusion_mask(shape, exclude):
     return fit
 
 
+def _length(text, value):
+    """'4' / '4px' -> (4.0, 'pix'); '2lod' -> (2.0, 'lod'); ValueError if neither."""
+    unit = "lod" if text.endswith("lod") else "pix"
+    num = text[:-3] if unit == "lod" else (text[:-2] if text.endswith("px") else text)
+    try:
+        out = float(num)
+    except ValueError:
+        raise ValueError(f"zone width must be pixels or N lod (lambda/D), optionally "
+                         f"@INNER, not {value!r}") from None
+    if not np.isfinite(out):
+        raise ValueError(f"zone width must be finite, not {value!r}")
+    return out, unit
+
+
 def parse_zone_width(value):
-    """'4' -> (4.0, 'pix'); '2lod' -> (2.0, 'lod'); None/''/'none' -> None. ValueError if bad."""
+    """A zone layout: annuli of a width, beyond an inner radius.
+
+    '4' -> (4.0, 'pix', 0.0, 'pix'); '2lod' -> (2.0, 'lod', 0.0, 'pix');
+    '2lod@6lod' -> (2.0, 'lod', 6.0, 'lod'): annuli 2 lambda/D wide beyond
+    6 lambda/D, the disk inside it one zone. None/''/'none' -> None.
+    ValueError if bad.
+    """
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        out = (float(value), "pix")
+        width, unit, inner, iunit = float(value), "pix", 0.0, "pix"
     else:
-        text = str(value).strip().lower()
+        text = str(value).strip().lower().replace(" ", "")
         if text in ("", "none", "off"):
             return None
-        unit = "lod" if text.endswith("lod") else "pix"
-        num = text[:-3] if unit == "lod" else text.rstrip("px").rstrip("pi")
-        try:
-            out = (float(num), unit)
-        except ValueError:
-            raise ValueError(f"zone width must be pixels or N lod (lambda/D), not {value!r}") \
-                from None
-    if not (np.isfinite(out[0]) and out[0] > 0):
-        raise ValueError(f"zone width must be positive, not {value!r}")
-    return out
+        wtext, _, itext = text.partition("@")
+        width, unit = _length(wtext, value)
+        inner, iunit = _length(itext, value) if itext else (0.0, "pix")
+    if not width > 0 or inner < 0:
+        raise ValueError(f"zone width must be positive (and an inner radius not negative), "
+                         f"not {value!r}")
+    return width, unit, inner, iunit
 
 
 def zone_width_pix(science, value):
-    """A zone width setting in pixels for an exposure (lambda/D from its FILTER)."""
+    """A zone layout setting in pixels for an exposure: (width, inner) or None.
+
+    lambda/D comes from the exposure's FILTER and pixel scale.
+    """
     parsed = parse_zone_width(value)
     if parsed is None:
         return None
-    width, unit = parsed
-    if unit == "pix":
-        return width
-    lod = lambda_over_d_pix(science.primary, science.sci_header)
-    if lod is None:
-        lod = 2.0
-        log.warning("%s: lambda/D unknown (no JWST FILTER or pixel scale); zones of %g lambda/D "
-                    "taken as %g pixels", science.path, width, width * lod)
-    return width * lod
+    width, unit, inner, iunit = parsed
+    lod = None
+    if "lod" in (unit, iunit):
+        lod = lambda_over_d_pix(science.primary, science.sci_header)
+        if lod is None:
+            lod = 2.0
+            log.warning("%s: lambda/D unknown (no JWST FILTER or pixel scale); zones in "
+                        "lambda/D taken at %g pixels per lambda/D", science.path, lod)
+    return (width * lod if unit == "lod" else width,
+            inner * lod if iunit == "lod" else inner)
 
 
 def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
-                   transmission=None, min_transmission=0.0, zone_width=None):
+                   transmission=None, min_transmission=0.0, zone_width=None, zone_fit="self"):
     """What KLIP needs besides the science: references, star, zones and fit mask."""
     refs = psfalign.sci
     if not np.isfinite(refs).all():
@@ -746,9 +769,21 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
     hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
     center, src = star_center(hdr, science.sci.shape)
     zones = None
-    width = zone_width_pix(science, zone_width)
-    if width is not None:
-        zones = core.annulus_zones((ny, nx), center, width=width, subsections=subsections)
+    # an explicit --annuli N (N > 1) replaces the default layout of --zone-width
+    layout = zone_width_pix(science, zone_width) if annuli <= 1 else None
+    fit_zones = None
+    if zone_fit not in ("self", "around"):
+        raise ValueError(f"zone_fit must be 'self' or 'around', not {zone_fit!r}")
+    if layout is not None:
+        zones = core.annulus_zones((ny, nx), center, width=layout[0], inner=layout[1],
+                                   subsections=subsections)
+        if zone_fit == "around":
+            fit_zones = core.annulus_fit_zones(zones, center, margin=2.0 * layout[0])
+        if layout[1] > 0:
+            # inside the inner radius, the coefficients are fitted on the whole frame, as
+            # without zones: near the star a narrow zone over-fits
+            fit_zones = dict(fit_zones or {})
+            fit_zones[int(zones.min())] = np.ones((ny, nx), bool)
     elif annuli > 1 or subsections > 1:
         zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
     fit = _exclusion_mask((ny, nx), exclude)
@@ -762,14 +797,15 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
                         science.path, min_transmission)
         else:
             fit = fit & ~low
-    return refs, center, src, zones, fit
+    return refs, center, src, zones, fit, fit_zones
 
 
 def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
-              protect=5.0, weights="noise", annuli_width=2, bad_bits=core.DO_NOT_USE,
+              protect=5.0, weights=defaults.WEIGHTS, annuli_width=2,
+              bad_bits=core.DO_NOT_USE,
               transmission=None, min_transmission=defaults.MIN_TRANSMISSION,
               sky_order=defaults.SKY_ORDER, zone_width=defaults.ZONE_WIDTH,
-              pixels_per_mode=defaults.PIXELS_PER_MODE, params=None):
+              zone_fit=defaults.ZONE_FIT, params=None):
     """KLIP-subtract every science integration with its aligned references.
 
     Returns
@@ -820,14 +856,15 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
                  exclude=exclude, protect=protect, weights=weights, annuli_width=annuli_width,
                  bad_bits=bad_bits, transmission=transmission,
                  min_transmission=min_transmission, sky_order=sky_order,
-                 zone_width=zone_width, pixels_per_mode=pixels_per_mode, params=params)[0]
+                 zone_width=zone_width, zone_fit=zone_fit, params=params)[0]
 
 
 def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
-                     subsections=1, exclude=(), protect=5.0, weights="noise", annuli_width=2,
+                     subsections=1, exclude=(), protect=5.0, weights=defaults.WEIGHTS,
+                     annuli_width=2,
                      bad_bits=core.DO_NOT_USE, transmission=None,
                      min_transmission=defaults.MIN_TRANSMISSION, sky_order=defaults.SKY_ORDER,
-                     zone_width=defaults.ZONE_WIDTH, pixels_per_mode=defaults.PIXELS_PER_MODE,
+                     zone_width=defaults.ZONE_WIDTH, zone_fit=defaults.ZONE_FIT,
                      n_pa=6, step=1.0, inner=2.0, params=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
@@ -884,7 +921,7 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
                          weights=weights, annuli_width=annuli_width, bad_bits=bad_bits,
                          transmission=transmission, min_transmission=min_transmission,
                          sky_order=sky_order, zone_width=zone_width,
-                         pixels_per_mode=pixels_per_mode, params=params,
+                         zone_fit=zone_fit, params=params,
                          fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner,
                                     transmission=transmission))
     if inj is not None:
@@ -923,6 +960,42 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width, lod=N
     return found, z
 
 
+def resolve_sky_order(science, sky_order):
+    """The sky order for an exposure: an int as given, or for "auto" 2 behind a
+    four-quadrant phase mask (CORONMSK contains 4QPM) and 1 otherwise."""
+    if sky_order is None:
+        return 0
+    if str(sky_order).strip().lower() == "auto":
+        mask = str(science.primary.get("CORONMSK", science.sci_header.get("CORONMSK", "")))
+        return 2 if "4QPM" in mask.upper() else 1
+    order = int(sky_order)
+    if order < 0:
+        raise ValueError(f"sky order must be auto or >= 0, not {sky_order!r}")
+    return order
+
+
+def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones):
+    """The fakes KLIP-subtracted as a source found above the protection threshold is:
+    each image with its fakes' disks (1.5 fwhm) left out of the fit. In zones a few
+    lambda/D wide the fit takes a good part of an unprotected source away, and a source
+    bright enough to be detected (or to sit at the 5-sigma limit) is protected, so its
+    throughput is this one. Returns (nimg, ny, nx), the mean over integrations."""
+    ny, nx = fit.shape
+    yy, xx = np.indices((ny, nx))
+    out = np.empty(inj.model.shape)
+    nint = refs.shape[0]
+    for k, img in enumerate(inj.model):
+        near = np.zeros((ny, nx), bool)
+        for x, y in inj.positions[k]:
+            near |= np.hypot(xx - x, yy - y) <= 1.5 * fwhm
+        res, _, _ = core.klip_subtract(np.broadcast_to(img, (nint, ny, nx)), refs, zones=zones,
+                                       fit_mask=fit & ~near, fit_zones=fit_zones,
+                                       **dict(kw, truncations=kw["truncations"][:1],
+                                              reference_variance=None))
+        out[k] = res[0].astype(np.float64).mean(axis=0)
+    return out
+
+
 def _outliers_on_sources(science, hit, zmap, err, bad_bits, lod):
     """The outliers (nint, ny, nx) that are part of a source, to be given their values back.
 
@@ -948,12 +1021,13 @@ def _outliers_on_sources(science, hit, zmap, err, bad_bits, lod):
 
 
 def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
-          bad_bits, params, protect=None, weights="noise", transmission=None,
-          min_transmission=0.0, sky_order=0, zone_width=None, pixels_per_mode=None,
+          bad_bits, params, protect=None, weights=defaults.WEIGHTS, transmission=None,
+          min_transmission=0.0, sky_order=0, zone_width=None, zone_fit="self",
           fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     if weights not in ("noise", "none", None):
         raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
+    sky_order = resolve_sky_order(science, sky_order)
     truncate = parse_truncate(truncate)
     if psfalign.sci.ndim != 4:
         raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
@@ -970,11 +1044,10 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         log.warning("--truncate %s exceeds the %d references; using at most %d modes",
                     ",".join(map(str, truncate)), nref, nref)
     _check_transmission(science, transmission)
-    refs, center, src, zones, fit = _klip_geometry(science, psfalign, annuli=annuli,
-                                                   subsections=subsections, exclude=exclude,
-                                                   transmission=transmission,
-                                                   min_transmission=min_transmission,
-                                                   zone_width=zone_width)
+    refs, center, src, zones, fit, fit_zones = _klip_geometry(
+        science, psfalign, annuli=annuli, subsections=subsections, exclude=exclude,
+        transmission=transmission, min_transmission=min_transmission, zone_width=zone_width,
+        zone_fit=zone_fit)
     ref_var = None
     if psfalign.err is not None:
         # float32, squared in place: one array the size of the references, not three
@@ -993,18 +1066,27 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     if weights == "noise":
         fw = core.noise_weights(err, center, bad=(dq & np.uint32(bad_bits)) != 0,
                                 width=annuli_width)
-    residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
-                                                zones=zones, fit_mask=fit, fit_weights=fw,
-                                                reference_variance=ref_var, sky_order=sky_order,
-                                                pixels_per_mode=pixels_per_mode)
+    kw = dict(truncations=truncate, fit_weights=fw, reference_variance=ref_var,
+              sky_order=sky_order)
+    residual = mvar = None
     protected = 0
     found = zmap = None
     lod = lambda_over_d_pix(science.primary, science.sci_header)
     if protect or nout:
-        first = residual[0] if inj is None else residual[0][:, 0]
-        fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
+        # sources are found on a pass over the whole frame: a zone a few lambda/D wide
+        # fits part of a source away, which would hide it
+        if zones is None:
+            residual, mvar, nmodes = core.klip_subtract(targets, refs, fit_mask=fit, **kw)
+            first = residual[0] if inj is None else residual[0][:, 0]
+            fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
+        else:
+            fres, fmv, _ = core.klip_subtract(sci, refs, fit_mask=fit,
+                                              **dict(kw, truncations=truncate[:1]))
+            first, fvar = fres[0], None if fmv is None else fmv[0]
+            del fres, fmv
         found, zmap = _sources_in(first, err, fvar, center, protect or 5.0, annuli_width,
                                   lod=lod)
+        del first, fvar
     back = _outliers_on_sources(science, hit, zmap, err, bad_bits, lod) if nout else None
     if protect:
         found = found & fit
@@ -1013,13 +1095,17 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
             log.info("protecting %d pixels of sources above %g sigma from the KL fit",
                      protected, protect)
             fit = fit & ~found
-            residual, mvar, nmodes = core.klip_subtract(targets, refs, truncations=truncate,
-                                                        zones=zones, fit_mask=fit, fit_weights=fw,
-                                                        reference_variance=ref_var,
-                                                        sky_order=sky_order,
-                                                        pixels_per_mode=pixels_per_mode)
+            residual = None
+    if residual is None:
+        residual, mvar, nmodes = core.klip_subtract(targets, refs, zones=zones, fit_mask=fit,
+                                                    fit_zones=fit_zones, **kw)
     if inj is not None:
-        inj = replace(inj, recovered=residual[0, :, 1:].astype(np.float64).mean(axis=0))
+        recovered = residual[0, :, 1:].astype(np.float64).mean(axis=0)
+        protected_fakes = None
+        if protect and zones is not None:
+            protected_fakes = _protected_fakes(inj, refs, fit, zones, fakes["fwhm"], kw,
+                                               fit_zones)
+        inj = replace(inj, recovered=recovered, recovered_protected=protected_fakes)
         residual = np.ascontiguousarray(residual[:, :, 0])
         mvar = None if mvar is None else mvar[:, :, 0]
     restored = 0
@@ -1060,7 +1146,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                   exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
                   annuli_width=annuli_width, sky_order=int(sky_order),
                   zone_width=str(zone_width) if zone_width else "none",
-                  pixels_per_mode=pixels_per_mode or "none",
+                  zone_fit=zone_fit,
                   min_transmission=float(min_transmission) if transmission is not None
                   else "no map")
     primary = add_provenance(science.primary, "coron-klip", params, history=[
@@ -1198,9 +1284,15 @@ def _star_world(product):
     return float(ra), float(dec)
 
 
-def _throughput_at(throughput, radius, method):
-    """Throughput interpolated at `radius` (NaN outside the measured separations)."""
+def _throughput_at(throughput, radius, method, protected=False):
+    """Throughput interpolated at `radius` (NaN outside the measured separations).
+
+    `protected`: that of a source left out of the fit, when the table has it
+    (a detection: found above the protection threshold).
+    """
     col = "throughput_aperture" if method == "aperture" else "throughput"
+    if protected and col.replace("throughput", "throughput_protected") in throughput.colnames:
+        col = col.replace("throughput", "throughput_protected")
     r = np.asarray(throughput["radius"], dtype=np.float64)
     t = np.asarray(throughput[col], dtype=np.float64)
     ok = np.isfinite(r) & np.isfinite(t)
@@ -1458,8 +1550,10 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
         if throughput is not None or tmap is not None:
             factor = np.ones(len(table))
             if throughput is not None:
+                # a candidate is above the detection threshold, so it was found and left
+                # out of the fit: the protected throughput is its own
                 factor = factor * _throughput_at(throughput, np.asarray(table["sep"]),
-                                                 star_flux_method)
+                                                 star_flux_method, protected=True)
             if tmap is not None:
                 factor = factor * np.asarray(table["transmission"])
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -1497,6 +1591,11 @@ class Injection:
         Separations, pixels.
     pa : ndarray of shape (nimg, nsep)
         Position angles, degrees east of north.
+    recovered_protected : ndarray of shape (nimg, ny, nx) or None
+        With zones and source protection: the fakes after KLIP as a source
+        found above the protection threshold is processed (left out of the
+        fit); a zone a few lambda/D wide fits part of an unprotected source
+        away, so the two differ.
     """
 
     model: np.ndarray
@@ -1504,6 +1603,7 @@ class Injection:
     positions: np.ndarray
     separations: np.ndarray
     pa: np.ndarray
+    recovered_protected: np.ndarray = None
 
 
 def offaxis_image(product):
@@ -1575,7 +1675,7 @@ def combine_injections(psfsubs, injections):
     first = psfsubs[0]
     ny, nx = first.sci.shape[-2:]
     out_center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
-    models, recs, vars_ = [], [], []
+    models, recs, prots, vars_ = [], [], [], []
     for p, inj in zip(psfsubs, injections):
         _, var = _mean_over_integrations(p)
         angle, _ = roll_angle(p.sci_header, p.primary)
@@ -1587,17 +1687,22 @@ def combine_injections(psfsubs, injections):
 
         models.append([rot(m, 3) for m in inj.model])
         recs.append([rot(r, 3) for r in inj.recovered])
+        prots.append(None if inj.recovered_protected is None else
+                     [rot(r, 3) for r in inj.recovered_protected])
         vars_.append(rot(var, 1))
     v = np.stack(vars_)
     n = len(injections[0].model)
-    model = np.stack([core.combine_images(np.stack([m[k] for m in models]), v)[0]
-                      for k in range(n)])
-    rec = np.stack([core.combine_images(np.stack([r[k] for r in recs]), v)[0]
-                    for k in range(n)])
+
+    def combined(per_exposure):
+        return np.stack([core.combine_images(np.stack([r[k] for r in per_exposure]), v)[0]
+                         for k in range(n)])
+
     inj = injections[0]
     pos = np.asarray(out_center) + _offsets(inj.separations[None, :], inj.pa, 0.0)
-    return Injection(model=model, recovered=rec, positions=pos, separations=inj.separations,
-                     pa=inj.pa)
+    return Injection(model=combined(models), recovered=combined(recs), positions=pos,
+                     separations=inj.separations, pa=inj.pa,
+                     recovered_protected=None if any(p is None for p in prots)
+                     else combined(prots))
 
 
 def throughput_table(injection, *, fwhm=None, scale=None):
@@ -1636,6 +1741,14 @@ def throughput_table(injection, *, fwhm=None, scale=None):
         table["throughput_aperture"] = np.nanmedian(ap, axis=0)
         table["throughput_std"] = np.nanstd(fit, axis=0)
     table["npa"] = np.isfinite(fit).sum(axis=0).astype(np.int32)
+    if injection.recovered_protected is not None:
+        pfit, pap = core.source_ratios(injection.recovered_protected, injection.model,
+                                       injection.positions, fwhm=fwhm)
+        with np.errstate(invalid="ignore"):
+            table["throughput_protected"] = np.nanmedian(pfit, axis=0)
+            table["throughput_protected_aperture"] = np.nanmedian(pap, axis=0)
+        table["throughput_protected"].description = \
+            "as throughput, for a source found and left out of the KL fit (detections)"
     table["throughput"].description = "recovered/injected amplitude (PSF fit), median over PAs"
     table["throughput_aperture"].description = \
         f"recovered/injected sum in disks of diameter {fwhm:g} pix, median over PAs"

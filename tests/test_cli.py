@@ -121,11 +121,11 @@ def test_klip_protect_option(chained, tmp_path, runner):
 def test_klip_weights_option(chained, tmp_path, runner):
     out = tmp_path / "w.fits"
     r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
-                              "--truncate", "5", "--weights", "none", "-o", str(out)])
+                              "--truncate", "5", "-o", str(out)])        # default: none
     assert r.exit_code == 0, r.stderr
     noise = tmp_path / "n.fits"
     r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
-                              "--truncate", "5", "-o", str(noise)])
+                              "--truncate", "5", "--weights", "noise", "-o", str(noise)])
     assert r.exit_code == 0, r.stderr
     with fits.open(out) as a, fits.open(noise) as b:
         assert a[0].header["HIERARCH CORON WEIGHTS"] == "none"

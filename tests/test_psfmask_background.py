@@ -74,9 +74,10 @@ def test_klip_leaves_low_transmission_out_of_the_fit_and_carries_the_map():
     y, x = np.indices((40, 40))
     tmap = np.where(x < 6, 0.001, 1.0)            # a neighbouring mask's edge, like NIRCam's
     sci0 = science.sci.copy()
-    plain = steps.klip_step(science, align, truncate=(3,), protect=None, weights="none")
-    cut = steps.klip_step(science, align, truncate=(3,), protect=None, weights="none",
-                          transmission=tmap, min_transmission=0.2)
+    whole = dict(protect=None, weights="none", zone_width=None, sky_order=0)
+    plain = steps.klip_step(science, align, truncate=(3,), **whole)
+    cut = steps.klip_step(science, align, truncate=(3,), transmission=tmap,
+                          min_transmission=0.2, **whole)
     assert np.array_equal(science.sci, sci0)
     assert "TRANSMIS" in cut.images and "TRANSMIS" not in plain.images
     assert_allclose(steps.product_transmission(cut), tmap, rtol=1e-6)

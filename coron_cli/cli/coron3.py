@@ -62,7 +62,7 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
 def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky_order,
-            background, truncate, annuli, zone_width, subsections, pixels_per_mode, exclude,
+            background, truncate, annuli, zone_width, subsections, zone_fit, exclude,
             protect, weights,
             annuli_width, bad_bits, star_flux, psf_offaxis, star_flux_method, fwhm, contrast,
             snr_method, detect, inner_radius, table_format, plot, as_json, verbose, quiet, debug):
@@ -130,7 +130,7 @@ def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky
                                   psfmask_weights=psfmask_weights,
                                   min_transmission=min_transmission, sky_order=sky_order,
                                   background=background, zone_width=zone_width,
-                                  pixels_per_mode=pixels_per_mode, on_step=on_step)
+                                  zone_fit=zone_fit, on_step=on_step)
     if as_json:
         _echo_json(summary, time.perf_counter() - t0)
 

@@ -29,7 +29,7 @@ from .common import (check_output, check_stdin_once, check_zone_width, parse_exc
 @options.psf_offaxis
 @options.fwhm
 @options.common
-def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, pixels_per_mode,
+def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, zone_fit,
         exclude, protect, weights,
         psfmask, min_transmission, sky_order, annuli_width, bad_bits, background, contrast,
         psf_offaxis, fwhm, verbose, quiet, debug):
@@ -108,7 +108,7 @@ def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, pi
     kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
               protect=protect or None, weights=weights, annuli_width=annuli_width,
               bad_bits=bad_bits, transmission=tmap, min_transmission=min_transmission,
-              sky_order=sky_order, zone_width=zone_width, pixels_per_mode=pixels_per_mode,
+              sky_order=sky_order, zone_width=zone_width, zone_fit=zone_fit,
               params={"science": science, "psfalign": psfalign})
     with timed("klip"):
         if contrast:

@@ -74,18 +74,21 @@ truncate = click.option(
 klip_zones = _compose(
     click.option("--annuli", default=1, show_default=True, type=click.IntRange(min=1),
                  metavar="N", help="Solve KLIP separately in N concentric annuli of equal "
-                                   "width (see also --zone-width)."),
+                                   "width; N > 1 replaces --zone-width."),
     click.option("--zone-width", default=defaults.ZONE_WIDTH, show_default=True,
-                 metavar="W|Nlod",
-                 help="Solve KLIP separately in annuli W pixels wide from the star out, or N "
-                      "lambda/D wide with a 'lod' suffix (lambda/D from FILTER and the pixel "
-                      "scale), e.g. 2lod; replaces --annuli; none = one zone."),
+                 metavar="W[@R]",
+                 help="Solve KLIP separately in annuli W wide beyond radius R (pixels, or "
+                      "lambda/D with a 'lod' suffix, lambda/D from FILTER and the pixel "
+                      "scale); inside R the coefficients are fitted on the whole frame, as "
+                      "without zones (near the star a narrow zone over-fits). none = one "
+                      "zone."),
     click.option("--subsections", default=1, show_default=True, type=click.IntRange(min=1),
                  metavar="M", help="Split every annulus into M angular sectors."),
-    click.option("--pixels-per-mode", default=defaults.PIXELS_PER_MODE, show_default=True,
-                 type=click.FloatRange(min=1.0), metavar="P",
-                 help="Keep at most (fit pixels of a zone)/P KL modes in each zone, so small "
-                      "zones near the star do not over-fit [default: no limit]."),
+    click.option("--zone-fit", default=defaults.ZONE_FIT, show_default=True,
+                 type=click.Choice(["self", "around"]),
+                 help="Where each annulus's KL coefficients are fitted: on its own pixels, "
+                      "or around it (the annuli within two zone widths, not itself, as "
+                      "LOCI does), so that it cannot fit its own sources away."),
 )
 
 exclude = click.option(
@@ -100,11 +103,11 @@ protect = click.option(
          "does not bias the fit and lose flux; 0 turns this off.")
 
 fit_weights = click.option(
-    "--weights", "weights", default="noise", show_default=True,
+    "--weights", "weights", default=defaults.WEIGHTS, show_default=True,
     type=click.Choice(["noise", "none"]),
-    help="Pixel weights of the KL basis and fit: noise = inverse noise variance (the "
-         "science ERR), so the bright, noisy pixels next to the star do not set the fit "
-         "alone; none = classic, unweighted KLIP.")
+    help="Pixel weights of the KL basis and fit: none = classic, unweighted KLIP; noise = "
+         "inverse noise variance (the science ERR), so the bright, noisy pixels next to the "
+         "star do not set the fit alone (it raised the residual on real NIRCam data).")
 
 annuli_width = click.option(
     "--annuli-width", default=2, show_default=True, type=click.IntRange(min=1), metavar="W",
@@ -208,12 +211,25 @@ min_transmission = click.option(
     help="Leave pixels whose coronagraph transmission (--psfmask) is below T out of the KL "
          "fit (they are still subtracted).")
 
+def _sky_order(ctx, param, value):
+    if value is None or str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        order = int(value)
+    except ValueError:
+        raise click.BadParameter(f"must be auto or 0-3, not {value!r}") from None
+    if not 0 <= order <= 3:
+        raise click.BadParameter(f"must be auto or 0-3, not {value!r}")
+    return order
+
+
 sky_order = click.option(
-    "--sky-order", type=click.IntRange(min=0, max=3), default=defaults.SKY_ORDER,
-    show_default=True, metavar="N",
-    help="Fit a polynomial sky of order N with the KL modes (0 = only the mean, as classic "
-         "KLIP; 1 = a plane), so a background gradient the references do not share is not "
-         "left in the residual.")
+    "--sky-order", default=str(defaults.SKY_ORDER), show_default=True, metavar="auto|N",
+    callback=_sky_order,
+    help="Fit a polynomial sky of order N in every zone with the KL modes (0 = only the "
+         "mean, as classic KLIP; 1 = a plane: a gradient the references do not share; 2 = "
+         "also the four-fold pattern of a four-quadrant mask's background). auto = 2 behind "
+         "a 4QPM (CORONMSK), else 1.")
 
 #: the keywords of --background; anything else is a file
 BACKGROUND_MODES = ("auto", "subtract", "off")

@@ -32,7 +32,7 @@ from .inject import (
     psf_flux,
     source_ratios,
 )
-from .klip import klip_subtract, annulus_zones, noise_weights
+from .klip import annulus_fit_zones, annulus_zones, klip_subtract, noise_weights
 from .metrics import (
     annular_mean,
     annular_profile,
@@ -73,6 +73,7 @@ __all__ = [
     "apply_gain",
     "annular_mean",
     "annular_profile",
+    "annulus_fit_zones",
     "annulus_zones",
     "aperture_snr",
     "aperture_sums",

@@ -4,7 +4,7 @@ import numpy as np
 
 from .metrics import _radius
 
-__all__ = ["klip_subtract", "annulus_zones", "noise_weights"]
+__all__ = ["klip_subtract", "annulus_zones", "annulus_fit_zones", "noise_weights"]
 
 
 def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=None,
@@ -117,9 +117,31 @@ def _sky_basis(zpix, nx, zfit, order):
     return np.stack([u ** i * v ** (d - i) for d in range(order + 1) for i in range(d, -1, -1)])
 
 
+def _sky_projector(zpix, nx, zfit, order, wz=None, rcond=1e-6):
+    """The sky terms of a zone: (P, Q, A) or None.
+
+    P (nterm, npix) are the monomials on the zone's pixels; over the (weighted)
+    fit pixels, Q (nfit, k) is an orthonormal basis of their span and A
+    (nterm, k) turns coordinates in it into coefficients, so that the sky
+    fitted to values v of the fit pixels is ``(v @ Q) @ A.T @ P``. Terms the
+    zone cannot tell apart (x^2 + y^2 is nearly constant on a thin annulus)
+    are dropped by the pseudo-inverse (`rcond`); a zone with fewer than four
+    fit pixels per term gets a lower order, down to none.
+    """
+    while order > 0 and zfit.size < 4 * (order + 1) * (order + 2) // 2:
+        order -= 1
+    if order <= 0:
+        return None
+    P = _sky_basis(zpix, nx, zfit, order)
+    Pf = P[:, zfit] if wz is None else P[:, zfit] * wz
+    U, S, Vt = np.linalg.svd(Pf.T, full_matrices=False)
+    keep = S > rcond * S[0]
+    return P, U[:, keep], Vt[keep].T / S[keep]
+
+
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
                   fit_weights=None, reference_variance=None, sky_order=0,
-                  pixels_per_mode=None, max_bytes=64 * 2 ** 20):
+                  pixels_per_mode=None, fit_zones=None, max_bytes=64 * 2 ** 20):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -151,6 +173,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         Polynomial order of a sky fitted in every zone together with the KL
         modes (see Notes): 0 removes only the zone mean (classic KLIP), 1 a
         plane, 2 a quadratic surface.
+    fit_zones : dict of int to ndarray of bool of shape (ny, nx), optional
+        For a zone label, the pixels whose fit sets the zone's coefficients
+        (its optimization region, intersected with `fit_mask`), instead of
+        the zone's own pixels: an annulus fitted on the annuli around it but
+        not on itself cannot fit its own sources away (LOCI's separation of
+        the subtraction and optimization regions, Lafreniere et al. 2007).
     pixels_per_mode : float, optional
         In a zone with n fit pixels, keep at most ``n / pixels_per_mode``
         modes (at least 1): with as many coefficients as a small zone has
@@ -244,8 +272,17 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     per_int = nref * ny * nx * 8 * (2 if var2 is not None else 1)
     chunk = int(max(1, min(nint, max_bytes // max(per_int, 1))))
     for label in np.unique(zones[zones >= 0]):
-        zpix = np.flatnonzero(zones.ravel() == label)
-        zfit = np.flatnonzero(fit.ravel()[zpix])
+        zsub = np.flatnonzero(zones.ravel() == label)
+        region = None if fit_zones is None else fit_zones.get(int(label))
+        if region is not None:
+            opt = np.flatnonzero(np.asarray(region, bool).ravel() & fit.ravel())
+            zpix = np.union1d(zsub, opt)                  # the pixels this zone touches
+            zfit = np.searchsorted(zpix, opt)
+            zout = np.searchsorted(zpix, zsub)
+        else:
+            zpix = zsub
+            zfit = np.flatnonzero(fit.ravel()[zpix])
+            zout = None
         if zfit.size < 2:
             # nothing to fit with: leave the zone unsubtracted (mean removed)
             zfit = np.arange(zpix.size)
@@ -270,10 +307,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
                 wz = wts[zpix[zfit]]
                 Rf = Rf * wz                                       # weighted copies
                 tf = tf * wz
+            sky = None
             if sky_order:
-                P = _sky_basis(zpix, nx, zfit, int(sky_order))
-                Pf = P[:, zfit] if wts is None else P[:, zfit] * wz
-                Q, Rq = np.linalg.qr(Pf.T)                        # weighted fit pixels
+                sky = _sky_projector(zpix, nx, zfit, int(sky_order),
+                                     None if wts is None else wz)
+            if sky is not None:
+                P, Q, A = sky
                 Rf = Rf - (Rf @ Q) @ Q.T                          # projected copies
                 tf = tf - (tf @ Q) @ Q.T
             C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
@@ -281,7 +320,8 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             lam = lam[:, ::-1]
             V = V[:, :, ::-1]
             lam_max = np.maximum(lam[:, :1], np.finfo(float).tiny)
-            good = lam > lam_max * nref * np.finfo(np.float64).eps * 10
+            # modes below 1e-10 of the strongest are rounding (float32 data), not signal
+            good = lam > lam_max * max(nref * np.finfo(np.float64).eps * 10, 1e-10)
             usable = good.sum(axis=1)                             # (c,)
             a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
             u = a @ V                                             # V^T R t
@@ -295,16 +335,21 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
             model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
             res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
-            if sky_order:
+            if sky is not None:
                 rf = res[..., zfit] if wts is None else res[..., zfit] * wz
-                g = np.linalg.solve(Rq, np.swapaxes(rf @ Q, -1, -2))   # (c, ntg, nterm, ntr)
-                res -= np.swapaxes(g, -1, -2) @ P
-            residual[:, sl][..., zpix] = np.moveaxis(res, 2, 0)
+                res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
+            if zout is not None:
+                res = res[..., zout]
+            residual[:, sl][..., zsub] = np.moveaxis(res, 2, 0)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
             if var2 is not None:
-                Vr = (var2[sl] if whole else var2[sl][:, :, zpix]).astype(np.float64)
-                mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zpix.size)
-                mvar[:, sl][..., zpix] = np.moveaxis(mv, 2, 0)
+                Vr = (var2[sl] if zsub.size == ny * nx else var2[sl][:, :, zsub]
+                      ).astype(np.float64)
+                mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.size)
+                # near-degenerate references (noiseless data) give huge cancelling
+                # coefficients: a variance beyond float32 is infinite for every purpose
+                np.minimum(mv, np.finfo(np.float32).max, out=mv)
+                mvar[:, sl][..., zsub] = np.moveaxis(mv, 2, 0)
             del R, Rf, C
         del buf
     nmodes[nmodes == np.iinfo(np.int64).max] = 0
@@ -313,3 +358,34 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     if mvar is not None:
         mvar = mvar.reshape(shape)
     return residual, mvar, nmodes
+
+
+def annulus_fit_zones(zones, center, *, margin, gap=0.0):
+    """Optimization regions for annuli: the annuli around each one, not itself.
+
+    Parameters
+    ----------
+    zones : ndarray of int of shape (ny, nx)
+        Annulus labels (:func:`annulus_zones`, no subsections).
+    center : (x, y)
+        The star.
+    margin : float
+        The region reaches this far (pixels) inside and outside the zone.
+    gap : float
+        It leaves out the zone widened by this much on each side (0: the
+        zone itself); a source in the zone then never enters its own fit.
+
+    Returns
+    -------
+    dict of int to ndarray of bool of shape (ny, nx)
+        For :func:`klip_subtract`'s `fit_zones`.
+    """
+    r = _radius(zones.shape, center)
+    out = {}
+    for label in np.unique(zones[zones >= 0]):
+        rz = r[zones == label]
+        a, b = rz.min(), rz.max()
+        out[int(label)] = ((r >= a - margin) & (r <= b + margin)
+                           & ~((r >= a - gap) & (r <= b + gap)))
+    return out
+

@@ -245,3 +245,31 @@ def test_pixels_per_mode_caps_the_modes_of_small_zones():
     inner = int((z == 0).sum())
     assert free[0, 0] == 12
     assert capped[0, 0] == max(1, inner // 10) < 12      # the smallest zone sets the count
+
+
+def test_fit_zones_separate_the_fit_from_the_subtraction():
+    """A zone whose optimization region is the whole frame is subtracted exactly as without
+    zones; an annulus fitted on its neighbours only leaves a source in it untouched by its
+    own fit (LOCI's separation of subtraction and optimization regions)."""
+    from coron_cli.core import annulus_fit_zones
+
+    rng = np.random.default_rng(11)
+    sci, refs = _data(nint=1, nref=6, shape=(40, 40))
+    sci = sci + rng.normal(0, 0.3, sci.shape)
+    z = annulus_zones((40, 40), (19.5, 19.5), width=4.0)
+    whole, _, _ = klip_subtract(sci, refs, truncations=[4])
+    inner = {0: np.ones((40, 40), bool)}
+    zoned, _, _ = klip_subtract(sci, refs, truncations=[4], zones=z, fit_zones=inner)
+    assert_allclose(zoned[0, 0][z == 0], whole[0, 0][z == 0], atol=1e-6)
+    assert not np.allclose(zoned[0, 0][z == 2], whole[0, 0][z == 2], atol=1e-3)
+    regions = annulus_fit_zones(z, (19.5, 19.5), margin=8.0)
+    assert not (regions[2] & (z == 2)).any() and (regions[2] & (z == 1)).any()
+    # a source in annulus 2: with its own fit it loses flux, fitted around it keeps it
+    y, x = np.indices((40, 40))
+    src = 20.0 * np.exp(-((x - 29.5) ** 2 + (y - 19.5) ** 2) / 2.0)
+    kept = {}
+    for name, fz in (("self", None), ("around", regions)):
+        a, _, _ = klip_subtract(sci + src[None], refs, truncations=[6], zones=z, fit_zones=fz)
+        b, _, _ = klip_subtract(sci, refs, truncations=[6], zones=z, fit_zones=fz)
+        kept[name] = (a - b)[0, 0][src > 1].sum() / src[src > 1].sum()
+    assert kept["around"] > 0.97 and kept["self"] < kept["around"]
