@@ -442,7 +442,7 @@ def _get_optics(npix, coronagraph="nircam-round", shift_x=0):
     lod_w = [_lod_pix(w, _PUPIL_WIDTH_M, scale) for w in waves]
 
     gmask = np.zeros((0, 0))
-    am, bm, amx, bmx, fourq, hilbert, edge = [], [], [], [], [], None, ()
+    am, bm, amx, bmx, fourq, hilbert = [], [], [], [], [], None
     if kind == "round":
         m = 2 * int(np.ceil(_MASK_HALF_EXTENT_SIGMA * sigma / step)) + 1
         xm = (np.arange(m) - (m - 1) / 2.0) * step

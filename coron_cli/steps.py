@@ -522,8 +522,8 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
             log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
                      "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
                      psfstack.path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
-    expected, allowance, labels = _expected_shifts(science, psfstack, nint, dith,
-                                                   verified=gain is not None)
+    expected, allowance, labels, pointing = _expected_shifts(science, psfstack, nint, dith,
+                                                             verified=gain is not None)
     if gain is None and method != "dither":
         aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
         shifted = (dx.copy(), dy.copy())
@@ -536,7 +536,9 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
         else:
             dx, dy, scale = core.align_references(refs, sci, weights=mask, fit_only=True)
         if gain is not None:
-            dx, dy = core.apply_gain(dx, dy, gain, expected)
+            # the gain maps a star's whole offset (dither included) to the fitted shift;
+            # only the headers' common pointing offset is outside it
+            dx, dy = core.apply_gain(dx, dy, gain, pointing)
             how[:] = "fourier+gain"
         if method == "dither":
             pos, groups, keys = dith
@@ -616,9 +618,10 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
 
 
 def _expected_shifts(science, psfstack, nint, dith=None, verified=False):
-    """Shifts the headers predict ((nint, nref, 2): science minus reference star), the
-    allowance added to the bound for each reference ((nref,), pixels) and the references'
-    star/visit labels (from REFS; zeros and one label without it).
+    """Shifts the headers predict ((nint, nref, 2): science minus reference star, dithers
+    included), the allowance added to the bound for each reference ((nref,), pixels), the
+    references' star/visit labels (from REFS; zeros and one label without it), and the
+    shift of the pointing alone (the star positions of the headers, no dither).
 
     A dithered reference sits at its commanded offset from the pattern's mean (the
     pattern's origin is a header convention: MIRI's start at 0.2"). When the gain fit
@@ -640,6 +643,7 @@ def _expected_shifts(science, psfstack, nint, dith=None, verified=False):
             expected[:, ok, 1] = cy - ry[ok]
         if "visit" in refs.colnames:
             _, labels = np.unique(np.asarray(refs["visit"]).astype(str), return_inverse=True)
+    pointing = expected.copy()
     if dith is not None:
         pos, groups, _ = dith
         rel = np.zeros((nref, 2))
@@ -651,7 +655,7 @@ def _expected_shifts(science, psfstack, nint, dith=None, verified=False):
             expected -= rel[None]
         else:
             allowance = np.hypot(rel[:, 0], rel[:, 1])
-    return expected, allowance, labels
+    return expected, allowance, labels, pointing
 
 
 def _check_transmission(science, transmission):
