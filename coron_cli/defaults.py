@@ -18,8 +18,10 @@ MIN_TRANSMISSION = 0.0
 SKY_ORDER = "auto"
 #: What to do with background exposures: auto, subtract or off.
 BACKGROUND = "auto"
-#: KLIP zones: annuli of this width ("2lod" = 2 lambda/D, or pixels); None = --annuli.
-ZONE_WIDTH = "1lod@4lod"
+#: KLIP zones: annuli of this width ("1lod" = 1 lambda/D, or pixels) beyond a radius ("@4lod",
+#: or "@auto": where an annulus holds 10 pixels per KL mode; inside it the coefficients are
+#: fitted on the whole frame); None = one zone (or --annuli).
+ZONE_WIDTH = "1lod@auto"
 #: Where a zone's coefficients are fitted: "self" (its own pixels) or "around" (the annuli
 #: within two zone widths of it, not itself, as LOCI separates its subtraction and
 #: optimization regions): a zone then cannot fit its own sources away.

@@ -723,7 +723,9 @@ def parse_zone_width(value):
 
     '4' -> (4.0, 'pix', 0.0, 'pix'); '2lod' -> (2.0, 'lod', 0.0, 'pix');
     '2lod@6lod' -> (2.0, 'lod', 6.0, 'lod'): annuli 2 lambda/D wide beyond
-    6 lambda/D, the disk inside it one zone. None/''/'none' -> None.
+    6 lambda/D, the disk inside it one zone. '1lod@auto' -> (1.0, 'lod', nan,
+    'auto'): the inner radius where an annulus first holds `ZONE_PIXELS_PER_MODE`
+    pixels per KL mode (:func:`zone_width_pix`). None/''/'none' -> None.
     ValueError if bad.
     """
     if value is None:
@@ -736,22 +738,41 @@ def parse_zone_width(value):
             return None
         wtext, _, itext = text.partition("@")
         width, unit = _length(wtext, value)
-        inner, iunit = _length(itext, value) if itext else (0.0, "pix")
-    if not width > 0 or inner < 0:
+        if itext == "auto":
+            inner, iunit = float("nan"), "auto"
+        else:
+            inner, iunit = _length(itext, value) if itext else (0.0, "pix")
+    if not width > 0 or inner < 0 or (np.isnan(inner) and iunit != "auto"):
         raise ValueError(f"zone width must be positive (and an inner radius not negative), "
                          f"not {value!r}")
     return width, unit, inner, iunit
 
 
-def zone_width_pix(science, value):
+#: with an automatic inner radius, annuli begin where they hold this many pixels per mode
+ZONE_PIXELS_PER_MODE = 10.0
+
+
+def zone_width_pix(science, value, nmodes=None):
     """A zone layout setting in pixels for an exposure: (width, inner) or None.
 
-    lambda/D comes from the exposure's FILTER and pixel scale.
+    lambda/D comes from the exposure's FILTER and pixel scale. An automatic
+    inner radius is where an annulus of the width first holds
+    ``ZONE_PIXELS_PER_MODE`` pixels per KL mode (`nmodes`): inside it a
+    narrow zone has too few pixels for its coefficients and fits noise and
+    faint sources away, so the coefficients there are fitted on the whole
+    frame. Many references push it out (45 modes in 1 lambda/D annuli at
+    NIRCam sampling: about 7 lambda/D); a handful of them (AU Mic's 6)
+    bring it to the star.
     """
     parsed = parse_zone_width(value)
     if parsed is None:
         return None
     width, unit, inner, iunit = parsed
+    if iunit == "auto":
+        inner, iunit = 0.0, "pix"
+        auto = True
+    else:
+        auto = False
     lod = None
     if "lod" in (unit, iunit):
         lod = lambda_over_d_pix(science.primary, science.sci_header)
@@ -759,12 +780,16 @@ def zone_width_pix(science, value):
             lod = 2.0
             log.warning("%s: lambda/D unknown (no JWST FILTER or pixel scale); zones in "
                         "lambda/D taken at %g pixels per lambda/D", science.path, lod)
-    return (width * lod if unit == "lod" else width,
-            inner * lod if iunit == "lod" else inner)
+    width = width * lod if unit == "lod" else width
+    inner = inner * lod if iunit == "lod" else inner
+    if auto and nmodes:
+        inner = ZONE_PIXELS_PER_MODE * float(nmodes) / (2.0 * np.pi * width)
+    return width, inner
 
 
 def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
-                   transmission=None, min_transmission=0.0, zone_width=None, zone_fit="self"):
+                   transmission=None, min_transmission=0.0, zone_width=None, zone_fit="self",
+                   nmodes=None):
     """What KLIP needs besides the science: references, star, zones and fit mask."""
     refs = psfalign.sci
     if not np.isfinite(refs).all():
@@ -774,7 +799,7 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
     center, src = star_center(hdr, science.sci.shape)
     zones = None
     # an explicit --annuli N (N > 1) replaces the default layout of --zone-width
-    layout = zone_width_pix(science, zone_width) if annuli <= 1 else None
+    layout = zone_width_pix(science, zone_width, nmodes) if annuli <= 1 else None
     fit_zones = None
     if zone_fit not in ("self", "around"):
         raise ValueError(f"zone_fit must be 'self' or 'around', not {zone_fit!r}")
@@ -1051,7 +1076,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     refs, center, src, zones, fit, fit_zones = _klip_geometry(
         science, psfalign, annuli=annuli, subsections=subsections, exclude=exclude,
         transmission=transmission, min_transmission=min_transmission, zone_width=zone_width,
-        zone_fit=zone_fit)
+        zone_fit=zone_fit, nmodes=min(max(truncate), nref))
     ref_var = None
     if psfalign.err is not None:
         # float32, squared in place: one array the size of the references, not three

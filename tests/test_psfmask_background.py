@@ -396,3 +396,25 @@ def test_psfmask_weights_the_registration_like_a_mask():
     assert not np.allclose(a.tables["SHIFTS"]["dx"], c.tables["SHIFTS"]["dx"])
     history = "".join(str(h) for h in a.primary["HISTORY"])
     assert "fit_weights=psfmask" in history
+
+
+def test_zone_width_in_lambda_over_d_and_bad_values(tmp_path, runner, monkeypatch):
+    from coron_cli.cli import klip
+
+    sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
+    # F1140C at 0.11"/px: lambda/D = 3.28 px
+    assert_allclose(steps.zone_width_pix(sci, "2lod"), (2 * 3.28, 0.0), rtol=0.01)
+    assert_allclose(steps.zone_width_pix(sci, "1lod@4lod"), (3.28, 4 * 3.28), rtol=0.01)
+    assert steps.zone_width_pix(sci, "5") == (5.0, 0.0)
+    assert steps.zone_width_pix(sci, "none") is None
+    # automatic inner radius: where an annulus holds 10 pixels per mode
+    w, inner = steps.zone_width_pix(sci, "1lod@auto", nmodes=45)
+    assert_allclose(inner, steps.ZONE_PIXELS_PER_MODE * 45 / (2 * np.pi * w))
+    for bad in ("-2", "lod", "abc", "0lod", "2lod@-1", "2lod@x"):
+        with pytest.raises(ValueError):
+            steps.parse_zone_width(bad)
+    _miri_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    name = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
+    r = _invoke(runner, klip, [name, name, "--zone-width", "2 lod x", "-o", "k.fits"])
+    assert r.exit_code == 2 and "--zone-width" in r.stderr and not os.path.exists("k.fits")
