@@ -761,8 +761,9 @@ def zone_width_pix(science, value, nmodes=None):
     narrow zone has too few pixels for its coefficients and fits noise and
     faint sources away, so the coefficients there are fitted on the whole
     frame. Many references push it out (45 modes in 1 lambda/D annuli at
-    NIRCam sampling: about 7 lambda/D); a handful of them (AU Mic's 6)
-    bring it to the star.
+    NIRCam sampling: about 15 lambda/D); a handful of them (AU Mic's 6)
+    bring it to the star. (:func:`_klip_geometry` also fits on the whole
+    frame any annulus that the frame's edge cuts below that count.)
     """
     parsed = parse_zone_width(value)
     if parsed is None:
@@ -813,6 +814,14 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
             # without zones: near the star a narrow zone over-fits
             fit_zones = dict(fit_zones or {})
             fit_zones[int(zones.min())] = np.ones((ny, nx), bool)
+        if str(zone_width).strip().lower().endswith("@auto") and nmodes:
+            # so does any annulus the frame's edge cuts to fewer than 10 pixels per mode
+            counts = np.bincount(zones.ravel())
+            small = np.flatnonzero((counts > 0) & (counts < ZONE_PIXELS_PER_MODE * nmodes))
+            if small.size:
+                fit_zones = dict(fit_zones or {})
+                for label in small:
+                    fit_zones[int(label)] = np.ones((ny, nx), bool)
     elif annuli > 1 or subsections > 1:
         zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
     fit = _exclusion_mask((ny, nx), exclude)
