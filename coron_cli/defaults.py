@@ -9,8 +9,9 @@ The command-line options, the steps and the pipeline all read them from here.
 PSFMASK = "auto"
 #: Weigh the registration fit by the transmission map (as the JWST stage does).
 PSFMASK_WEIGHTS = False
-#: Pixels whose coronagraph transmission is below this are left out of the KL fit.
-MIN_TRANSMISSION = 0.0
+#: Pixels whose coronagraph transmission is below this are left out of the KL fit (the
+#: star's core under the mask, a neighbouring mask's edge); still subtracted.
+MIN_TRANSMISSION = 0.2
 #: Polynomial order of the sky fitted with the KL modes in every zone (0 = the zone mean
 #: only); "auto" = 2 behind a four-quadrant phase mask, whose background has the four-fold
 #: pattern of the quadrant boundaries, 1 otherwise (a plane: a gradient the references do
