@@ -185,8 +185,9 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         independent pixels, the fit would absorb the noise and any source
         (over-fitting). None: no such limit.
     max_bytes : int
-        Memory budget for the float64 working copies; integrations are
-        processed in chunks that fit it.
+        Memory budget for the zone-ordered float32 copies of the references
+        (and their variance); integrations are processed in chunks that fit
+        it.
 
     Returns
     -------
@@ -269,53 +270,76 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     refs2 = refs.reshape(nint, nref, ny * nx)
     var2 = None if reference_variance is None else \
         np.asarray(reference_variance).reshape(nint, nref, ny * nx)
-    per_int = nref * ny * nx * 8 * (2 if var2 is not None else 1)
-    chunk = int(max(1, min(nint, max_bytes // max(per_int, 1))))
-    for label in np.unique(zones[zones >= 0]):
-        zsub = np.flatnonzero(zones.ravel() == label)
+    # Pixels are put in zone order once per chunk of integrations (one gather of the
+    # references), so that every zone's pixels are a contiguous slice: gathering each
+    # zone's pixels from the frame was most of the time with many narrow zones.
+    zflat = zones.ravel()
+    single = fit_zones is None and np.unique(zflat).size == 1
+    order = np.arange(zflat.size) if single else np.argsort(zflat, kind="stable")
+    zsorted = zflat[order]
+    fit_s = fit.ravel()[order]
+    wts_s = None if wts is None else wts[order]
+    plan = []
+    for label in np.unique(zflat[zflat >= 0]):
+        a, b = np.searchsorted(zsorted, label), np.searchsorted(zsorted, label, side="right")
         region = None if fit_zones is None else fit_zones.get(int(label))
         if region is not None:
-            opt = np.flatnonzero(np.asarray(region, bool).ravel() & fit.ravel())
-            zpix = np.union1d(zsub, opt)                  # the pixels this zone touches
+            opt = np.flatnonzero(np.asarray(region, bool).ravel()[order] & fit_s)
+            zpix = np.union1d(np.arange(a, b), opt)       # the pixels this zone touches
             zfit = np.searchsorted(zpix, opt)
-            zout = np.searchsorted(zpix, zsub)
+            zout = np.searchsorted(zpix, np.arange(a, b))
         else:
-            zpix = zsub
-            zfit = np.flatnonzero(fit.ravel()[zpix])
+            zpix = np.arange(a, b)
+            zfit = np.flatnonzero(fit_s[a:b])
             zout = None
         if zfit.size < 2:
             # nothing to fit with: leave the zone unsubtracted (mean removed)
             zfit = np.arange(zpix.size)
-        whole = zpix.size == ny * nx
-        fit_all = zfit.size == zpix.size
-        # one float64 buffer for the references, reused by every chunk of the zone:
-        # no fresh pages to fault in per integration
-        buf = np.empty((min(chunk, nint), nref, zpix.size))
-        for i0 in range(0, nint, chunk):
-            sl = slice(i0, min(nint, i0 + chunk))
+        contiguous = zpix.size == zpix[-1] - zpix[0] + 1
+        take = slice(int(zpix[0]), int(zpix[-1]) + 1) if contiguous else zpix
+        plan.append((slice(int(a), int(b)), zpix, take, zfit, zout))
+    npix = ny * nx
+    # integrations per chunk: the zone-ordered float32 copies fit in max_bytes
+    per_int = nref * npix * 4 * (2 if var2 is not None else 1)
+    chunk = int(max(1, min(nint, max_bytes // max(per_int, 1))))
+    for i0 in range(0, nint, chunk):
+        sl = slice(i0, min(nint, i0 + chunk))
+        c = sl.stop - sl.start
+        perm = slice(None) if single else order          # one zone: nothing to reorder
+        refs_s = refs2[sl][:, :, perm]
+        sci_s = sci2[sl][:, :, perm]
+        var_s = None if var2 is None else var2[sl][:, :, perm]
+        res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
+        mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
+        for zsub, zpix, take, zfit, zout in plan:
+            fit_all = zfit.size == zpix.size
             # the float64 copy of the references, centred in place: no further copies
-            R = buf[:sl.stop - sl.start]
-            R[...] = refs2[sl] if whole else refs2[sl][:, :, zpix]
-            t = (sci2[sl] if whole else sci2[sl][:, :, zpix]).astype(np.float64)
+            R = refs_s[:, :, take].astype(np.float64)
+            t = sci_s[:, :, take].astype(np.float64)
             rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
             tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
             R -= rmean[:, :, None]
             t -= tmean[:, :, None]
             Rf = R if fit_all else R[:, :, zfit]
             tf = t if fit_all else t[:, :, zfit]
-            if wts is not None:
-                wz = wts[zpix[zfit]]
+            if wts_s is not None:
+                wz = wts_s[zpix[zfit]]
                 Rf = Rf * wz                                       # weighted copies
                 tf = tf * wz
             sky = None
             if sky_order:
-                sky = _sky_projector(zpix, nx, zfit, int(sky_order),
-                                     None if wts is None else wz)
-            if sky is not None:
-                P, Q, A = sky
-                Rf = Rf - (Rf @ Q) @ Q.T                          # projected copies
-                tf = tf - (tf @ Q) @ Q.T
+                sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
+                                     None if wts_s is None else wz)
             C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
+            a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
+            if sky is not None:
+                # the same products for the data projected on the complement of the sky
+                # terms (Q orthonormal), without forming the projected copies
+                P, Q, A = sky
+                RQ = Rf @ Q                                       # (c, nref, nterm)
+                tQ = tf @ Q                                       # (c, ntg, nterm)
+                C = C - RQ @ np.swapaxes(RQ, 1, 2)
+                a = a - tQ @ np.swapaxes(RQ, 1, 2)
             lam, V = np.linalg.eigh(C)
             lam = lam[:, ::-1]
             V = V[:, :, ::-1]
@@ -323,7 +347,6 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             # modes below 1e-10 of the strongest are rounding (float32 data), not signal
             good = lam > lam_max * max(nref * np.finfo(np.float64).eps * 10, 1e-10)
             usable = good.sum(axis=1)                             # (c,)
-            a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
             u = a @ V                                             # V^T R t
             with np.errstate(divide="ignore", invalid="ignore"):
                 w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
@@ -336,22 +359,24 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
             res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
             if sky is not None:
-                rf = res[..., zfit] if wts is None else res[..., zfit] * wz
+                rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
                 res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
             if zout is not None:
                 res = res[..., zout]
-            residual[:, sl][..., zsub] = np.moveaxis(res, 2, 0)
+            res_s[..., zsub] = np.moveaxis(res, 2, 0)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
-            if var2 is not None:
-                Vr = (var2[sl] if zsub.size == ny * nx else var2[sl][:, :, zsub]
-                      ).astype(np.float64)
-                mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.size)
+            if var_s is not None:
+                Vr = var_s[:, :, zsub].astype(np.float64)
+                mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
                 # near-degenerate references (noiseless data) give huge cancelling
                 # coefficients: a variance beyond float32 is infinite for every purpose
                 np.minimum(mv, np.finfo(np.float32).max, out=mv)
-                mvar[:, sl][..., zsub] = np.moveaxis(mv, 2, 0)
+                mv_s[..., zsub] = np.moveaxis(mv, 2, 0)
             del R, Rf, C
-        del buf
+        residual[:, sl][..., perm] = res_s
+        if mv_s is not None:
+            mvar[:, sl][..., perm] = mv_s
+        del refs_s, sci_s, var_s, res_s, mv_s
     nmodes[nmodes == np.iinfo(np.int64).max] = 0
     shape = (ntr, nint) + sci.shape[1:-2] + (ny, nx)
     residual = residual.reshape(shape)

@@ -997,7 +997,8 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
     Lyot mask, 2-3 along the axes of a four-quadrant mask, 1 far from any
     mask). References of one star and visit taken at commanded dither
     offsets c measure G: the rigid fits between them give ``d_jk = G (c_j -
-    c_k)``, and G is their least-squares fit. The same visit means the same
+    c_k)``, and G is their least-squares fit (between the mean frames of the
+    distinct positions). The same visit means the same
     wavefront and pointing, so those fits see the mask's effect and little
     else.
 
@@ -1039,12 +1040,19 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
         c = dithers[idx]
         if idx.size < 2 or not np.isfinite(c).all():
             continue
-        if len(np.unique(np.round(c, 4), axis=0)) < 2:
+        positions, which = np.unique(np.round(c, 4), axis=0, return_inverse=True)
+        which = np.asarray(which).reshape(-1)
+        if len(positions) < 2:
             continue
-        dx, dy, _ = align_references(refs[idx], refs[idx], weights=weights, fit_only=True)
-        # dx[j, k]: shift putting reference k onto reference j
-        j, k = np.nonzero(~np.eye(idx.size, dtype=bool))
-        dc.append(c[j] - c[k])
+        # one mean frame per commanded position (its integrations and repeats): the same
+        # measurement, with less noise and n_positions^2 fits instead of n_frames^2
+        means = np.stack([refs[idx[which == p]].astype(np.float64).mean(axis=0)
+                          for p in range(len(positions))])
+        pc = np.stack([c[which == p].mean(axis=0) for p in range(len(positions))])
+        dx, dy, _ = align_references(means, means, weights=weights, fit_only=True)
+        # dx[j, k]: shift putting position k's frame onto position j's
+        j, k = np.nonzero(~np.eye(len(positions), dtype=bool))
+        dc.append(pc[j] - pc[k])
         dd.append(np.column_stack([dx[j, k], dy[j, k]]))
         used.append(g)
     info = {"groups": used, "npairs": int(sum(len(a) for a in dc)), "r2": float("nan"),
