@@ -471,3 +471,18 @@ def test_pairs_of_sources_never_flagged(fwhm):
         sources = [(y, x, 1e4), (y + sep * np.sin(ang), x + sep * np.cos(ang), 1e4 * q)]
         cube = noisy(rng, scene(shape, sources, fwhm))
         assert not hits(cube, fwhm).any()
+
+
+@pytest.mark.parametrize("model", [0.8, 1.55, 2.85])
+def test_precomputed_sharpness_table_matches_the_computation(model):
+    """The table (python -m coron_cli._tables) is what the computation gives on its grid,
+    and off the grid its ratio is interpolated on the chord: never below the exact one."""
+    from coron_cli.core.badpix import _sharpness_bound, _tabulated_bound
+
+    exact = _sharpness_bound.__wrapped__(model)
+    table = _tabulated_bound(model)
+    assert np.allclose(table.ratio, exact.ratio, rtol=1e-9)
+    assert np.allclose(table.envelope, exact.envelope, rtol=1e-6, atol=1e-12)
+    off = round(model + 0.02, 2)
+    between = _tabulated_bound(off)
+    assert all(a >= b for a, b in zip(between.ratio, _sharpness_bound.__wrapped__(off).ratio))
