@@ -21,10 +21,30 @@ __all__ = ["plan", "step_count", "run_association", "check_association", "check_
 log = logging.getLogger("coron")
 
 
-def check_outdir(outdir):
-    """The output folder must exist and be writable."""
+def check_outdir(outdir, *, create=False):
+    """The output folder must be writable; with `create`, a missing one is made.
+
+    Without `create` (``coron3 check``, which writes nothing) a missing folder
+    passes when it could be made: its nearest existing parent is a writable
+    folder.
+    """
     if not os.path.isdir(outdir):
-        raise OutputError(outdir, "output folder does not exist")
+        if os.path.exists(outdir):
+            raise OutputError(outdir, "output folder is not a folder")
+        parent = os.path.dirname(os.path.abspath(outdir))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(outdir, f"output folder cannot be created ({parent} is not a "
+                                      "writable folder)")
+        if not create:
+            return
+        try:
+            os.makedirs(outdir, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(outdir, f"output folder cannot be created "
+                                      f"({exc.strerror or exc})") from None
+        log.info("%s: output folder created", outdir)
     if not os.access(outdir, os.W_OK | os.X_OK):
         raise OutputError(outdir, "output folder is not writable")
 
@@ -179,7 +199,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
     asn_path : str
         Association JSON file.
     outdir : str
-        Existing, writable folder for the products.
+        Folder for the products; created when missing.
     truncate, annuli, subsections, exclude, protect, weights, annuli_width, bad_bits :
         As for coron-klip / coron-hlsp.
     star_flux, fwhm : float, optional
@@ -231,7 +251,7 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
     asn = read_asn(asn_path)
     for w in asn.warnings:
         log.warning("%s", w)
-    check_outdir(outdir)
+    check_outdir(outdir, create=True)
     truncs = steps.parse_truncate(truncate)
     if contrast and offaxis_psf is None:
         raise InputError("--contrast", "needs --psf-offaxis FILE (the unocculted PSF to inject)")

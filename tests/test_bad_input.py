@@ -459,9 +459,13 @@ def _(k):
                 ["nowhere", "does not exist"])
 
 
-@case("outdir-missing-coron3")
+@case("outdir-cannot-be-created-coron3")
 def _(k):
-    return Case(coron3, ["run", k.asn, "--outdir", k.p("nowhere")], ["nowhere", "not exist"])
+    blocker = k.p("a_file")
+    with open(blocker, "w") as fh:
+        fh.write("not a folder\n")
+    return Case(coron3, ["run", k.asn, "--outdir", os.path.join(blocker, "products")],
+                ["products", "cannot be created"])
 
 
 @case("output-not-writable")

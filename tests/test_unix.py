@@ -344,7 +344,7 @@ def _edit_asn(path, edit):
     ("other size", "psf3_calints.fits: frames are 20x24 pixels but"),
     ("no psf", "has no psf members"),
     ("all flagged", "targ2_calints.fits: all pixels are flagged"),
-    ("missing outdir", "output folder does not exist"),
+    ("outdir that cannot be made", "output folder cannot be created"),
 ])
 def test_check_rejects_bad_associations(small_asn, tmp_path, runner, case, expect):
     import numpy as np
@@ -365,8 +365,9 @@ def test_check_rejects_bad_associations(small_asn, tmp_path, runner, case, expec
             h["DQ"].data[:] = 1
             h.writeto(tmp_path / "flagged.fits")
         os.replace(tmp_path / "flagged.fits", tmp_path / "targ2_calints.fits")
-    elif case == "missing outdir":
-        outdir = str(tmp_path / "nowhere")
+    elif case == "outdir that cannot be made":
+        (tmp_path / "a_file").write_text("not a folder\n")
+        outdir = str(tmp_path / "a_file" / "nowhere")
     before = _hashes(tmp_path)
     r = _invoke(runner, ["check", str(small_asn), "--outdir", outdir])
     assert r.exit_code == 2, r.stdout + r.stderr
@@ -442,3 +443,15 @@ def test_man_pages_explain_completion():
     assert "_CORON_KLIP_COMPLETE=bash_source" in pages["coron-klip.1"]
     assert ".SH COMPLETION" in pages["coron3.1"] and "\\-\\-json" in pages["coron3.1"]
     assert "coron3 check" in pages["coron3.1"]
+
+
+def test_run_creates_a_missing_outdir_and_check_accepts_one(small_asn, tmp_path, runner):
+    """coron3 run --outdir new/sub makes the folders (a user's first run); coron3 check
+    writes nothing, but accepts a folder that can be made."""
+    outdir = tmp_path / "new" / "products"
+    r = _invoke(runner, ["check", str(small_asn), "--outdir", str(outdir)])
+    assert r.exit_code == 0, r.stderr
+    assert not outdir.exists()
+    r = _invoke(runner, ["run", str(small_asn), "--outdir", str(outdir), "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert any(p.name.endswith("_i2d.fits") for p in outdir.iterdir())

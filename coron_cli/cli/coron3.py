@@ -44,7 +44,7 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
 
 @cli.command(name="run", no_args_is_help=True)
 @click.argument("asn", metavar="ASN", type=click.Path())
-@options.outdir("Existing folder for the products.")
+@options.outdir("Folder for the products (created when missing).")
 @options.registration
 @options.psfmask
 @options.psfmask_weights
@@ -159,7 +159,7 @@ def _echo_json(summary, elapsed):
 
 @cli.command(name="check", no_args_is_help=True)
 @click.argument("asn", metavar="ASN", type=click.Path())
-@options.outdir("Folder the products would go to (must exist and be writable).")
+@options.outdir("Folder the products would go to (writable, or one that can be created).")
 @options.bad_bits
 @options.common
 def check_cmd(asn, outdir, bad_bits, verbose, quiet, debug):
@@ -169,7 +169,8 @@ def check_cmd(asn, outdir, bad_bits, verbose, quiet, debug):
     readable FITS exposure with SCI data (ERR and DQ of the same shape),
     with some pixels not flagged; every product needs science and psf
     members whose frames have the same size; DIR must be a writable folder
-    and no product may overwrite an input. Writes nothing. Prints the plan
+    (or one that can be created) and no product may overwrite an input.
+    Writes nothing. Prints the plan
     on standard output, one product a line: KIND, a tab, PATH. Exit status
     0 when 'coron3 run' can start, 2 with one line naming the problem
     otherwise.
