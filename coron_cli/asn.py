@@ -18,7 +18,8 @@ class AsnProduct:
     name : str
         Output root, e.g. 'jw89001-c1001_t001_nircam_f160w'.
     science, psf, background : list of str
-        Member paths, resolved relative to the ASN file's folder, in order.
+        Member paths, in order: relative names resolved against the ASN
+        file's folder ('..' allowed), absolute ones as given.
     """
 
     name: str
@@ -125,19 +126,16 @@ def parse_asn(data, *, path="<asn>", check_files=True):
                      f"{where} member {m}: expname must be a non-empty string")
             _require(isinstance(exptype, str), path,
                      f"{where} member {expname!r}: exptype must be a string")
-            _require(not os.path.isabs(expname), path,
-                     f"member {expname!r}: absolute paths are not allowed; "
-                     "name members relative to the association's folder")
-            parts = expname.replace("\\", "/").split("/")
-            _require(".." not in parts, path,
-                     f"member {expname!r}: '..' is not allowed in member names")
             kind = exptype.strip().lower()
             if kind not in ("science", "psf", "background"):
                 warn.append(f"{path}: member {expname!r} has exptype {exptype!r}; ignored")
                 continue
+            # relative to the association's folder, or as given when absolute (the JWST
+            # pipeline's rule); '..' is allowed, as users' associations use it
             full = os.path.normpath(os.path.join(folder, expname))
-            _require(full not in seen, path, f"member {expname!r} is listed twice")
-            seen[full] = kind
+            same = os.path.realpath(full)
+            _require(same not in seen, path, f"member {expname!r} is listed twice")
+            seen[same] = kind
             if check_files:
                 _require(os.path.exists(full), path, f"member {expname!r} not found ({full})")
                 _require(os.path.isfile(full), path, f"member {expname!r} is not a file")

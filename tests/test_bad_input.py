@@ -578,17 +578,19 @@ def _(k):
     return Case(coron3, ["run", bad, "--outdir", str(k.out)], ["number_asn.json", "expname"])
 
 
-@case("asn-path-traversal")
+@case("asn-missing-member-up")
 def _(k):
     bad = k.asn_file("up_asn.json", k.members(("science", "../x_calints.fits"),
                                               ("psf", "psf3_calints.fits")))
-    return Case(coron3, ["run", bad, "--outdir", str(k.out)], ["up_asn.json", "../x_calints.fits"])
+    return Case(coron3, ["run", bad, "--outdir", str(k.out)], ["up_asn.json", "../x_calints.fits",
+                                                               "not found"])
 
 
-@case("asn-absolute-path")
+@case("asn-same-file-twice-absolute")
 def _(k):
-    bad = k.asn_file("abs_asn.json", k.members(("science", k.sci), ("psf", "psf3_calints.fits")))
-    return Case(coron3, ["run", bad, "--outdir", str(k.out)], ["abs_asn.json", "absolute"])
+    bad = k.asn_file("twice_asn.json", k.members(("science", k.sci), ("science", k.sci),
+                                                 ("psf", "psf3_calints.fits")))
+    return Case(coron3, ["run", bad, "--outdir", str(k.out)], ["twice_asn.json", "twice"])
 
 
 @case("asn-unknown-exptype-only")

@@ -455,3 +455,25 @@ def test_run_creates_a_missing_outdir_and_check_accepts_one(small_asn, tmp_path,
     r = _invoke(runner, ["run", str(small_asn), "--outdir", str(outdir), "-q"])
     assert r.exit_code == 0, r.stderr
     assert any(p.name.endswith("_i2d.fits") for p in outdir.iterdir())
+
+
+def test_members_may_be_absolute_or_climb_with_dotdot(small_asn, tmp_path, runner):
+    """As in the JWST pipeline: a member name is relative to the association's folder
+    ('..' allowed) or absolute. The same file named two ways is still an error."""
+    data = json.loads(small_asn.read_text())
+    members = data["products"][0]["members"]
+    members[0]["expname"] = str(tmp_path / members[0]["expname"])           # absolute
+    for m in members[1:]:
+        m["expname"] = "../" + m["expname"]                                  # one folder up
+    sub = tmp_path / "asn_here"
+    sub.mkdir()
+    asn = sub / "moved_asn.json"
+    asn.write_text(json.dumps(data))
+    r = _invoke(runner, ["check", str(asn), "--outdir", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.stderr
+    r = _invoke(runner, ["run", str(asn), "--outdir", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 0, r.stderr
+    members.append({"exptype": "psf", "expname": str(tmp_path / "psf3_calints.fits")})
+    asn.write_text(json.dumps(data))
+    r = _invoke(runner, ["check", str(asn), "--outdir", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "listed twice" in r.stderr
