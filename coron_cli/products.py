@@ -529,7 +529,8 @@ def roll_angle(sci_header, primary):
     """Position angle of the detector +y axis (degrees east of north).
 
     Taken from the celestial WCS of the SCI header when there is one, else
-    from ROLL_REF (or PA_V3) in either header.
+    from PA_APER, else ROLL_REF - VPARITY * V3I_YANG, else ROLL_REF (or
+    PA_V3), in either header.
 
     Returns
     -------
@@ -540,13 +541,28 @@ def roll_angle(sci_header, primary):
     if w is not None:
         cd = w.pixel_scale_matrix
         return float(np.degrees(np.arctan2(cd[0, 1], cd[1, 1]))), "WCS"
-    for key in ("ROLL_REF", "PA_V3"):
+
+    def number(key):
         for h in (sci_header, primary):
             if key in h:
                 try:
-                    return float(h[key]), key
+                    return float(h[key])
                 except (TypeError, ValueError):
                     pass
+        return None
+
+    # the aperture's angle on the sky: PA_APER, or ROLL_REF - VPARITY * V3I_YANG (the
+    # V3 roll alone is ~5 degrees off for MIRI)
+    pa_aper = number("PA_APER")
+    if pa_aper is not None:
+        return pa_aper, "PA_APER"
+    roll, parity, yang = number("ROLL_REF"), number("VPARITY"), number("V3I_YANG")
+    if roll is not None and parity is not None and yang is not None:
+        return roll - parity * yang, "ROLL_REF - VPARITY*V3I_YANG"
+    for key in ("ROLL_REF", "PA_V3"):
+        value = number(key)
+        if value is not None:
+            return value, key
     return None, "none"
 
 

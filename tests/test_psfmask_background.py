@@ -418,3 +418,27 @@ def test_zone_width_in_lambda_over_d_and_bad_values(tmp_path, runner, monkeypatc
     name = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
     r = _invoke(runner, klip, [name, name, "--zone-width", "2 lod x", "-o", "k.fits"])
     assert r.exit_code == 2 and "--zone-width" in r.stderr and not os.path.exists("k.fits")
+
+
+def test_roll_without_a_wcs_is_the_aperture_angle():
+    """Without a celestial WCS the detector's angle on the sky is PA_APER (= ROLL_REF -
+    VPARITY * V3I_YANG), ~4.8 deg from ROLL_REF for MIRI. On the real MIRI header it
+    is 0.17 deg from the WCS route: the WCS's local angle at the star includes the
+    imager's distortion, which the aperture angle does not, so the WCS stays first."""
+    from coron_cli.products import roll_angle
+
+    sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
+    from_wcs, src = roll_angle(sci.sci_header, sci.primary)
+    assert src == "WCS"
+    nowcs = sci.sci_header.copy()
+    for key in [k for k in nowcs if k.startswith("CTYPE")]:
+        del nowcs[key]                                   # no celestial WCS any more
+    pa, src = roll_angle(nowcs, sci.primary)
+    assert src == "PA_APER" and abs(pa - nowcs["PA_APER"]) < 1e-12
+    assert abs((pa - from_wcs + 180) % 360 - 180) < 0.25
+    del nowcs["PA_APER"]
+    derived, src = roll_angle(nowcs, sci.primary)
+    assert src.startswith("ROLL_REF -")
+    assert abs(derived - (nowcs["ROLL_REF"] - nowcs["VPARITY"] * nowcs["V3I_YANG"])) < 1e-12
+    assert abs((derived - from_wcs + 180) % 360 - 180) < 0.25
+    assert abs(nowcs["ROLL_REF"] - from_wcs) > 4          # what the old fallback used
