@@ -22,7 +22,9 @@ import numpy as np
 from . import core, steps
 from .demo import write_simulation
 from .pipeline import run_association
-from .products import Product, read_product, star_center
+from .products import Product, read_product, roll_angle, star_center
+from .steps._common import _mean_over_integrations
+from .steps.inject import _offsets
 
 __all__ = ["evaluate", "registration_error", "planet_snr", "classical_rdi", "twin_checks",
            "contrast_check"]
@@ -178,7 +180,7 @@ def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), annuli=1, subse
         crdi_subs.append(crdi)
         pos = np.array([p["xy_roll"][k] for p in truth["planets"]])
         for name, prod in (("coron", sub), ("crdi", crdi)):
-            img, var = steps._mean_over_integrations(prod)
+            img, var = _mean_over_integrations(prod)
             c, _ = star_center(prod.sci_header, prod.sci.shape)
             err = core.calibrate_error(img, np.sqrt(var), c)
             per_roll[name].append(planet_snr(img, err, c, pos, lod))
@@ -301,9 +303,9 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
             tag = f"g{g}k{k}"
             names = {}
             for exp in twin_sci:
-                roll, _ = steps.roll_angle(exp.sci_header, exp.primary)
+                roll, _ = roll_angle(exp.sci_header, exp.primary)
                 c, _ = star_center(exp.sci_header, exp.sci.shape)
-                pos = np.asarray(c) + steps._offsets(seps, pa[k], roll)
+                pos = np.asarray(c) + _offsets(seps, pa[k], roll)
                 fake = core.inject_sources(exp.sci.shape[-2:], psf, pos, level * curve)
                 name = os.path.basename(exp.path).replace("_calints", f"_{tag}_calints")
                 write_product(Product(sci=(exp.sci + fake[None]).astype(np.float32),
@@ -322,7 +324,7 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
             run_association(apath, run_dir, truncate=truncate)
             i2d = read_product(_find(run_dir, "_i2d.fits"), ndims=(2,))
             c2, _ = star_center(i2d.sci_header, i2d.sci.shape)
-            sky = np.asarray(c2) + steps._offsets(seps, pa[k], 0.0)
+            sky = np.asarray(c2) + _offsets(seps, pa[k], 0.0)
             t1, n2 = tests(i2d, sky)
             t0_, _ = tests(twin_i2d, sky)
             tau = stats.t.isf(fpf, n2 - 1)            # t value of a Gaussian 5 sigma

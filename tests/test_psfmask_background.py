@@ -362,7 +362,7 @@ def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
     def run(values, flagged):
         comp = Product(sci=values.astype(np.float32), err=science.err, dq=science.dq,
                        sci_header=science.sci_header, path="comp")
-        monkeypatch.setattr(steps, "_find_outliers", lambda product, bad, err: flagged.copy())
+        monkeypatch.setattr(steps.stack, "_find_outliers", lambda product, bad, err: flagged.copy())
         return steps.klip_step(comp, align, truncate=(3,))
 
     none = np.zeros(data.shape, bool)

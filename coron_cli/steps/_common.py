@@ -1,0 +1,135 @@
+"""Helpers the steps share: noise estimates, frame checks, the means over
+integrations, the transmission map a product carries, truncation lists."""
+
+import logging
+
+import numpy as np
+
+from ..errors import InputError
+
+log = logging.getLogger("coron")
+
+
+def parse_truncate(value):
+    """'5,10,30' or 50 -> [5, 10, 30] / [50]; ValueError if not positive integers."""
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [v for v in str(value).replace(" ", "").split(",")]
+    out = []
+    for item in items:
+        try:
+            k = int(str(item))
+        except ValueError:
+            raise ValueError(f"--truncate must be positive integers, got {value!r}") from None
+        if k < 1:
+            raise ValueError(f"--truncate must be positive integers, got {value!r}")
+        out.append(k)
+    if not out:
+        raise ValueError("--truncate is empty")
+    return out
+
+
+def estimate_err(sci):
+    """Robust per-frame noise for data without ERR: 1.4826 MAD of pixel differences / sqrt 2.
+
+    Returns an array of the shape of `sci` (float32), constant per frame.
+    """
+    s = np.asarray(sci, dtype=np.float64)
+    flat = s.reshape(-1, *s.shape[-2:])
+    d = np.diff(flat, axis=-1)
+    d = np.where(np.isfinite(d), d, np.nan)
+    med = np.nanmedian(d, axis=(1, 2), keepdims=True)
+    sig = 1.4826 * np.nanmedian(np.abs(d - med), axis=(1, 2)) / np.sqrt(2.0)
+    sig = np.where(np.isfinite(sig) & (sig > 0), sig, 1.0)
+    return np.broadcast_to(sig[:, None, None], flat.shape).reshape(s.shape).astype(np.float32)
+
+
+def _err_or_estimate(product):
+    if product.err is not None:
+        return product.err
+    log.warning("%s: no ERR extension; estimating the noise from the data (robust per-frame)",
+                product.path)
+    return estimate_err(product.sci)
+
+
+def _check_not_all_bad(product, bad):
+    if bad.all():
+        raise InputError(product.path, "all pixels are flagged DO_NOT_USE or not finite")
+
+
+def _frame_check(a, b, name_b):
+    if a.sci.shape[-2:] != b.sci.shape[-2:]:
+        (ny, nx), (my, mx) = a.sci.shape[-2:], b.sci.shape[-2:]
+        raise InputError(name_b, f"frames are {mx}x{my} pixels but {a.path} has {nx}x{ny}")
+
+
+def _check_transmission(science, transmission):
+    if transmission is not None and np.shape(transmission) != science.sci.shape[-2:]:
+        ty, tx = np.shape(transmission)
+        raise InputError("--psfmask", f"transmission map is {tx}x{ty} pixels, frames are "
+                                      f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
+
+
+def transmission_image(transmission, center):
+    """(array, header) of the TRANSMIS extension: the coronagraph's transmission map."""
+    from astropy.io import fits
+
+    h = fits.Header()
+    h["BUNIT"] = ("", "intensity transmission of the coronagraph, 1 = unobstructed")
+    h["STARCENX"] = (float(center[0]), "star x, 0-based pixels")
+    h["STARCENY"] = (float(center[1]), "star y, 0-based pixels")
+    return np.asarray(transmission, dtype=np.float32), h
+
+
+def product_transmission(product):
+    """The TRANSMIS map a product carries (2-D float64), or None."""
+    entry = product.images.get("TRANSMIS") if product.images else None
+    if entry is None:
+        return None
+    t = np.asarray(entry[0], dtype=np.float64)
+    return t if t.shape == product.sci.shape[-2:] else None
+
+
+def _mean_over_integrations(product):
+    sci = np.asarray(product.sci, dtype=np.float64)
+    if sci.ndim == 2:
+        sci = sci[None]
+    err = product.err if product.err is not None else estimate_err(sci)
+    return _mean_frames(sci, err)
+
+
+def _mean_frames(sci, err):
+    """Mean over integrations of (nint, ny, nx) images and the variance of the mean."""
+    sci = np.asarray(sci, dtype=np.float64)
+    err = np.asarray(err, dtype=np.float64).reshape(sci.shape)
+    good = np.isfinite(sci) & np.isfinite(err) & (err > 0)
+    n = good.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = np.where(n > 0, np.where(good, sci, 0).sum(axis=0) / n, np.nan)
+        var = np.where(n > 0, np.where(good, err ** 2, 0).sum(axis=0) / n ** 2, np.nan)
+    return img, var
+
+
+def _throughput_at(throughput, radius, method, protected=False):
+    """Throughput interpolated at `radius` (NaN outside the measured separations).
+
+    `protected`: that of a source left out of the fit, when the table has it
+    (a detection: found above the protection threshold).
+    """
+    col = "throughput_aperture" if method == "aperture" else "throughput"
+    if protected and col.replace("throughput", "throughput_protected") in throughput.colnames:
+        col = col.replace("throughput", "throughput_protected")
+    r = np.asarray(throughput["radius"], dtype=np.float64)
+    t = np.asarray(throughput[col], dtype=np.float64)
+    ok = np.isfinite(r) & np.isfinite(t)
+    if ok.sum() == 0:
+        return np.full(np.shape(radius), np.nan)
+    return np.interp(radius, r[ok], t[ok], left=np.nan, right=np.nan)
+
+
+def _star_cards(primary, star_flux, method, fwhm):
+    primary["STARFLUX"] = (float(star_flux), f"star flux used for contrast ({method})")
+    primary["STARFMTH"] = (method, "star flux: peak pixel or aperture sum")
+    if method == "aperture":
+        primary["STARFAPD"] = (float(fwhm), "aperture diameter for the star flux, pixels")

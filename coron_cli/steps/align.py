@@ -1,0 +1,292 @@
+"""The align step: the stacked references registered onto every science integration."""
+
+import logging
+import os
+
+import numpy as np
+
+from .. import core, defaults
+from ..errors import InputError
+from ..products import Product, add_provenance, star_center
+from ._common import _check_transmission, _frame_check, estimate_err
+from .stack import _repair_stack, _stack_dithers, prepare_science
+
+log = logging.getLogger("coron")
+
+
+def _shift_dq(dq, dx, dy):
+    """DQ of shifted references: OR of the pixels the shift interpolates between.
+
+    dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
+    Only flagged pixels are visited, all at once. For one of the four
+    neighbour offsets the map from source to destination pixel is a
+    translation of each image, so no destination repeats and a plain indexed
+    OR (no ufunc.at) is exact.
+    """
+    nint = dx.shape[0]
+    nref, ny, nx = dq.shape
+    out = np.zeros((nint, nref, ny, nx), dtype=np.uint32)
+    j, y, x = np.nonzero(dq)
+    if j.size == 0:
+        return out
+    val = np.broadcast_to(dq[j, y, x], (nint, j.size))
+    fx = np.floor(dx).astype(np.int64)[:, j] + x
+    fy = np.floor(dy).astype(np.int64)[:, j] + y
+    base = (np.arange(nint, dtype=np.int64)[:, None] * nref + j) * ny          # (nint, n)
+    flat = out.reshape(-1)
+    for oy in (0, 1):
+        row = (base + (fy + oy) % ny) * nx
+        for ox in (0, 1):
+            idx = row + (fx + ox) % nx
+            flat[idx] |= val
+    return out
+
+
+def align_step(science, psfstack, *, mask=None, transmission=None,
+               psfmask_weights=defaults.PSFMASK_WEIGHTS, max_shift=defaults.MAX_SHIFT,
+               bad_bits=core.DO_NOT_USE, asn_id=None, method="auto", params=None):
+    """Register the stacked references onto every science integration.
+
+    Every (integration, reference) pair gets the rigid shift and flux scale
+    that best match the reference to the science image
+    (:func:`coron_cli.core.align_references`, a Fourier fit, weighted by
+    `mask` when given). Behind a coronagraph that fit misreads the star's
+    offset: the image does not move rigidly (the mask dims or lets through
+    more of the halo as the star moves), and the fitted shift is about a
+    linear map G of the true one (1.2x for a round Lyot mask, 2-3x along
+    the axes of a four-quadrant mask, on coron's simulator). With `method`
+    ``auto`` (or ``dither``), when references of one star and visit were
+    dithered (REFS xoffset/yoffset, from XOFFSET/YOFFSET), G is measured by
+    rigid fits between those references against their commanded offsets
+    (:func:`coron_cli.core.shift_gain`: a linear map that must explain 90 %
+    of their shifts, with a gain between 0.5 and 5; a one-dimensional bar
+    dither measures it along the bar only), and every shift is corrected by
+    it (SHIFTS method "fourier+gain"). A fit to a rigid shift cannot be
+    validated by its residual here (the rigid shift is the one that
+    minimises it), so the correction is validated by the commanded offsets
+    it reproduces.
+
+    ``dither`` also fits the empirical dither model of each dithered visit
+    (:func:`coron_cli.core.dither_positions`) and uses it for the pairs
+    where it fits the science integration better than the best rigidly
+    shifted reference of the visit and agrees with the rigid fit to 1 pixel
+    and 1.5x in flux (:func:`coron_cli.core.dither_model_shifts`; a model an
+    exposure rejects gives one warning naming it). ``fourier`` uses the raw
+    rigid fit.
+
+    The fit weights are `mask` when given, else, with `psfmask_weights`, the
+    coronagraph's `transmission` map (as the JWST stage weighs its fit).
+
+    Bounds (:func:`coron_cli.core.bound_shifts`): a shift more than
+    `max_shift` pixels from what the headers' star positions predict (0 for
+    JWST data, whose target acquisition puts every star on the mask centre
+    to a fraction of a pixel) is taken for the fit's confusion, not a
+    motion, and replaced by the prediction (method "header", one warning
+    naming the exposure); a flux factor more than 3x from the median of
+    its reference star's is replaced by that median.
+
+    The references are Fourier-shifted by the chosen offsets, and their ERR
+    is the noise carried through that shift
+    (:func:`coron_cli.core.shift_variance`).
+
+    Returns
+    -------
+    Product
+        SCI/ERR/DQ of shape (nint, nref, ny, nx) and a SHIFTS table (sci_int,
+        ref, dx, dy, scale, method for each pair); the science star position
+        in STARCENX/STARCENY; ALIGNMTH lists the methods used and ALGAINij
+        the gain applied.
+    """
+    from astropy.table import Table
+
+    _frame_check(science, psfstack, psfstack.path)
+    if mask is not None and mask.shape != science.sci.shape[-2:]:
+        raise InputError("--mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
+                                   f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
+    _check_transmission(science, transmission)
+    weights_from = "mask" if mask is not None else "none"
+    if mask is None and psfmask_weights and transmission is not None:
+        mask, weights_from = np.asarray(transmission, dtype=np.float64), "psfmask"
+    sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
+    refs = _repair_stack(psfstack, bad_bits)
+    dith = _stack_dithers(psfstack) if method in ("auto", "dither") else None
+    if method == "dither" and (dith is None or not core.dither_groups(dith[0], dith[1])):
+        raise InputError(psfstack.path, "the dither method needs references of one visit at 3 "
+                                        "or more non-collinear dither positions (REFS "
+                                        "xoffset/yoffset)")
+    nint, nref = sci.shape[0], refs.shape[0]
+    how = np.full((nint, nref), "fourier", dtype=object)
+    gain = None
+    if dith is not None:
+        gain, ginfo = core.shift_gain(refs, dith[0], dith[1], weights=mask)
+        if gain is None:
+            log.info("%s: no shift gain from the dithered references (%s)", psfstack.path,
+                     ginfo["reason"])
+        else:
+            log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
+                     "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
+                     psfstack.path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
+    expected, allowance, labels, pointing = _expected_shifts(science, psfstack, nint, dith,
+                                                             verified=gain is not None)
+    if gain is None and method != "dither":
+        aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
+        shifted = (dx.copy(), dy.copy())
+    else:
+        aligned = None
+        if method == "dither":
+            aligned, dx, dy, scale, resid = core.align_references(refs, sci, weights=mask,
+                                                                  return_residual=True)
+            rigid = (dx.copy(), dy.copy(), scale.copy(), resid)
+        else:
+            dx, dy, scale = core.align_references(refs, sci, weights=mask, fit_only=True)
+        if gain is not None:
+            # the gain maps a star's whole offset (dither included) to the fitted shift;
+            # only the headers' common pointing offset is outside it
+            dx, dy = core.apply_gain(dx, dy, gain, pointing)
+            how[:] = "fourier+gain"
+        if method == "dither":
+            pos, groups, keys = dith
+            mdx, mdy, mscale, used, report = core.dither_model_shifts(
+                refs, pos, groups, sci, rigid, weights=mask)
+            _report_dither_models(report, keys, science.path, psfstack.path, nint)
+            dx, dy = np.where(used, mdx, dx), np.where(used, mdy, dy)
+            scale = np.where(used, mscale, scale)
+            how[used] = "dither"
+        shifted = (rigid[0], rigid[1]) if aligned is not None else None
+    dx, dy, scale, bad_shift, bad_scale = core.bound_shifts(
+        dx, dy, scale, expected, labels, max_shift=max_shift + allowance[None, :])
+    if bad_shift.any():
+        how[bad_shift] = "header"
+        log.warning("%s: %d of %d registration shifts are more than %g px from where the "
+                    "pointing puts the star (a coronagraphic image that changes with the "
+                    "star's offset, not a motion); those references are placed by the headers' "
+                    "star positions instead", science.path, int(bad_shift.sum()), dx.size,
+                    max_shift)
+    if aligned is None:
+        aligned, _, _, _ = core.align_references(refs, sci, shifts=(dx, dy, scale))
+    else:
+        redo = (dx != shifted[0]) | (dy != shifted[1])
+        for i in range(nint):
+            j = np.flatnonzero(redo[i])
+            if j.size:
+                aligned[i, j] = core.shift_stack(refs[j], dx[i, j][None], dy[i, j][None])[0]
+    if bad_scale.any():
+        log.warning("%s: %d flux factors far (> 3x) from those of the same reference star "
+                    "replaced by their median", science.path, int(bad_scale.sum()))
+    how = how.astype(str)
+    used_how = ",".join(m for m in ("fourier", "fourier+gain", "dither", "header")
+                        if (how == m).any())
+    ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
+    var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
+    err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
+    del var
+    np.sqrt(err, out=err)
+    dq = _shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
+    shifts = Table()
+    shifts["sci_int"] = np.repeat(np.arange(nint, dtype=np.int32), nref)
+    shifts["ref"] = np.tile(np.arange(nref, dtype=np.int32), nint)
+    shifts["dx"] = dx.ravel()
+    shifts["dy"] = dy.ravel()
+    shifts["scale"] = scale.ravel()
+    shifts["method"] = how.ravel()
+    for col, unit in (("dx", "pix"), ("dy", "pix")):
+        shifts[col].unit = unit
+    shifts["method"].description = (
+        "fourier: rigid Fourier fit; fourier+gain: the same corrected by the shift gain "
+        "measured on dithered references; dither: dither model of the reference's visit; "
+        "header: the star positions of the headers (the fit was beyond the bound)")
+    (cx, cy), src = star_center(science.sci_header, science.sci.shape)
+    header = science.sci_header.copy()
+    header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
+    header["STARCENY"] = (cy, f"star y, 0-based pixels (from {src})")
+    header["ALIGNMTH"] = (used_how, "registration methods used (SHIFTS method column)")
+    if gain is not None:
+        for (a, b), v in np.ndenumerate(gain):
+            header[f"ALGAIN{a + 1}{b + 1}"] = (float(v), "rigid-fit shift gain behind the mask")
+    params = dict(params or {})
+    params.setdefault("mask", "none" if mask is None else "yes")
+    params["fit_weights"] = weights_from
+    params.setdefault("method", method)
+    params["registration"] = used_how
+    params.setdefault("bad_bits", bad_bits)
+    primary = science.primary.copy()
+    if asn_id:
+        primary["ASN_ID"] = (asn_id, "association id")
+    primary = add_provenance(primary, "coron-align", params, history=[
+        f"aligned {nref} references to {nint} integrations ({used_how}); median |shift| "
+        f"{np.median(np.hypot(dx, dy)):.3f} px, median scale {np.median(scale):.4f}"])
+    log.info("aligned %d references onto %d integrations (median shift %.3f px; %s)",
+             nref, nint, float(np.median(np.hypot(dx, dy))), used_how)
+    return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
+                   tables={"SHIFTS": shifts}, path="psfalign")
+
+
+def _expected_shifts(science, psfstack, nint, dith=None, verified=False):
+    """Shifts the headers predict ((nint, nref, 2): science minus reference star, dithers
+    included), the allowance added to the bound for each reference ((nref,), pixels), the
+    references' star/visit labels (from REFS; zeros and one label without it), and the
+    shift of the pointing alone (the star positions of the headers, no dither).
+
+    A dithered reference sits at its commanded offset from the pattern's mean (the
+    pattern's origin is a header convention: MIRI's start at 0.2"). When the gain fit
+    verified that the offsets are along the detector's axes (`verified`), they enter the
+    prediction; otherwise the bound is widened by the offset instead.
+    """
+    nref = psfstack.sci.shape[0]
+    (cx, cy), _ = star_center(science.sci_header, science.sci.shape)
+    refs = psfstack.tables.get("REFS") if psfstack.tables else None
+    expected = np.zeros((nint, nref, 2))
+    allowance = np.zeros(nref)
+    labels = np.zeros(nref, int)
+    if refs is not None and len(refs) == nref:
+        if "starcenx" in refs.colnames:
+            rx = np.asarray(refs["starcenx"], float)
+            ry = np.asarray(refs["starceny"], float)
+            ok = np.isfinite(rx) & np.isfinite(ry)
+            expected[:, ok, 0] = cx - rx[ok]
+            expected[:, ok, 1] = cy - ry[ok]
+        if "visit" in refs.colnames:
+            _, labels = np.unique(np.asarray(refs["visit"]).astype(str), return_inverse=True)
+    pointing = expected.copy()
+    if dith is not None:
+        pos, groups, _ = dith
+        rel = np.zeros((nref, 2))
+        for g in np.unique(groups):
+            idx = np.flatnonzero(groups == g)
+            if np.isfinite(pos[idx]).all():
+                rel[idx] = pos[idx] - pos[idx].mean(axis=0)
+        if verified:
+            expected -= rel[None]
+        else:
+            allowance = np.hypot(rel[:, 0], rel[:, 1])
+    return expected, allowance, labels, pointing
+
+
+def _report_dither_models(report, keys, science_path, stack_path, nint):
+    """Log what became of each dither model: one warning per model a science exposure rejects."""
+    for entry in report:
+        name = str(keys[entry["refs"][0]]) or os.path.basename(stack_path)
+        what = f"the dither model of the {len(entry['refs'])} references of {name!r}"
+        if entry["error"]:
+            log.warning("%s: %s could not be fitted (%s); using rigid Fourier fits",
+                        science_path, what, entry["error"])
+            continue
+        ok = entry["frame_ok"]
+        if not ok.any():
+            i = int(np.argmin(entry["model_resid"] / entry["rigid_resid"]))
+            log.warning("%s: %s fits it worse than a rigid shift (residual %.3g against %.3g); "
+                        "rejected, using rigid Fourier fits", science_path, what,
+                        entry["model_resid"][i], entry["rigid_resid"][i])
+        elif not ok.all():
+            log.warning("%s: %s rejected for %d of %d integrations (worse than a rigid shift); "
+                        "those use rigid Fourier fits", science_path, what,
+                        int((~ok).sum()), nint)
+        bad_refs = int((~entry["ref_ok"]).sum()) if ok.any() else 0
+        if bad_refs or entry["pairs_out_of_bounds"]:
+            log.warning("%s: %s disagrees with the rigid fit by more than 1 pixel or 1.5x in "
+                        "flux for %d pairs (%d references off their commanded dither); those "
+                        "use rigid Fourier fits", science_path, what,
+                        entry["pairs_out_of_bounds"], bad_refs)
+        elif ok.any():
+            log.info("%s: %s used for %d of %d integrations", science_path, what,
+                     int(ok.sum()), nint)

@@ -1,0 +1,458 @@
+"""The KLIP step: every science integration minus its PSF model from the aligned references."""
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+from .. import core, defaults
+from ..errors import InputError
+from ..products import (
+    Product,
+    add_provenance,
+    lambda_over_d_pix,
+    psf_fwhm_pix,
+    star_center,
+)
+from ._common import (
+    _check_transmission,
+    _frame_check,
+    _mean_frames,
+    parse_truncate,
+    transmission_image,
+)
+from .stack import prepare_science
+
+log = logging.getLogger("coron")
+
+
+def _exclusion_mask(shape, exclude):
+    fit = np.ones(shape, bool)
+    if exclude:
+        y, x = np.indices(shape)
+        for (ex, ey, er) in exclude:
+            fit &= np.hypot(x - ex, y - ey) > er
+    return fit
+
+
+def _length(text, value):
+    """'4' / '4px' -> (4.0, 'pix'); '2lod' -> (2.0, 'lod'); ValueError if neither."""
+    unit = "lod" if text.endswith("lod") else "pix"
+    num = text[:-3] if unit == "lod" else (text.removesuffix("px"))
+    try:
+        out = float(num)
+    except ValueError:
+        raise ValueError(f"zone width must be pixels or N lod (lambda/D), optionally "
+                         f"@INNER, not {value!r}") from None
+    if not np.isfinite(out):
+        raise ValueError(f"zone width must be finite, not {value!r}")
+    return out, unit
+
+
+def parse_zone_width(value):
+    """A zone layout: annuli of a width, beyond an inner radius.
+
+    '4' -> (4.0, 'pix', 0.0, 'pix'); '2lod' -> (2.0, 'lod', 0.0, 'pix');
+    '2lod@6lod' -> (2.0, 'lod', 6.0, 'lod'): annuli 2 lambda/D wide beyond
+    6 lambda/D, the disk inside it one zone. '1lod@auto' -> (1.0, 'lod', nan,
+    'auto'): the inner radius where an annulus first holds `ZONE_PIXELS_PER_MODE`
+    pixels per KL mode (:func:`zone_width_pix`). None/''/'none' -> None.
+    ValueError if bad.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        width, unit, inner, iunit = float(value), "pix", 0.0, "pix"
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if text in ("", "none", "off"):
+            return None
+        wtext, _, itext = text.partition("@")
+        width, unit = _length(wtext, value)
+        if itext == "auto":
+            inner, iunit = float("nan"), "auto"
+        else:
+            inner, iunit = _length(itext, value) if itext else (0.0, "pix")
+    if not width > 0 or inner < 0 or (np.isnan(inner) and iunit != "auto"):
+        raise ValueError(f"zone width must be positive (and an inner radius not negative), "
+                         f"not {value!r}")
+    return width, unit, inner, iunit
+
+
+#: with an automatic inner radius, annuli begin where they hold this many pixels per mode
+ZONE_PIXELS_PER_MODE = 10.0
+
+
+def zone_width_pix(science, value, nmodes=None):
+    """A zone layout setting in pixels for an exposure: (width, inner) or None.
+
+    lambda/D comes from the exposure's FILTER and pixel scale. An automatic
+    inner radius is where an annulus of the width first holds
+    ``ZONE_PIXELS_PER_MODE`` pixels per KL mode (`nmodes`): inside it a
+    narrow zone has too few pixels for its coefficients and fits noise and
+    faint sources away, so the coefficients there are fitted on the whole
+    frame. Many references push it out (45 modes in 1 lambda/D annuli at
+    NIRCam sampling: about 15 lambda/D); a handful of them (AU Mic's 6)
+    bring it to the star. (:func:`_klip_geometry` also fits on the whole
+    frame any annulus that the frame's edge cuts below that count.)
+    """
+    parsed = parse_zone_width(value)
+    if parsed is None:
+        return None
+    width, unit, inner, iunit = parsed
+    if iunit == "auto":
+        inner, iunit = 0.0, "pix"
+        auto = True
+    else:
+        auto = False
+    lod = None
+    if "lod" in (unit, iunit):
+        lod = lambda_over_d_pix(science.primary, science.sci_header)
+        if lod is None:
+            lod = 2.0
+            log.warning("%s: lambda/D unknown (no JWST FILTER or pixel scale); zones in "
+                        "lambda/D taken at %g pixels per lambda/D", science.path, lod)
+    width = width * lod if unit == "lod" else width
+    inner = inner * lod if iunit == "lod" else inner
+    if auto and nmodes:
+        inner = ZONE_PIXELS_PER_MODE * float(nmodes) / (2.0 * np.pi * width)
+    return width, inner
+
+
+def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
+                   transmission=None, min_transmission=0.0, zone_width=None, zone_fit="self",
+                   nmodes=None):
+    """What KLIP needs besides the science: references, star, zones and fit mask."""
+    refs = psfalign.sci
+    if not np.isfinite(refs).all():
+        refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
+    ny, nx = science.sci.shape[-2:]
+    hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
+    center, src = star_center(hdr, science.sci.shape)
+    zones = None
+    # an explicit --annuli N (N > 1) replaces the default layout of --zone-width
+    layout = zone_width_pix(science, zone_width, nmodes) if annuli <= 1 else None
+    fit_zones = None
+    if zone_fit not in ("self", "around"):
+        raise ValueError(f"zone_fit must be 'self' or 'around', not {zone_fit!r}")
+    if layout is not None:
+        zones = core.annulus_zones((ny, nx), center, width=layout[0], inner=layout[1],
+                                   subsections=subsections)
+        if zone_fit == "around":
+            fit_zones = core.annulus_fit_zones(zones, center, margin=2.0 * layout[0])
+        if layout[1] > 0:
+            # inside the inner radius, the coefficients are fitted on the whole frame, as
+            # without zones: near the star a narrow zone over-fits
+            fit_zones = dict(fit_zones or {})
+            fit_zones[int(zones.min())] = np.ones((ny, nx), bool)
+        if str(zone_width).strip().lower().endswith("@auto") and nmodes:
+            # so does any annulus the frame's edge cuts to fewer than 10 pixels per mode
+            counts = np.bincount(zones.ravel())
+            small = np.flatnonzero((counts > 0) & (counts < ZONE_PIXELS_PER_MODE * nmodes))
+            if small.size:
+                fit_zones = dict(fit_zones or {})
+                for label in small:
+                    fit_zones[int(label)] = np.ones((ny, nx), bool)
+    elif annuli > 1 or subsections > 1:
+        zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
+    fit = _exclusion_mask((ny, nx), exclude)
+    if not fit.any():
+        raise InputError("--exclude", "the exclusion circles cover the whole image")
+    if transmission is not None and min_transmission > 0:
+        low = np.asarray(transmission) < min_transmission
+        if (fit & ~low).sum() < 0.1 * fit.sum():
+            log.warning("%s: fewer than 10%% of the pixels have a transmission of %g or more; "
+                        "the transmission map is not used to restrict the KL fit",
+                        science.path, min_transmission)
+        else:
+            fit = fit & ~low
+    return refs, center, src, zones, fit, fit_zones
+
+
+def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
+              protect=5.0, weights=defaults.WEIGHTS, annuli_width=2,
+              bad_bits=core.DO_NOT_USE,
+              transmission=None, min_transmission=defaults.MIN_TRANSMISSION,
+              sky_order=defaults.SKY_ORDER, zone_width=defaults.ZONE_WIDTH,
+              zone_fit=defaults.ZONE_FIT, params=None):
+    """KLIP-subtract every science integration with its aligned references.
+
+    Returns
+    -------
+    Product
+        SCI: residual at the first truncation, shape (nint, ny, nx). With
+        several truncations a KLSUB extension (ntrunc, nint, ny, nx) holds
+        them all. ERR: see Notes. DQ: the science DQ with outliers flagged.
+
+    Notes
+    -----
+    ERR is formed in two parts. First the propagated noise:
+    ``sqrt(err_sci**2 + sum_j b_j**2 err_ref_j**2)``, the science noise plus
+    the noise the references carry into the PSF model through its
+    coefficients b (see :func:`coron_cli.core.klip_subtract`). Then the
+    residual speckle noise, which no propagation sees, is measured: in
+    annuli `annuli_width` pixels wide about the star the smallest extra
+    variance is added that makes the 3-sigma clipped standard deviation of
+    SCI/ERR equal to 1, with the sources (companions above 5 sigma, with their rings and halo)
+    left out of that measurement (:func:`coron_cli.core.calibrate_error`).
+
+    Pixel weights (`weights`): with "noise" (the default) the KL basis and
+    the fit weigh every pixel by the inverse of its noise variance, the
+    science ERR squared averaged over integrations
+    (:func:`coron_cli.core.noise_weights`; flagged values left out), a
+    generalised least-squares fit (:func:`coron_cli.core.klip_subtract`).
+    Unweighted, the pixels next to the star, the brightest and noisiest,
+    set the coefficients for the whole zone; weighted, the fainter halo
+    farther out counts as its noise warrants. On the medium simulation
+    (seeds 0-8) this lowered the residual noise at most planets inside
+    8 lambda/D. "none" is classic, unweighted KLIP.
+
+    Source protection (`protect`, an SNR; None or 0 turns it off): a
+    companion inside the fitted region pulls the KL coefficients, so it
+    loses flux and the star's halo around it is over-subtracted. The
+    integrations are therefore averaged after a first pass, the sources
+    above `protect` found (:func:`coron_cli.core.source_regions`) and left
+    out of the fit of a second pass, like `exclude` circles (unless they
+    would cover more than half of the fitted pixels). No protected disk
+    reaches more than half-way from its source to the star: the bright
+    pixels near the star carry most of the fit, and leaving them out
+    changes the subtraction everywhere. KLPROTEC in the SCI
+    header counts the pixels left out. Fake sources of
+    :func:`klip_inject_step` are not protected: they measure the throughput
+    of sources too faint to be found.
+    """
+    return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
+                 exclude=exclude, protect=protect, weights=weights, annuli_width=annuli_width,
+                 bad_bits=bad_bits, transmission=transmission,
+                 min_transmission=min_transmission, sky_order=sky_order,
+                 zone_width=zone_width, zone_fit=zone_fit, params=params)[0]
+
+
+#: extended sources (disks) are protected by their footprint too (see _sources_in)
+EXTENDED_PROTECTION = True
+
+
+def _sources_in(residual, err, model_var, center, threshold, annuli_width, lod=None):
+    """Pixels of sources in an exposure's first KLIP pass (2-D bool).
+
+    The integrations are averaged, the error of the mean calibrated in
+    annuli, and the sources found in the significance map: a disk around
+    every point source (:func:`coron_cli.core.source_regions`), and the
+    footprint of extended ones (:func:`coron_cli.core.source_footprints`:
+    smoothed significance above 2 connected to a peak above `threshold`,
+    beyond 3 lambda/D of the star, where residual speckles are not taken
+    for a source).
+    """
+    var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
+    if model_var is not None:
+        var = var + model_var
+    img, mvar = _mean_frames(residual, np.sqrt(var))
+    e = core.calibrate_error(img, np.sqrt(mvar), center, width=annuli_width)
+    z = np.nan_to_num(core.snr_image(img, e))
+    found = core.source_regions(z, threshold, center=center, negative=False)
+    if EXTENDED_PROTECTION:
+        lod = 2.0 if lod is None else lod
+        found |= core.source_footprints(z, threshold, low=2.0, smooth=0.5 * lod,
+                                        inner=3.0 * lod, center=center,
+                                        grow=max(1, int(round(0.5 * lod))))
+    return found, z
+
+
+def resolve_sky_order(science, sky_order):
+    """The sky order for an exposure: an int as given, or for "auto" 2 behind a
+    four-quadrant phase mask (CORONMSK contains 4QPM) and 1 otherwise."""
+    if sky_order is None:
+        return 0
+    if str(sky_order).strip().lower() == "auto":
+        mask = str(science.primary.get("CORONMSK", science.sci_header.get("CORONMSK", "")))
+        return 2 if "4QPM" in mask.upper() else 1
+    order = int(sky_order)
+    if order < 0:
+        raise ValueError(f"sky order must be auto or >= 0, not {sky_order!r}")
+    return order
+
+
+def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones):
+    """The fakes KLIP-subtracted as a source found above the protection threshold is:
+    each image with its fakes' disks (1.5 fwhm) left out of the fit. In zones a few
+    lambda/D wide the fit takes a good part of an unprotected source away, and a source
+    bright enough to be detected (or to sit at the 5-sigma limit) is protected, so its
+    throughput is this one. Returns (nimg, ny, nx), the mean over integrations."""
+    ny, nx = fit.shape
+    yy, xx = np.indices((ny, nx))
+    out = np.empty(inj.model.shape)
+    nint = refs.shape[0]
+    for k, img in enumerate(inj.model):
+        near = np.zeros((ny, nx), bool)
+        for x, y in inj.positions[k]:
+            near |= np.hypot(xx - x, yy - y) <= 1.5 * fwhm
+        res, _, _ = core.klip_subtract(np.broadcast_to(img, (nint, ny, nx)), refs, zones=zones,
+                                       fit_mask=fit & ~near, fit_zones=fit_zones,
+                                       **dict(kw, truncations=kw["truncations"][:1],
+                                              reference_variance=None))
+        out[k] = res[0].astype(np.float64).mean(axis=0)
+    return out
+
+
+def _outliers_on_sources(science, hit, zmap, err, bad_bits, lod):
+    """The outliers (nint, ny, nx) that are part of a source, to be given their values back.
+
+    An outlier is part of a source when the source is there without it (it lies in the
+    footprint of a source of the first KLIP pass, made from the repaired data) and its own
+    value is not sharper than a point source allows in its frame (a cosmic ray on a
+    companion is, and stays repaired). With one integration the outlier search flags only
+    such sharp pixels, so nothing comes back; with several, a pixel the integrations
+    disagree on can be a companion's, and comes back.
+    """
+    lod = 2.0 if lod is None else lod
+    foot = core.source_footprints(zmap, 5.0, low=2.0, smooth=0.5 * lod, grow=0)
+    cand = hit & foot[None]
+    if not cand.any():
+        return None
+    bad = core.bad_pixel_mask(science.sci, science.dq, bad_bits=bad_bits)
+    fwhm = psf_fwhm_pix(science.primary, science.sci_header)
+    sharp = np.zeros(hit.shape, bool)
+    for i in np.unique(np.nonzero(cand)[0]):
+        sharp[i] = core.find_outliers(science.sci[i:i + 1], bad[i:i + 1], err=err[i:i + 1],
+                                      psf_fwhm=fwhm)[0]
+    return cand & ~sharp
+
+
+def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
+          bad_bits, params, protect=None, weights=defaults.WEIGHTS, transmission=None,
+          min_transmission=0.0, sky_order=0, zone_width=None, zone_fit="self",
+          fakes=None):
+    """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
+    if weights not in ("noise", "none", None):
+        raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
+    sky_order = resolve_sky_order(science, sky_order)
+    truncate = parse_truncate(truncate)
+    if psfalign.sci.ndim != 4:
+        raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
+                                        f"not {psfalign.sci.ndim}-D")
+    _frame_check(science, psfalign, psfalign.path)
+    nint = science.sci.shape[0]
+    if psfalign.sci.shape[0] != nint:
+        raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
+                                        f"the science exposure {science.path} has {nint}")
+    nref = psfalign.sci.shape[1]
+    # may refuse: before warning
+    sci, err, dq, nout, hit = prepare_science(science, bad_bits=bad_bits, return_outliers=True)
+    if max(truncate) > nref:
+        log.warning("--truncate %s exceeds the %d references; using at most %d modes",
+                    ",".join(map(str, truncate)), nref, nref)
+    _check_transmission(science, transmission)
+    refs, center, src, zones, fit, fit_zones = _klip_geometry(
+        science, psfalign, annuli=annuli, subsections=subsections, exclude=exclude,
+        transmission=transmission, min_transmission=min_transmission, zone_width=zone_width,
+        zone_fit=zone_fit, nmodes=min(max(truncate), nref))
+    ref_var = None
+    if psfalign.err is not None:
+        # float32, squared in place: one array the size of the references, not three
+        ref_var = np.array(psfalign.err, dtype=np.float32)
+        ref_var[~np.isfinite(ref_var)] = 0.0
+        np.square(ref_var, out=ref_var)
+    inj = None
+    targets = sci
+    if fakes is not None:
+        from .inject import _injection_grid  # inject imports this module
+
+        inj = _injection_grid(science, center, **fakes)
+        if inj is not None:
+            targets = np.concatenate(
+                [sci[:, None], np.broadcast_to(inj.model[None], (nint,) + inj.model.shape)],
+                axis=1)
+    fw = None
+    if weights == "noise":
+        fw = core.noise_weights(err, center, bad=(dq & np.uint32(bad_bits)) != 0,
+                                width=annuli_width)
+    kw = dict(truncations=truncate, fit_weights=fw, reference_variance=ref_var,
+              sky_order=sky_order)
+    residual = mvar = None
+    protected = 0
+    found = zmap = None
+    lod = lambda_over_d_pix(science.primary, science.sci_header)
+    if protect or nout:
+        # sources are found on a pass over the whole frame: a zone a few lambda/D wide
+        # fits part of a source away, which would hide it
+        if zones is None:
+            residual, mvar, nmodes = core.klip_subtract(targets, refs, fit_mask=fit, **kw)
+            first = residual[0] if inj is None else residual[0][:, 0]
+            fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
+        else:
+            fres, fmv, _ = core.klip_subtract(sci, refs, fit_mask=fit,
+                                              **dict(kw, truncations=truncate[:1]))
+            first, fvar = fres[0], None if fmv is None else fmv[0]
+            del fres, fmv
+        found, zmap = _sources_in(first, err, fvar, center, protect or 5.0, annuli_width,
+                                  lod=lod)
+        del first, fvar
+    back = _outliers_on_sources(science, hit, zmap, err, bad_bits, lod) if nout else None
+    if protect:
+        found = found & fit
+        if found.any() and found.sum() <= 0.5 * fit.sum():
+            protected = int(found.sum())
+            log.info("protecting %d pixels of sources above %g sigma from the KL fit",
+                     protected, protect)
+            fit = fit & ~found
+            residual = None
+    if residual is None:
+        residual, mvar, nmodes = core.klip_subtract(targets, refs, zones=zones, fit_mask=fit,
+                                                    fit_zones=fit_zones, **kw)
+    if inj is not None:
+        recovered = residual[0, :, 1:].astype(np.float64).mean(axis=0)
+        protected_fakes = None
+        if protect and zones is not None:
+            protected_fakes = _protected_fakes(inj, refs, fit, zones, fakes["fwhm"], kw,
+                                               fit_zones)
+        inj = replace(inj, recovered=recovered, recovered_protected=protected_fakes)
+        residual = np.ascontiguousarray(residual[:, :, 0])
+        mvar = None if mvar is None else mvar[:, :, 0]
+    restored = 0
+    if back is not None and back.any():
+        # outliers that are part of a source were signal: their own values come back (KLIP
+        # is linear in the target; a protected source's pixels are not in the fit)
+        restored = int(back.sum())
+        delta = np.where(back, np.asarray(science.sci, np.float64) - sci, 0.0)
+        residual = residual + delta[None].astype(np.float32)
+        dq[back] &= ~np.uint32(core.DO_NOT_USE | core.OUTLIER)
+        log.info("%s: %d pixel(s) flagged as outliers are part of a source; their values are "
+                 "kept", science.path, restored)
+    var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
+    if mvar is not None:
+        var = var + mvar[0]
+    out_err = core.calibrate_error(residual[0], np.sqrt(var), center, width=annuli_width)
+    header = science.sci_header.copy()
+    header["STARCENX"] = (center[0], f"star x, 0-based pixels (from {src})")
+    header["STARCENY"] = (center[1], f"star y, 0-based pixels (from {src})")
+    header["KLMODES"] = (",".join(str(int(k)) for k in nmodes[:, 0]),
+                         "KL modes used (per truncation)")
+    header["KLPROTEC"] = (protected, "source pixels left out of the KL fit")
+    header["OUTLRSTR"] = (restored, "outlier pixels on a source given their values back")
+    images = {}
+    if len(truncate) > 1:
+        from astropy.io import fits
+
+        kh = fits.Header()
+        kh["KLMODES"] = (",".join(str(k) for k in truncate), "truncations along axis 1 (FITS 4)")
+        kh["STARCENX"] = center[0]
+        kh["STARCENY"] = center[1]
+        images["KLSUB"] = (residual, kh)
+    if transmission is not None:
+        images["TRANSMIS"] = transmission_image(transmission, center)
+    params = dict(params or {})
+    params.update(truncate=truncate, annuli=annuli, subsections=subsections,
+                  protect=protect or "off", weights=weights or "none",
+                  exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
+                  annuli_width=annuli_width, sky_order=int(sky_order),
+                  zone_width=str(zone_width) if zone_width else "none",
+                  zone_fit=zone_fit,
+                  min_transmission=float(min_transmission) if transmission is not None
+                  else "no map")
+    primary = add_provenance(science.primary, "coron-klip", params, history=[
+        f"KLIP with {nref} references, modes used {nmodes[:, 0].tolist()}, "
+        f"zones {annuli}x{subsections}"])
+    log.info("KLIP-subtracted %d integrations with %d references (modes %s)",
+             nint, nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
+    return Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
+                   images=images, path="psfsub"), inj

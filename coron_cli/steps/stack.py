@@ -1,0 +1,210 @@
+"""The stack step: reference exposures into one psfstack, outliers flagged."""
+
+import logging
+import os
+
+import numpy as np
+
+from .. import core
+from ..errors import InputError
+from ..products import (
+    Product,
+    add_provenance,
+    pixel_scale_arcsec,
+    psf_fwhm_pix,
+    star_center,
+)
+from ._common import _check_not_all_bad, _err_or_estimate, _frame_check
+
+log = logging.getLogger("coron")
+
+
+def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True,
+                    return_outliers=False):
+    """Flag outliers and repair bad pixels of an exposure.
+
+    Parameters
+    ----------
+    product : Product
+        Exposure with SCI (nint, ny, nx).
+    bad_bits : int
+        DQ bits meaning "do not use".
+    outliers : bool
+        Search for unflagged outliers (cosmic rays): across integrations,
+        and, where they cannot decide (one integration), only pixels sharper
+        than the diffraction limit at the exposure's FILTER allows
+        (:func:`coron_cli.core.find_outliers`), so that a companion is never
+        taken for one.
+    return_outliers : bool
+        Also return the mask of the outliers found.
+
+    Returns
+    -------
+    sci : ndarray of float32 (nint, ny, nx)
+        Repaired copy.
+    err : ndarray of float32
+        ERR, estimated when missing.
+    dq : ndarray of uint32
+        DQ with new outliers flagged DO_NOT_USE | OUTLIER.
+    nout : int
+        Outliers found.
+    hit : ndarray of bool (nint, ny, nx)
+        Only with `return_outliers`: where they are.
+    """
+    bad = core.bad_pixel_mask(product.sci, product.dq, bad_bits=bad_bits)
+    _check_not_all_bad(product, bad)
+    err = _err_or_estimate(product)
+    dq = np.array(product.dq if product.dq is not None else np.zeros(product.sci.shape),
+                  dtype=np.uint32)
+    dq[~np.isfinite(product.sci)] |= np.uint32(core.DO_NOT_USE)  # repaired, stays flagged
+    nout = 0
+    hit = np.zeros(product.sci.shape, bool)
+    if outliers:
+        hit = _find_outliers(product, bad, err)
+        nout = int(hit.sum())
+        if nout:
+            dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
+            bad = bad | hit
+    # the integrations of one exposure show the same scene: repair across them first
+    sci = core.repair_bad_pixels(product.sci, bad, groups=np.zeros(product.sci.shape[0], int))
+    out = sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
+    return out + (hit,) if return_outliers else out
+
+
+def _find_outliers(product, bad, err):
+    """core.find_outliers with the diffraction limit of the exposure's filter."""
+    fwhm = psf_fwhm_pix(product.primary, product.sci_header)
+    return core.find_outliers(product.sci, bad, err=err, psf_fwhm=fwhm)
+
+
+def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None):
+    """Concatenate reference exposures into a psfstack product.
+
+    Outliers are searched for within each exposure (its integrations see the
+    same scene) and flagged in DQ; SCI values are kept as read.
+
+    Parameters
+    ----------
+    exposures : list of Product
+        Reference exposures, cubes (nint_i, ny, nx).
+
+    Returns
+    -------
+    Product
+        SCI/ERR/DQ of shape (nref, ny, nx) and a REFS table (slice, file,
+        integration, starcenx, starceny).
+    """
+    from astropy.table import Table
+
+    if not exposures:
+        raise InputError(None, "no reference exposures to stack")
+    first = exposures[0]
+    for e in exposures[1:]:
+        _frame_check(first, e, e.path)
+    scis, errs, dqs, rows = [], [], [], []
+    nout = 0
+    for e in exposures:
+        bad = core.bad_pixel_mask(e.sci, e.dq, bad_bits=bad_bits)
+        _check_not_all_bad(e, bad)
+        err = _err_or_estimate(e)
+        dq = np.array(e.dq, dtype=np.uint32)
+        dq[~np.isfinite(e.sci)] |= np.uint32(core.DO_NOT_USE)
+        hit = _find_outliers(e, bad, err)
+        dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
+        nout += int(hit.sum())
+        scis.append(e.sci.astype(np.float32))
+        errs.append(np.asarray(err, dtype=np.float32))
+        dqs.append(dq)
+        (cx, cy), _ = star_center(e.sci_header, e.sci.shape)
+        ox, oy = _dither_offset(e)
+        rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy, ox, oy, _visit_key(e),
+                     str(e.primary.get("PATTTYPE", ""))))
+    sci, index = core.stack_cubes(scis)
+    err, _ = core.stack_cubes(errs)
+    dq, _ = core.stack_cubes(dqs)
+    refs = Table()
+    refs["slice"] = np.arange(sci.shape[0], dtype=np.int32)
+    refs["file"] = [rows[i][0] for i in index[:, 0]]
+    refs["integration"] = index[:, 1].astype(np.int32)
+    refs["starcenx"] = np.array([rows[i][2] for i in index[:, 0]])
+    refs["starceny"] = np.array([rows[i][3] for i in index[:, 0]])
+    refs["xoffset"] = np.array([rows[i][4] for i in index[:, 0]])
+    refs["yoffset"] = np.array([rows[i][5] for i in index[:, 0]])
+    refs["xoffset"].unit = refs["yoffset"].unit = "pix"
+    refs["xoffset"].description = "commanded dither offset (XOFFSET), pixels"
+    refs["yoffset"].description = "commanded dither offset (YOFFSET), pixels"
+    refs["visit"] = [rows[i][6] for i in index[:, 0]]
+    refs["visit"].description = "star and visit (TARGNAME PROGRAM:OBSERVTN:VISIT)"
+    refs["patttype"] = [rows[i][7] for i in index[:, 0]]
+    params = dict(params or {})
+    params.setdefault("bad_bits", bad_bits)
+    primary = first.primary.copy()
+    primary["NINTS"] = (sci.shape[0], "reference slices in the stack")
+    if asn_id:
+        primary["ASN_ID"] = (asn_id, "association id")
+    primary = add_provenance(primary, "coron-stack", params, history=[
+        f"stacked {len(exposures)} exposures, {sci.shape[0]} slices; "
+        f"{nout} outlier pixels flagged"] + [f"ref: {r[0]}" for r in rows])
+    log.info("stacked %d exposures into %d slices (%d outliers flagged)",
+             len(exposures), sci.shape[0], nout)
+    return Product(sci=sci, err=err, dq=dq, primary=primary,
+                   sci_header=first.sci_header.copy(), tables={"REFS": refs}, path="psfstack")
+
+
+def _dither_offset(exposure):
+    """Commanded dither offset (XOFFSET, YOFFSET; arcsec) of an exposure, in pixels.
+
+    NaN when the header lacks them or the pixel scale is unknown.
+    """
+    h = exposure.primary
+    if "XOFFSET" not in h or "YOFFSET" not in h:
+        return np.nan, np.nan
+    scale = pixel_scale_arcsec(exposure.sci_header) or h.get("PIXSCALE")
+    try:
+        return float(h["XOFFSET"]) / float(scale), float(h["YOFFSET"]) / float(scale)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return np.nan, np.nan
+
+
+def _visit_key(exposure):
+    """Which star and visit an exposure belongs to: 'TARGNAME PROGRAM:OBSERVTN:VISIT'.
+
+    References of one star in one visit share a target acquisition and a
+    wavefront, so a dither model may be learned from them together. Missing
+    keywords are left out; with none at all every exposure gets '' (one
+    group, as before these keywords were read).
+    """
+    h = exposure.primary
+    visit = ":".join(str(h[k]).strip() for k in ("PROGRAM", "OBSERVTN", "VISIT") if k in h)
+    return " ".join(v for v in (str(h.get("TARGNAME", "")).strip(), visit) if v)
+
+
+def _stack_dithers(psfstack):
+    """Dither offsets (nref, 2; NaN where unknown) and visit labels (nref,) of a psfstack.
+
+    None when the REFS table does not give offsets.
+    """
+    refs = psfstack.tables.get("REFS") if psfstack.tables else None
+    if refs is None or "xoffset" not in refs.colnames or len(refs) != psfstack.sci.shape[0]:
+        return None
+    pos = np.column_stack([np.asarray(refs["xoffset"], float),
+                           np.asarray(refs["yoffset"], float)])
+    keys = np.asarray(refs["visit"]).astype(str) if "visit" in refs.colnames else \
+        np.zeros(len(refs), dtype=str)
+    _, groups = np.unique(keys, return_inverse=True)
+    return pos, groups, keys
+
+
+def _repair_stack(psfstack, bad_bits):
+    bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
+    _check_not_all_bad(psfstack, bad)
+    return core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
+
+
+def _stack_groups(psfstack):
+    """Slice labels of a psfstack, one per source exposure (REFS file), or None."""
+    refs = psfstack.tables.get("REFS") if psfstack.tables else None
+    if refs is None or "file" not in refs.colnames or len(refs) != psfstack.sci.shape[0]:
+        return None
+    _, labels = np.unique(np.asarray(refs["file"]).astype(str), return_inverse=True)
+    return labels
