@@ -11,110 +11,59 @@ klip         Karhunen-Loeve image projection (KLIP) PSF subtraction
 combine      rotation to north-up and inverse-variance combination
 inject       fake point sources, injection grids, throughput photometry
 metrics      SNR images, annular noise, contrast and aperture SNR
+robust       robust noise: 1.4826 times the median absolute deviation
+
+Private helpers: ``_geometry`` (pixel radii, disk kernels, the parabola
+through three samples of a peak), ``_sharpness_table`` (precomputed
+point-source sharpness bounds).
+
+Importing this package loads none of its submodules (nor scipy): every
+name below is imported from its submodule on first use (PEP 562), e.g.
+``core.klip_subtract`` loads :mod:`~coron_cli.core.klip` only. Within the
+submodules, ``scipy.signal`` and ``scipy.stats`` are imported by the
+functions that need them.
 """
 
-from .background import background_decision, combine_backgrounds, sky_level
-from .badpix import (
-    DO_NOT_USE,
-    OUTLIER,
-    bad_pixel_mask,
-    find_outliers,
-    repair_bad_pixels,
-    restore_source_pixels,
-    sharpness_bound,
-)
-from .combine import combine_images, north_up
-from .inject import (
-    inject_sources,
-    injection_grid,
-    psf_center,
-    psf_envelope,
-    psf_flux,
-    source_ratios,
-)
-from .klip import annulus_fit_zones, annulus_zones, klip_subtract, noise_weights
-from .metrics import (
-    annular_mean,
-    annular_profile,
-    aperture_snr,
-    aperture_sums,
-    calibrate_error,
-    source_regions,
-    contrast_curve,
-    find_candidates,
-    refine_peaks,
-    snr_image,
-    snr_map_mawet,
-    source_footprints,
-    student_t_factor,
-    value_at,
-)
-from .optics import airy_pixels, diffraction_fwhm_pix, filter_wavelength_um
-from .registration import (
-    align_references,
-    apply_gain,
-    bound_shifts,
-    dither_groups,
-    dither_model_shifts,
-    dither_positions,
-    fit_offsets,
-    shift_gain,
-    shift_images,
-    shift_stack,
-    shift_variance,
-)
-from .stack import stack_cubes
+import importlib
 
-__all__ = [
-    "DO_NOT_USE",
-    "OUTLIER",
-    "airy_pixels",
-    "align_references",
-    "apply_gain",
-    "annular_mean",
-    "annular_profile",
-    "annulus_fit_zones",
-    "annulus_zones",
-    "aperture_snr",
-    "aperture_sums",
-    "background_decision",
-    "bad_pixel_mask",
-    "bound_shifts",
-    "calibrate_error",
-    "source_regions",
-    "source_footprints",
-    "combine_backgrounds",
-    "combine_images",
-    "dither_groups",
-    "dither_model_shifts",
-    "diffraction_fwhm_pix",
-    "dither_positions",
-    "contrast_curve",
-    "find_candidates",
-    "filter_wavelength_um",
-    "find_outliers",
-    "inject_sources",
-    "injection_grid",
-    "fit_offsets",
-    "klip_subtract",
-    "noise_weights",
-    "north_up",
-    "psf_center",
-    "psf_envelope",
-    "psf_flux",
-    "refine_peaks",
-    "repair_bad_pixels",
-    "restore_source_pixels",
-    "sharpness_bound",
-    "shift_gain",
-    "shift_images",
-    "shift_stack",
-    "shift_variance",
-    "sky_level",
-    "snr_image",
-    "snr_map_mawet",
-    "source_ratios",
-    "stack_cubes",
-    "student_t_factor",
-    "value_at",
-]
+# every public name, by the submodule that defines it
+_EXPORTS = {
+    "background": ("background_decision", "combine_backgrounds", "sky_level"),
+    "badpix": ("DO_NOT_USE", "OUTLIER", "bad_pixel_mask", "find_outliers",
+               "repair_bad_pixels", "restore_source_pixels", "sharpness_bound"),
+    "combine": ("combine_images", "north_up"),
+    "inject": ("inject_sources", "injection_grid", "psf_center", "psf_envelope", "psf_flux",
+               "source_ratios"),
+    "klip": ("annulus_fit_zones", "annulus_zones", "klip_subtract", "noise_weights"),
+    "metrics": ("annular_mean", "annular_profile", "aperture_snr", "aperture_sums",
+                "calibrate_error", "contrast_curve", "find_candidates", "refine_peaks",
+                "snr_image", "snr_map_mawet", "source_footprints", "source_regions",
+                "student_t_factor", "value_at"),
+    "optics": ("airy_pixels", "diffraction_fwhm_pix", "filter_wavelength_um"),
+    "registration": ("align_references", "apply_gain", "bound_shifts", "dither_groups",
+                     "dither_model_shifts", "dither_positions", "fit_offsets", "shift_gain",
+                     "shift_images", "shift_stack", "shift_variance"),
+    "robust": ("robust_sigma",),
+    "stack": ("stack_cubes",),
+}
+
+_SUBMODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_SUBMODULE_OF)
+
+
+def __getattr__(name):
+    """Import a public name (or a submodule) on first access (PEP 562)."""
+    module = _SUBMODULE_OF.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    elif name in _EXPORTS:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_EXPORTS))

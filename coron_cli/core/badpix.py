@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .optics import _airy_intensity
+from .robust import robust_sigma
 
 __all__ = ["DO_NOT_USE", "OUTLIER", "SHARPEST_FWHM_PIX", "SharpnessBound", "bad_pixel_mask",
            "find_outliers", "repair_bad_pixels", "restore_source_pixels", "sharpness_bound"]
@@ -139,12 +140,6 @@ def _repair_across(flat, bad, groups):
             med = np.nanmedian(vals[:, ok], axis=0)
             flat[idx[r], y[ok], x[ok]] = med * norm[r]
             bad[idx[r], y[ok], x[ok]] = False
-
-
-def _robust_sigma(values, axis):
-    # callers silence the all-NaN warnings (a pixel bad in every integration)
-    med = np.nanmedian(values, axis=axis, keepdims=True)
-    return 1.4826 * np.nanmedian(np.abs(values - med), axis=axis)
 
 
 # ---------------------------------------------------------------------------
@@ -598,10 +593,7 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, rel=0.03, jitter=0.05
     work = np.where(bad, np.nan, cube)
     if err is None:
         diff = work[:, 1:, :] - work[:, :-1, :]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            dev = np.abs(diff - np.nanmedian(diff, axis=(1, 2), keepdims=True))
-            sig = np.nanmedian(dev, axis=(1, 2)) * 1.4826 / np.sqrt(2.0)
+        sig = robust_sigma(diff, axis=(1, 2)) / np.sqrt(2.0)
         noise = np.broadcast_to(sig[:, None, None], cube.shape)
     else:
         err = np.asarray(err, dtype=np.float64)
@@ -628,7 +620,7 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, rel=0.03, jitter=0.05
             den = (m0 * m0).sum(axis=(1, 2))
             scale = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
             dev = work - scale[:, None, None] * med[None]
-            spread = _robust_sigma(dev, axis=0)
+            spread = robust_sigma(dev, axis=0)
             sigma = np.sqrt(noise ** 2 + spread[None] ** 2 + tol[None])
             out |= (np.abs(dev) > nsigma * sigma) & (ngood >= 3)[None]
         undecided = (ngood >= 1) & (ngood <= 2)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .metrics import _radius
+from ._geometry import _radius
 
 __all__ = ["klip_subtract", "annulus_zones", "annulus_fit_zones", "noise_weights"]
 

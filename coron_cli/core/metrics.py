@@ -3,7 +3,13 @@
 import math
 
 import numpy as np
-from scipy import ndimage, signal, stats
+from scipy import ndimage
+
+# scipy.signal and scipy.stats (~0.4 s each to import) are imported by the
+# functions that use them. _radius and _disk live in the numpy-only _geometry,
+# so that klip and inject need not import this module; they stay importable
+# from here.
+from ._geometry import _disk, _radius, parabola_vertex
 
 __all__ = [
     "snr_image",
@@ -41,11 +47,6 @@ def snr_image(sci, err):
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(ok, sci / np.where(ok, err, 1.0), np.nan)
     return out.astype(np.float32)
-
-
-def _radius(shape, center):
-    y, x = np.indices(shape, dtype=np.float64)
-    return np.hypot(x - center[0], y - center[1])
 
 
 def annular_profile(image, center, *, width=2):
@@ -173,6 +174,7 @@ def _grouped_median(values, groups, ngroups):
 
 
 def _grouped_robust_std(values, groups, ngroups):
+    """:func:`~coron_cli.core.robust.robust_sigma` within each group (finite `values`)."""
     med = _grouped_median(values, groups, ngroups)
     mad = _grouped_median(np.abs(values - med[groups]), groups, ngroups)
     return 1.4826 * mad
@@ -573,6 +575,8 @@ def student_t_factor(n, *, sigma=5.0):
     ----------
     Mawet et al. 2014, ApJ 792, 97, section 3 and eq. 9.
     """
+    from scipy import stats
+
     n = np.floor(np.asarray(n, dtype=np.float64))
     fpf = stats.norm.sf(sigma)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -604,13 +608,9 @@ def contrast_curve(radius, sigma, *, star_flux, fwhm, nsigma=5.0):
     return student_t_factor(n, sigma=nsigma) * np.asarray(sigma) / float(star_flux)
 
 
-def _disk(radius):
-    h = int(np.ceil(radius)) + 1
-    yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
-    return (np.hypot(xx, yy) <= radius).astype(np.float64)
-
-
 def _aperture_sums(image, fwhm):
+    from scipy import signal
+
     img = np.where(np.isfinite(image), image, 0.0)
     return signal.fftconvolve(img, _disk(fwhm / 2.0), mode="same")
 
@@ -631,6 +631,8 @@ def aperture_sums(image, *, fwhm):
     ndarray of float64 of shape (ny, nx)
         NaN where the aperture touches a missing pixel or leaves the image.
     """
+    from scipy import signal
+
     img = np.asarray(image, dtype=np.float64)
     kernel = _disk(float(fwhm) / 2.0)
     sums = signal.fftconvolve(np.where(np.isfinite(img), img, 0.0), kernel, mode="same")
@@ -747,6 +749,8 @@ def snr_map_mawet(image, center, *, fwhm, exclusion=None, clip=5.0):
     ----------
     Mawet et al. 2014, ApJ 792, 97, eq. 9.
     """
+    from scipy import signal
+
     img = np.asarray(image, dtype=np.float64)
     fwhm = float(fwhm)
     rex = fwhm if exclusion is None else float(exclusion)
@@ -915,8 +919,4 @@ def _vertex(a, y, x, dx, dy, n):
     i = x if dx else y
     if i == 0 or i == n - 1:
         return 0.0
-    lo, c, hi = a[y - dy, x - dx], a[y, x], a[y + dy, x + dx]
-    den = lo - 2 * c + hi
-    if not (np.isfinite(lo) and np.isfinite(hi)) or den >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5))
+    return float(parabola_vertex(a[y - dy, x - dx], a[y, x], a[y + dy, x + dx]))

@@ -10,6 +10,8 @@ import mmap
 import numpy as np
 from scipy import fft as sfft
 
+from ._geometry import parabola_vertex
+
 __all__ = ["align_references", "apply_gain", "bound_shifts", "dither_groups", "dither_model_shifts",
            "dither_positions", "fit_offsets", "pair_residuals", "shift_gain", "shift_images",
            "shift_stack", "shift_variance"]
@@ -228,14 +230,6 @@ def _cc_weights(n):
     return w
 
 
-def _subpixel(c0, cm, cp):
-    """Parabola through three samples of a peak: offset of its vertex in [-0.5, 0.5]."""
-    den = cm - 2 * c0 + cp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.where(den < 0, 0.5 * (cm - cp) / den, 0.0)
-    return np.clip(s, -0.5, 0.5)
-
-
 def _wrap(i, n):
     return np.where(i > n // 2, i - n, i)
 
@@ -247,8 +241,8 @@ def _periodic_peak(cc):
     iy, ix = np.unravel_index(idx, (my, mx))
     b = np.arange(n)
     c0 = cc[b, iy, ix]
-    sx = _subpixel(c0, cc[b, iy, (ix - 1) % mx], cc[b, iy, (ix + 1) % mx])
-    sy = _subpixel(c0, cc[b, (iy - 1) % my, ix], cc[b, (iy + 1) % my, ix])
+    sx = parabola_vertex(cc[b, iy, (ix - 1) % mx], c0, cc[b, iy, (ix + 1) % mx])
+    sy = parabola_vertex(cc[b, (iy - 1) % my, ix], c0, cc[b, (iy + 1) % my, ix])
     return _wrap(ix, mx) + sx, _wrap(iy, my) + sy
 
 
@@ -323,8 +317,8 @@ def _initial_shift(X, ny, nx, workers, *, decimate=4, half=2, rounds=3):
         if j.size:
             a_j, b_j = a[j], b[j]
             c0 = cc[j, b_j, a_j]
-            sx = _subpixel(c0, cc[j, b_j, a_j - 1], cc[j, b_j, a_j + 1])
-            sy = _subpixel(c0, cc[j, b_j - 1, a_j], cc[j, b_j + 1, a_j])
+            sx = parabola_vertex(cc[j, b_j, a_j - 1], c0, cc[j, b_j, a_j + 1])
+            sy = parabola_vertex(cc[j, b_j - 1, a_j], c0, cc[j, b_j + 1, a_j])
             t = todo[j]
             fx[t] = _wrap((ix[t] + a_j - half) % nx, nx) + sx
             fy[t] = _wrap((iy[t] + b_j - half) % ny, ny) + sy
