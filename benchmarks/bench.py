@@ -806,7 +806,7 @@ def worker_main(spec):
     elif step == "klip":
         sci = read_product(asn.science[0], what="science exposure")
         aligned = read_product(os.path.join(out, f"{roots[0]}_psfalign.fits"), ndims=(4,))
-        run = lambda: steps.klip_step(sci, aligned, truncate=spec["truncs"])  # noqa: E731
+        run = lambda: steps.klip_step(sci, aligned, steps.KlipConfig(truncate=spec["truncs"]))  # noqa: E731
     elif step == "combine":
         subs = []
         for r in roots:
@@ -863,6 +863,7 @@ def pipeline_config(n, nref, args):
     import warnings
 
     from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
 
     nint = args.nint
     truncs = truncs_for(nref)
@@ -907,7 +908,7 @@ def pipeline_config(n, nref, args):
             iot.reset()
             with iot, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                summary = timed(lambda: run_association(asn, out_api, truncate=truncs), walls)
+                summary = timed(lambda: run_association(asn, out_api, PipelineConfig.from_options(truncate=truncs)), walls)
             steps_t.append(summary["timings"])
             io = io_by_step(iot.write)
             io["_read"] = iot.read

@@ -156,7 +156,11 @@ def find_product(folder, suffix, contains=""):
 
 
 def run_pipeline(asn_path, outdir, options):
-    """``run_association(asn_path, outdir, **options)`` into a fresh folder.
+    """``run_association`` of an association into a fresh folder.
+
+    `options` are the flat option names of ``coron3 run``
+    (:meth:`coron_cli.steps.PipelineConfig.from_options`), plus ``mask`` and
+    ``offaxis_psf`` (arrays).
 
     Returns
     -------
@@ -165,10 +169,14 @@ def run_pipeline(asn_path, outdir, options):
         run_association returned).
     """
     from .pipeline import run_association
+    from .steps import PipelineConfig
 
+    options = dict(options)
+    data = {k: options.pop(k) for k in ("mask", "offaxis_psf") if k in options}
+    config = PipelineConfig.from_options(**options)
     os.makedirs(outdir, exist_ok=True)
     t0 = time.perf_counter()
-    summary = run_association(asn_path, outdir, **options)
+    summary = run_association(asn_path, outdir, config, **data)
     dt = time.perf_counter() - t0
     return {"seconds": dt, "i2d": find_product(outdir, "_i2d.fits"), "outdir": outdir,
             "summary": summary}
@@ -207,8 +215,8 @@ def classical_rdi_i2d(asn_path, run_dir):
                     [read_product(p) for p in prod.background],
                     [read_product(p) for p in prod.science],
                     [read_product(p) for p in prod.psf])[0]
-            sci, _ = steps.background_step(sci, bkg_sci,
-                                           mode=str(ali.primary.get("BKGMODE", "auto")))
+            sci, _ = steps.background_step(sci, bkg_sci, steps.BackgroundConfig(
+                mode=str(ali.primary.get("BKGMODE", "auto"))))
         subs.append(classical_rdi(sci, ali))
         del ali
     return steps.combine_step(subs)
@@ -459,12 +467,11 @@ def near_mask(shape, points, radius):
 
 
 def robust_std(values):
-    """1.4826 times the median absolute deviation from the median (finite values)."""
+    """:func:`coron_cli.core.robust_sigma` of the values, NaN for fewer than two finite ones."""
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size < 2:
+    if np.count_nonzero(np.isfinite(v)) < 2:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v))))
+    return core.robust_sigma(v)
 
 
 def local_noise(image, center, radii, *, half_width, exclude=None):

@@ -1,6 +1,6 @@
 """Exceptions that the command layer turns into one-line messages."""
 
-__all__ = ["CoronError", "InputError", "Interrupted", "OutputClosed", "OutputError", "Terminated",
+__all__ = ["CoronError", "ConfigError", "InputError", "Interrupted", "OutputClosed", "OutputError", "Terminated",
            "check_signals", "clear_lost_signals", "note_lost_signal"]
 
 
@@ -30,6 +30,18 @@ class CoronError(Exception):
 
 class InputError(CoronError):
     """An input file, association or option value is unusable."""
+
+
+class ConfigError(InputError):
+    """A step configuration field has a value that cannot be used.
+
+    ``source`` is the field's name (e.g. ``truncate``); the command layer
+    prints the option's flag instead (:func:`coron_cli.cli.options.flag_for`).
+    """
+
+    def __init__(self, field_name, message):
+        self.field = field_name
+        super().__init__(field_name, message)
 
 
 class OutputError(CoronError):

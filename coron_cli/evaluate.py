@@ -22,7 +22,8 @@ import numpy as np
 from . import core, steps
 from .demo import write_simulation
 from .pipeline import run_association
-from .products import Product, read_product, roll_angle, star_center
+from .products import Product, read_product, roll_angle, star_cards, star_center
+from .steps import PipelineConfig
 from .steps._common import _mean_over_integrations
 from .steps.inject import _offsets
 
@@ -86,7 +87,7 @@ def planet_snr(image, err, center, positions, fwhm):
     return out
 
 
-def classical_rdi(science, psfalign, *, annuli_width=2):
+def classical_rdi(science, psfalign, *, noise_width=2):
     """psfsub-like product of classical RDI: science minus the scaled mean reference.
 
     Each aligned reference is scaled by its fitted flux factor (SHIFTS) and
@@ -103,9 +104,9 @@ def classical_rdi(science, psfalign, *, annuli_width=2):
     center, _ = star_center(psfalign.sci_header, sci.shape)
     var = err.astype(np.float64) ** 2 + np.einsum(
         "ij,ijyx->iyx", scale ** 2, psfalign.err.astype(np.float64) ** 2) / nref ** 2
-    out_err = core.calibrate_error(res, np.sqrt(var), center, width=annuli_width)
+    out_err = core.calibrate_error(res, np.sqrt(var), center, width=noise_width)
     hdr = science.sci_header.copy()
-    hdr["STARCENX"], hdr["STARCENY"] = center
+    star_cards(hdr, center)
     return Product(sci=res.astype(np.float32), err=out_err, dq=dq, primary=science.primary,
                    sci_header=hdr, path=science.path)
 
@@ -144,7 +145,7 @@ def twin_checks(i2d, truth, *, inner_lod=2.0, calib_lod=3.0, width=None):
             "n_false": int((np.abs(snr[outside]) >= 5).sum()), "annuli": ann}
 
 
-def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), annuli=1, subsections=1,
+def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), zones=1, zone_sectors=1,
              exclude=(), protect=5.0):
     """Run the whole evaluation; returns a JSON-able dict (see module docstring)."""
     from .simulate import simulate_dataset
@@ -159,10 +160,11 @@ def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), annuli=1, subse
     twin_dir = os.path.join(outdir, "products_noplanet")
     os.makedirs(prod_dir, exist_ok=True)
     os.makedirs(twin_dir, exist_ok=True)
-    kw = dict(truncate=truncate, annuli=annuli, subsections=subsections, exclude=exclude,
-              protect=protect)
-    run_association(paths["asn"], prod_dir, **kw)
-    run_association(paths["asn_noplanet"], twin_dir, **kw)
+    config = PipelineConfig.from_options(truncate=truncate, zones=zones,
+                                         zone_sectors=zone_sectors, exclude=exclude,
+                                         protect=protect)
+    run_association(paths["asn"], prod_dir, config)
+    run_association(paths["asn_noplanet"], twin_dir, config)
     i2d = read_product(_find(prod_dir, "_i2d.fits"), ndims=(2,))
     c_i2d, _ = star_center(i2d.sci_header, i2d.sci.shape)
     sky = np.array([[c_i2d[0] + p["xy_north_up"][0], c_i2d[1] + p["xy_north_up"][1]]
@@ -270,8 +272,9 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
     twin_dir = os.path.join(outdir, "twin")
     os.makedirs(twin_dir, exist_ok=True)
     t0 = time.perf_counter()
-    summ = run_association(paths["asn_noplanet"], twin_dir, truncate=truncate, star_flux=star,
-                           star_flux_method=method, fwhm=lod, offaxis_psf=psf, contrast=True)
+    summ = run_association(paths["asn_noplanet"], twin_dir, PipelineConfig.from_options(
+        truncate=truncate, star_flux=star, star_flux_method=method, fwhm=lod, contrast=True),
+        offaxis_psf=psf)
     timings = {"twin_with_contrast": time.perf_counter() - t0, **summ["timings"]}
     curve_t = Table.read(_find(twin_dir, "_contrast.fits"), hdu="CONTRAST")
     rc = np.asarray(curve_t["radius"], float)
@@ -321,7 +324,7 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
                 json.dump(a, fh)
             run_dir = os.path.join(outdir, tag)
             os.makedirs(run_dir, exist_ok=True)
-            run_association(apath, run_dir, truncate=truncate)
+            run_association(apath, run_dir, PipelineConfig.from_options(truncate=truncate))
             i2d = read_product(_find(run_dir, "_i2d.fits"), ndims=(2,))
             c2, _ = star_center(i2d.sci_header, i2d.sci.shape)
             sky = np.asarray(c2) + _offsets(seps, pa[k], 0.0)

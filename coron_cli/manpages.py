@@ -15,6 +15,7 @@ COMMANDS = (
     ("coron-align", "coron_cli.cli.align"),
     ("coron-klip", "coron_cli.cli.klip"),
     ("coron-hlsp", "coron_cli.cli.hlsp"),
+    ("coron-combine", "coron_cli.cli.combine"),
     ("coron3", "coron_cli.cli.coron3"),
 )
 

@@ -10,7 +10,7 @@ panel — simulated observing set-ups x seeds, and the real JWST sets of
 - classical RDI: the scaled mean of the default run's aligned references
   subtracted, the exposures combined north-up;
 - every ``--variant``: keyword overrides of ``run_association`` on top of the
-  defaults, e.g. ``--variant weights=none --variant "annuli=3,subsections=4"``,
+  defaults, e.g. ``--variant weights=none --variant "zones=3,zone_sectors=4"``,
 
 and prints per companion its separation and its SNR in the combined north-up
 image by the aperture t-test of Mawet et al. 2014 at the known position (the
@@ -29,7 +29,6 @@ measured, unless ``--keep DIR``.
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -52,8 +51,8 @@ __all__ = ["PLAIN", "ROTATIONS", "MEASURABLE_SNR", "plain_options", "parse_value
 #: run time (:func:`plain_options`). Add a key here when a new option's default
 #: departs from the stage (the panel and realcheck build plain KLIP from this
 #: dict only).
-PLAIN = dict(method="fourier", weights="none", protect=0, truncate=None, annuli=1,
-             subsections=1, zone_width=None, zone_fit="self", sky_order=0,
+PLAIN = dict(align_method="fourier", weights="none", protect=0, truncate=None, zones=1,
+             zone_sectors=1, zone_width=None, zone_fit="self", sky_order=0,
              min_transmission=0.0, psfmask_weights=False)
 
 #: seeds per simulated set-up in the default panel
@@ -137,10 +136,12 @@ def parse_value(text):
 
 
 def _run_keywords():
-    from .pipeline import run_association
+    """The flat option names of ``coron3 run`` (PipelineConfig.from_options), and the
+    arrays run_association takes."""
+    from .steps import PipelineConfig
 
-    params = inspect.signature(run_association).parameters
-    return {k for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    names = {k for opts in PipelineConfig.OPTIONS.values() for k in opts}
+    return names | PipelineConfig.OTHER_OPTIONS | {"mask", "offaxis_psf"}
 
 
 def parse_variant(text, *, allowed=None):
@@ -153,8 +154,8 @@ def parse_variant(text, *, allowed=None):
         values as :func:`parse_value` reads them (a tuple in brackets may
         hold commas: ``truncate=(5,10)``).
     allowed : set of str, optional
-        Keywords accepted (default: those of
-        :func:`coron_cli.pipeline.run_association`).
+        Keywords accepted (default: the options of ``coron3 run``, as
+        :meth:`coron_cli.steps.PipelineConfig.from_options` takes them).
 
     Returns
     -------
@@ -186,7 +187,7 @@ def parse_variant(text, *, allowed=None):
         if not key:
             raise ValueError(f"variant {text!r}: empty key")
         if key not in allowed:
-            raise ValueError(f"variant {text!r}: run_association has no option {key!r} "
+            raise ValueError(f"variant {text!r}: coron3 run has no option {key!r} "
                              f"(known: {', '.join(sorted(allowed))})")
         out[key] = parse_value(value)
     return label, out

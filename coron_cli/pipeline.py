@@ -10,11 +10,20 @@ import logging
 import os
 import time
 
-from . import core, defaults, steps
+from . import core, steps
 from .asn import read_asn
-from .errors import InputError, OutputError
-from .products import (exposure_root, pixel_scale_arcsec, read_product, star_center,
-                       transmission_for, write_ecsv, write_product)
+from .errors import OutputError
+from .products import (
+    exposure_product_name,
+    pixel_scale_arcsec,
+    read_product,
+    star_center,
+    transmission_for,
+    write_ecsv,
+    write_product,
+)
+from .steps._common import _check_not_all_bad, check_same_frames
+from .steps.config import ConfigError, PipelineConfig
 
 __all__ = ["plan", "step_count", "run_association", "check_association", "check_outdir"]
 
@@ -63,9 +72,9 @@ def plan(asn, outdir, *, detect=False, table_format="fits", plot=False):
     for prod in asn.products:
         out.append(("psfstack", os.path.join(outdir, f"{prod.name}_psfstack.fits"), prod.psf))
         for sci in prod.science:
-            root = exposure_root(sci) + (f"_{asn.asn_id}" if asn.asn_id else "")
-            out.append(("psfalign", os.path.join(outdir, f"{root}_psfalign.fits"), [sci]))
-            out.append(("psfsub", os.path.join(outdir, f"{root}_psfsub.fits"), [sci]))
+            for kind in ("psfalign", "psfsub"):
+                name = exposure_product_name(sci, kind, asn.asn_id)
+                out.append((kind, os.path.join(outdir, name), [sci]))
         out.append(("i2d", os.path.join(outdir, f"{prod.name}_i2d.fits"), prod.science))
         out.append(("snr", os.path.join(outdir, f"{prod.name}_snr.fits"), []))
         out.append(("contrast", os.path.join(outdir, f"{prod.name}_contrast.fits"), []))
@@ -136,14 +145,11 @@ def check_association(asn_path, outdir=".", *, bad_bits=1):
                             ("background exposure", prod.background)):
             for path in paths:
                 exp = read_product(path, what=what)
-                if core.bad_pixel_mask(exp.sci, exp.dq, bad_bits=bad_bits).all():
-                    raise InputError(path, "all pixels are flagged DO_NOT_USE or not finite")
+                _check_not_all_bad(exp, core.bad_pixel_mask(exp.sci, exp.dq, bad_bits=bad_bits))
                 ny, nx = exp.sci.shape[-2:]
                 if first is None:
-                    first = (path, ny, nx)
-                elif (ny, nx) != first[1:]:
-                    raise InputError(path, f"frames are {nx}x{ny} pixels but {first[0]} has "
-                                           f"{first[2]}x{first[1]}")
+                    first = (path, exp.sci.shape)
+                check_same_frames(*first, path, exp.sci.shape)
                 log.info("%s: %s, %d integration(s) of %dx%d pixels", path, what,
                          exp.sci.shape[0], nx, ny)
                 del exp
@@ -180,18 +186,8 @@ def _warn_once(func):
 
 
 @_warn_once
-def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsections=1,
-                    exclude=(), protect=5.0, weights=defaults.WEIGHTS, annuli_width=2,
-                    bad_bits=1,
-                    star_flux=None,
-                    fwhm=None,
-                    star_flux_method="peak", offaxis_psf=None, contrast=False,
-                    snr_method="ratio", detect=None, inner_radius=None, table_format="fits",
-                    plot=False, mask=None, method="auto", psfmask=defaults.PSFMASK,
-                    psfmask_weights=defaults.PSFMASK_WEIGHTS,
-                    min_transmission=defaults.MIN_TRANSMISSION, sky_order=defaults.SKY_ORDER,
-                    zone_width=defaults.ZONE_WIDTH, zone_fit=defaults.ZONE_FIT,
-                    background=defaults.BACKGROUND, on_step=None):
+def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf=None,
+                    on_step=None):
     """Run the whole chain on an association.
 
     Parameters
@@ -200,45 +196,27 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
         Association JSON file.
     outdir : str
         Folder for the products; created when missing.
-    truncate, annuli, subsections, exclude, protect, weights, annuli_width, bad_bits :
-        As for coron-klip / coron-hlsp.
-    star_flux, fwhm : float, optional
-        For the contrast table.
-    star_flux_method, snr_method : str
-        As for coron-hlsp.
-    offaxis_psf : ndarray of shape (py, px), optional
-        The unocculted PSF: injected by `contrast`, and used by `detect` to
-        tell a bright source's sidelobes from other sources.
-    contrast : bool
-        Measure the algorithmic throughput by fake-source injection
-        (:func:`coron_cli.steps.klip_inject_step`, in the KLIP step): every
-        psfsub and the i2d get a THROUGHPUT table, and the contrast table the
-        calibrated contrast; ``timings["contrast"]`` is the time spent
-        combining and measuring the fakes for the i2d.
-    detect : float, optional
-        SNR threshold of the detection table (``<product>_detections.fits``
-        and ``.ecsv``); `inner_radius` as for coron-hlsp.
-    table_format : {"fits", "ecsv"}
-        ``ecsv`` also writes ``<product>_contrast.ecsv``.
-    plot : bool
-        Write ``<product>_contrast.png`` and ``<product>_snr.png``
-        (needs matplotlib).
+    config : PipelineConfig, optional
+        One configuration per step (:mod:`coron_cli.steps.config`): with
+        ``inject`` set, fake sources measure the algorithmic throughput
+        (:func:`coron_cli.steps.klip_inject_step`; every psfsub and the i2d
+        get a THROUGHPUT table, the contrast table the calibrated contrast,
+        ``timings["contrast"]`` the time spent combining and measuring the
+        fakes for the i2d); with ``detect`` set, ``<product>_detections.fits``
+        and ``.ecsv``; ``table_format`` ecsv adds ``<product>_contrast.ecsv``;
+        ``plot`` the figures ``<product>_contrast.png`` and ``_snr.png``
+        (needs matplotlib). ``psfmask``: the coronagraph's transmission map
+        of every science exposure: ``auto`` takes the
+        ``<exposure>_psfmask.fits`` beside it when there is one
+        (:func:`coron_cli.products.psfmask_beside`), a path names one map for
+        all, ``none`` uses none. Background members go with the science or
+        the references (:func:`coron_cli.steps.match_backgrounds`) and are
+        subtracted as ``background`` says.
     mask : ndarray, optional
         Registration weights.
-    psfmask : "auto", "none" or str
-        The coronagraph's transmission map of every science exposure:
-        ``auto`` takes the ``<exposure>_psfmask.fits`` beside it when there
-        is one (:func:`coron_cli.products.psfmask_beside`), a path names one
-        map for all, ``none`` uses none.
-    psfmask_weights, min_transmission, sky_order, zone_width, zone_fit :
-        As for coron-align (registration weighted by the map) and
-        coron-klip (pixels below `min_transmission` left out of the KL fit;
-        the sky's polynomial order).
-    background : {"auto", "subtract", "off"}
-        What to do with the association's background members (see
-        :func:`coron_cli.steps.background_step`): science backgrounds go
-        with the science and reference backgrounds with the references
-        (:func:`coron_cli.steps.match_backgrounds`).
+    offaxis_psf : ndarray of shape (py, px), optional
+        The unocculted PSF: injected with ``inject``, and used by ``detect``
+        to tell a bright source's sidelobes from other sources.
     on_step : callable(str), optional
         Called with a short description before each step (progress display).
 
@@ -246,178 +224,197 @@ def run_association(asn_path, outdir=".", *, truncate=(50,), annuli=1, subsectio
     -------
     dict
         ``products``: list of {kind, path}; ``timings``: seconds per step;
-        ``parameters``; ``asn_id``.
+        ``parameters``: the configuration (:meth:`PipelineConfig.as_dict`);
+        ``asn_id``.
     """
+    config = config or PipelineConfig()
     asn = read_asn(asn_path)
     for w in asn.warnings:
         log.warning("%s", w)
     check_outdir(outdir, create=True)
-    truncs = steps.parse_truncate(truncate)
-    if contrast and offaxis_psf is None:
-        raise InputError("--contrast", "needs --psf-offaxis FILE (the unocculted PSF to inject)")
-    if plot:
+    if config.inject is not None and offaxis_psf is None:
+        raise ConfigError("inject", "needs the off-axis PSF to inject")
+    if config.plot:
         from .plots import require_matplotlib
 
         require_matplotlib()
-    written, timings = [], {}
     _check_not_inputs(asn, outdir)
-
-    def tick(name, t0):
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
-        log.info("%s done in %.2f s", name, time.perf_counter() - t0)
-
-    def emit(kind, product, path):
-        write_product(product, path)
-        written.append({"kind": kind, "path": path})
-
+    run = _Run(outdir, config, on_step)
     for prod in asn.products:
-        if on_step:
-            on_step(f"stack {prod.name}")
-        t0 = time.perf_counter()
-        refs = [read_product(p, what="reference exposure") for p in prod.psf]
-        bkg_sci = []
-        if prod.background:
-            bkgs = [_light(read_product(p, what="background exposure"))
-                    for p in prod.background]
-            heads = [_light(read_product(p, what="science exposure")) for p in prod.science]
-            bkg_sci, bkg_ref, left = steps.match_backgrounds(bkgs, heads, refs)
-            for b in left:
-                log.warning("%s: background of another filter; not used", b.path)
-            del heads
-            if not bkg_ref:
-                log.info("no background exposure goes with the references")
-            done = [steps.background_step(r, bkg_ref, mode=background, bad_bits=bad_bits)
-                    for r in refs]
-            refs = [r for r, _ in done]
-            for sub in (True, False):
-                whys = [why for r, why in done if why and bool(r.primary.get("BKGSUB")) == sub]
-                if whys:
-                    log.info("%d reference exposure(s): %s%s", len(whys), whys[0],
-                             " (first of them)" if len(whys) > 1 else "")
-        stack = steps.stack_step(refs, bad_bits=bad_bits, asn_id=asn.asn_id,
-                                 params={"inputs": [os.path.basename(p) for p in prod.psf]})
-        del refs
-        emit("psfstack", stack, os.path.join(outdir, f"{prod.name}_psfstack.fits"))
-        tick("stack", t0)
+        run.step(f"stack {prod.name}")
+        bkg_sci, stack = _stack(prod, asn, config)
+        run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
+        run.tick("stack")
         psfsubs, injections = [], []
         for sci_path in prod.science:
-            root = exposure_root(sci_path) + (f"_{asn.asn_id}" if asn.asn_id else "")
-            if on_step:
-                on_step(f"align {os.path.basename(sci_path)}")
-            t0 = time.perf_counter()
-            sci = read_product(sci_path, what="science exposure")
-            if prod.background:
-                sci, why = steps.background_step(sci, bkg_sci, mode=background,
-                                                 bad_bits=bad_bits)
-                if why:
-                    log.info("%s: %s", os.path.basename(sci_path), why)
-                elif not bkg_sci:
-                    log.info("%s: no background exposure goes with the science",
-                             os.path.basename(sci_path))
-            tmap = transmission_for(psfmask, sci_path, sci.sci.shape[-2:])
-            if tmap is not None:
-                log.info("%s: transmission map from %s", os.path.basename(sci_path),
-                         "--psfmask" if psfmask != "auto" else "beside it")
-            aligned = steps.align_step(sci, stack, mask=mask, bad_bits=bad_bits,
-                                       asn_id=asn.asn_id, method=method, transmission=tmap,
-                                       psfmask_weights=psfmask_weights,
-                                       params={"science": sci_path, "psfstack": "in memory"})
-            emit("psfalign", aligned, os.path.join(outdir, f"{root}_psfalign.fits"))
-            aligned.dq = None  # written; KLIP does not use it (a full cube freed)
-            tick("align", t0)
-            if on_step:
-                on_step(f"klip {os.path.basename(sci_path)}")
-            t0 = time.perf_counter()
-            kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=exclude,
-                      protect=protect, weights=weights,
-                      annuli_width=annuli_width, bad_bits=bad_bits, transmission=tmap,
-                      min_transmission=min_transmission, sky_order=sky_order,
-                      zone_width=zone_width, zone_fit=zone_fit,
-                      params={"science": sci_path, "psfalign": "in memory"})
-            if contrast:
-                sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, fwhm=fwhm, **kw)
-                injections.append(inj)
-            else:
-                sub = steps.klip_step(sci, aligned, **kw)
-            del aligned
-            path = os.path.join(outdir, f"{root}_psfsub.fits")
-            emit("psfsub", sub, path)
-            sub.path = path
+            sub, inj = _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask,
+                                offaxis_psf)
             psfsubs.append(sub)
-            tick("klip", t0)
+            injections.append(inj)
         del stack
-        if on_step:
-            on_step(f"combine {prod.name}")
-        t0 = time.perf_counter()
-        i2d = steps.combine_step(psfsubs, annuli_width=annuli_width)
+        run.step(f"combine {prod.name}")
+        i2d = steps.combine_step(psfsubs, config.combine)
         t_fake = 0.0
-        if contrast and injections and all(j is not None for j in injections):
+        if config.inject is not None and injections and all(j is not None for j in injections):
             t1 = time.perf_counter()
             fakes = steps.combine_injections(psfsubs, injections)
             i2d = steps.add_throughput(i2d, steps.throughput_table(
-                fakes, fwhm=fwhm, scale=pixel_scale_arcsec(i2d.sci_header)))
+                fakes, fwhm=config.inject.fwhm_pix, scale=pixel_scale_arcsec(i2d.sci_header)))
             del fakes
             t_fake = time.perf_counter() - t1
-            tick("contrast", t1)
+            run.tick("contrast", t1)
         del injections
-        emit("i2d", i2d, os.path.join(outdir, f"{prod.name}_i2d.fits"))
-        tick("combine", t0 + t_fake)
-        if on_step:
-            on_step(f"hlsp {prod.name}")
-        t0 = time.perf_counter()
+        run.emit("i2d", i2d, f"{prod.name}_i2d.fits")
+        run.tick("combine", run.t0 + t_fake)
+        run.step(f"hlsp {prod.name}")
         i2d.path = os.path.join(outdir, f"{prod.name}_i2d.fits")
-        snr, con = steps.hlsp_step(i2d, annuli_width=annuli_width, star_flux=star_flux,
-                                   star_flux_method=star_flux_method, fwhm=fwhm,
-                                   snr_method=snr_method, params={"image": i2d.path})
-        emit("snr", snr, os.path.join(outdir, f"{prod.name}_snr.fits"))
-        emit("contrast", con, os.path.join(outdir, f"{prod.name}_contrast.fits"))
-        det = None
-        if detect is not None:
-            det = steps.detect_step(i2d, snr, threshold=detect, inner_radius=inner_radius,
-                                    fwhm=fwhm, star_flux=star_flux,
-                                    star_flux_method=star_flux_method, psf=offaxis_psf,
-                                    params={"image": i2d.path, "snr_method": snr_method})
-        extras = {kind: os.path.join(outdir, prod.name + name) for kind, name in
-                  _hlsp_extras(detect=detect is not None, table_format=table_format,
-                               plot=plot)}
-        for kind, path in extras.items():
-            if kind == "contrast_ecsv":
-                write_ecsv(con.tables["CONTRAST"], path)
-            elif kind == "detections":
-                write_product(det, path)
-            elif kind == "detections_ecsv":
-                write_ecsv(det.tables["DETECTIONS"], path)
-            elif kind == "contrast_png":
-                from .plots import plot_contrast
+        _hlsp(i2d, prod.name, config, run, offaxis_psf)
+        run.tick("hlsp")
+    return {"asn": asn_path, "asn_id": asn.asn_id, "products": run.written,
+            "timings": run.timings, "parameters": config.as_dict()}
 
-                plot_contrast(con.tables["CONTRAST"], path, title=prod.name)
-            elif kind == "snr_png":
-                from .plots import plot_snr
 
-                plot_snr(snr.sci, path, center=star_center(snr.sci_header, snr.sci.shape)[0],
-                         detections=det.tables["DETECTIONS"] if det is not None else None,
-                         title=f"{prod.name}: SNR ({snr_method})")
-            written.append({"kind": kind, "path": path})
-        tick("hlsp", t0)
-    return {
-        "asn": asn_path,
-        "asn_id": asn.asn_id,
-        "products": written,
-        "timings": timings,
-        "parameters": {"truncate": truncs, "annuli": annuli, "subsections": subsections,
-                       "exclude": [list(e) for e in exclude], "protect": protect,
-                       "weights": weights,
-                       "annuli_width": annuli_width,
-                       "bad_bits": bad_bits, "star_flux": star_flux, "fwhm": fwhm,
-                       "star_flux_method": star_flux_method, "contrast": contrast,
-                       "snr_method": snr_method, "detect": detect,
-                       "inner_radius": inner_radius, "table_format": table_format,
-                       "plot": plot, "method": method, "psfmask": psfmask,
-                       "psfmask_weights": psfmask_weights,
-                       "min_transmission": min_transmission, "sky_order": sky_order,
-                       "zone_width": zone_width, "zone_fit": zone_fit,
-                       "background": background},
-    }
+class _Run:
+    """What a run has written and how long its steps took."""
+
+    def __init__(self, outdir, config, on_step):
+        self.outdir, self.config, self.on_step = outdir, config, on_step
+        self.written, self.timings = [], {}
+        self.t0 = time.perf_counter()
+
+    def step(self, description):
+        """A step begins: tell the progress display, start its clock."""
+        if self.on_step:
+            self.on_step(description)
+        self.t0 = time.perf_counter()
+
+    def tick(self, name, t0=None):
+        t0 = self.t0 if t0 is None else t0
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        log.info("%s done in %.2f s", name, time.perf_counter() - t0)
+
+    def emit(self, kind, product, name):
+        path = os.path.join(self.outdir, name)
+        write_product(product, path)
+        self.written.append({"kind": kind, "path": path})
+        return path
+
+
+def _stack(prod, asn, config):
+    """The product's references, background-subtracted when it has backgrounds, stacked.
+
+    Returns (the science's backgrounds, the psfstack).
+    """
+    refs = [read_product(p, what="reference exposure") for p in prod.psf]
+    bkg_sci = []
+    if prod.background:
+        bkgs = [_light(read_product(p, what="background exposure")) for p in prod.background]
+        heads = [_light(read_product(p, what="science exposure")) for p in prod.science]
+        bkg_sci, bkg_ref, left = steps.match_backgrounds(bkgs, heads, refs)
+        for b in left:
+            log.warning("%s: background of another filter; not used", b.path)
+        del heads
+        if not bkg_ref:
+            log.info("no background exposure goes with the references")
+        done = [steps.background_step(r, bkg_ref, config.background) for r in refs]
+        refs = [r for r, _ in done]
+        for sub in (True, False):
+            whys = [why for r, why in done if why and bool(r.primary.get("BKGSUB")) == sub]
+            if whys:
+                log.info("%d reference exposure(s): %s%s", len(whys), whys[0],
+                         " (first of them)" if len(whys) > 1 else "")
+    stack = steps.stack_step(refs, config.stack, asn_id=asn.asn_id,
+                             params={"inputs": [os.path.basename(p) for p in prod.psf]})
+    return bkg_sci, stack
+
+
+def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf):
+    """Align and KLIP-subtract one science exposure; write its psfalign and psfsub.
+
+    Returns (the psfsub, its Injection or None).
+    """
+    run.step(f"align {os.path.basename(sci_path)}")
+    sci = read_product(sci_path, what="science exposure")
+    if prod.background:
+        sci, why = steps.background_step(sci, bkg_sci, config.background)
+        if why:
+            log.info("%s: %s", os.path.basename(sci_path), why)
+        elif not bkg_sci:
+            log.info("%s: no background exposure goes with the science",
+                     os.path.basename(sci_path))
+    tmap = transmission_for(config.psfmask, sci_path, sci.sci.shape[-2:])
+    if tmap is not None:
+        log.info("%s: transmission map from %s", os.path.basename(sci_path),
+                 "--psfmask" if config.psfmask != "auto" else "beside it")
+    aligned = steps.align_step(sci, stack, config.align, mask=mask, transmission=tmap,
+                               asn_id=asn.asn_id,
+                               params={"science": sci_path, "psfstack": "in memory"})
+    run.emit("psfalign", aligned, exposure_product_name(sci_path, "psfalign", asn.asn_id))
+    aligned.dq = None  # written; KLIP does not use it (a full cube freed)
+    run.tick("align")
+    run.step(f"klip {os.path.basename(sci_path)}")
+    kw = {"transmission": tmap, "params": {"science": sci_path, "psfalign": "in memory"}}
+    inj = None
+    if config.inject is not None:
+        sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, config.klip, config.inject,
+                                          **kw)
+    else:
+        sub = steps.klip_step(sci, aligned, config.klip, **kw)
+    del aligned
+    sub.path = run.emit("psfsub", sub, exposure_product_name(sci_path, "psfsub", asn.asn_id))
+    run.tick("klip")
+    return sub, inj
+
+
+def _hlsp(i2d, name, config, run, offaxis_psf):
+    """The SNR map, contrast table and the optional files of an i2d."""
+    snr, con = steps.hlsp_step(i2d, config.hlsp, params={"image": i2d.path})
+    run.emit("snr", snr, f"{name}_snr.fits")
+    run.emit("contrast", con, f"{name}_contrast.fits")
+    det = None
+    if config.detect is not None:
+        det = steps.detect_step(i2d, snr, config.detect, psf=offaxis_psf,
+                                params={"image": i2d.path,
+                                        "snr_method": config.hlsp.snr_method})
+    extras = {kind: os.path.join(run.outdir, name + suffix) for kind, suffix in _hlsp_extras(
+        detect=config.detect is not None, table_format=config.table_format, plot=config.plot)}
+    write_hlsp_files(extras, con, snr, det, title=name)
+    run.written.extend({"kind": kind, "path": path} for kind, path in extras.items())
+
+
+def write_hlsp_files(paths, contrast, snr, detections=None, *, title):
+    """The files the hlsp step writes besides its two products, each atomically.
+
+    Parameters
+    ----------
+    paths : dict
+        kind -> path, for the kinds wanted among ``contrast_ecsv`` (the
+        contrast table as ECSV), ``detections`` and ``detections_ecsv`` (the
+        detection table), ``contrast_png`` and ``snr_png`` (figures).
+    contrast, snr, detections : Product
+        The hlsp step's products and the detect step's (None without it).
+    title : str
+        The figures' title (the product's name).
+    """
+    for kind, path in paths.items():
+        if kind == "contrast_ecsv":
+            write_ecsv(contrast.tables["CONTRAST"], path)
+        elif kind == "detections":
+            write_product(detections, path)
+        elif kind == "detections_ecsv":
+            write_ecsv(detections.tables["DETECTIONS"], path)
+        elif kind == "contrast_png":
+            from .plots import plot_contrast
+
+            plot_contrast(contrast.tables["CONTRAST"], path, title=title)
+        elif kind == "snr_png":
+            from .plots import plot_snr
+
+            plot_snr(snr.sci, path, center=star_center(snr.sci_header, snr.sci.shape)[0],
+                     detections=None if detections is None else detections.tables["DETECTIONS"],
+                     title=f"{title}: SNR ({snr.sci_header.get('SNRMETH', 'ratio')})")
+        else:
+            raise ValueError(f"unknown hlsp file kind {kind!r}")
 
 
 def _light(product):

@@ -132,6 +132,7 @@ def _open(path):
             hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
             for hdu in hdul:
                 _ = hdu.data  # force reading, so a truncated file fails here
+                _ = hdu.name  # and parse EXTNAME, so a damaged card fails here too
         except Exception as exc:  # astropy raises assorted errors on garbage
             if any("truncated" in str(w.message).lower() for w in caught):
                 raise InputError(path, "truncated FITS file") from None
@@ -509,6 +510,18 @@ def star_center(header, shape):
     return ((nx - 1) / 2.0, (ny - 1) / 2.0), "frame centre"
 
 
+def star_cards(header, center, source=None):
+    """Write the star position (x, y), 0-based, as STARCENX/STARCENY, in place.
+
+    The comment says "0-based" (what :func:`star_center` looks for) and,
+    when given, where the position came from.
+    """
+    where = f" (from {source})" if source else ""
+    header["STARCENX"] = (float(center[0]), f"star x, 0-based pixels{where}")
+    header["STARCENY"] = (float(center[1]), f"star y, 0-based pixels{where}")
+    return header
+
+
 def _celestial_wcs(header):
     from astropy.wcs import WCS, FITSFixedWarning
 
@@ -592,6 +605,13 @@ def exposure_root(path):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def exposure_product_name(exposure, kind, asn_id=None):
+    """The name of an exposure's product: ('d/jw1_calints.fits', 'psfalign', 'c1001') ->
+    'jw1_c1001_psfalign.fits' (the JWST stage's naming); '-' (stdin) -> 'stdin_...'."""
+    root = "stdin" if exposure == "-" else exposure_root(exposure)
+    return f"{root}_{asn_id}_{kind}.fits" if asn_id else f"{root}_{kind}.fits"
 
 
 def replace_suffix(path, suffix):

@@ -143,7 +143,7 @@ def test_klip_clamps_truncation_with_warning(chained, tmp_path, runner):
     r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
                               "--truncate", "100", "-o", str(tmp_path / "c.fits")])
     assert r.exit_code == 0
-    assert "exceeds the 9 references" in r.stderr
+    assert "100 KL modes asked for, but there are 9 references" in r.stderr
 
 
 def test_hlsp_products_and_names(chained, tmp_path, runner):
@@ -165,8 +165,13 @@ def test_run_equals_chained_tools(chained, small_asn, tmp_path, runner):
     outdir.mkdir()
     r = invoke(runner, coron3, ["run", str(small_asn), "--outdir", str(outdir)])
     assert r.exit_code == 0, r.stderr
-    # the same warning for both exposures is given once
-    assert r.stderr.count("exceeds the 9 references") == 1, r.stderr
+    # the default (up to 50 modes) is not warned about when there are fewer references
+    assert "references; using at most" not in r.stderr
+    r = invoke(runner, coron3, ["run", str(small_asn), "--outdir", str(tmp_path / "k"),
+                                "--truncate", "60"])
+    assert r.exit_code == 0, r.stderr
+    # a choice is; the same warning for both exposures is given once
+    assert r.stderr.count("60 KL modes asked for, but there are 9 references") == 1, r.stderr
     names = sorted(os.listdir(outdir))
     assert names == sorted(["tiny_nircam_psfstack.fits", "targ1_c1001_psfalign.fits",
                             "targ1_c1001_psfsub.fits", "targ2_c1001_psfalign.fits",

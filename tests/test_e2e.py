@@ -9,6 +9,7 @@ from astropy.io import fits
 
 from coron_cli.demo import measure_planets
 from coron_cli.pipeline import run_association
+from coron_cli.steps import PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,8 @@ def demo_run(demo_data, tmp_path_factory):
     folder = str(demo_data["folder"])
     before = {p: sha256(os.path.join(folder, p)) for p in os.listdir(folder)}
     out = str(tmp_path_factory.mktemp("demo_products"))
-    summary = run_association(demo_data["paths"]["asn"], out, truncate=[50])
+    summary = run_association(demo_data["paths"]["asn"], out,
+                              PipelineConfig.from_options(truncate=[50]))
     after = {p: sha256(os.path.join(folder, p)) for p in os.listdir(folder)}
     return {"summary": summary, "out": out, "before": before, "after": after,
             "truth": demo_data["truth"]}

@@ -346,6 +346,14 @@ def test_read_product_damaged_naxis_card(scratch):
     _read_ok(_new_file(scratch, damaged_bytes), (2, 3))
 
 
+def test_read_product_damaged_extname_card(scratch):
+    # found by the fuzzer: "EXTNAME = &SCI" made hdu.name raise astropy's VerifyError
+    i = VALID_FITS.index(b"EXTNAME = 'SCI")
+    damaged_bytes = VALID_FITS[:i] + b"EXTNAME = &SCI" + VALID_FITS[i + 14:]
+    with pytest.raises(InputError):
+        read_product(_new_file(scratch, damaged_bytes))
+
+
 def test_read_product_intact_file_reads(scratch):
     path = _new_file(scratch, VALID_FITS)
     out = _read_ok(path, (2, 3))

@@ -74,8 +74,8 @@ def test_annulus_sigma_of_known_noise_and_contrast_columns():
     prod = image_product(img, np.full(img.shape, 3.0), STARCENX=80.0, STARCENY=80.0,
                          PIXSCALE=0.05)
     before = prod.sci.copy()
-    snr, con = steps.hlsp_step(prod, annuli_width=4, star_flux=1e3,
-                               star_flux_method="aperture", fwhm=3.0)
+    snr, con = steps.hlsp_step(prod, steps.HlspConfig(noise_width=4, star_flux=1e3,
+                                                      star_flux_method="aperture", fwhm=3.0))
     assert np.array_equal(prod.sci, before)  # inputs untouched
     t = con.tables["CONTRAST"]
     far = (t["radius"] > 20) & (t["radius"] < 70)
@@ -126,20 +126,20 @@ def test_injection_equals_injecting_into_copies():
     science, align = _klip_pair(rng)
     psf = 1000 * gaussian((25, 25), 12, 12, 1.2)
     # with the fit mask fixed (no source protection, which depends on the image)
-    kw = dict(truncate=[4, 6], annuli=2, subsections=2, protect=None)
+    kw = steps.KlipConfig(truncate=[4, 6], zones=2, zone_sectors=2, protect=None)
     before = align.sci.copy(), science.sci.copy()
-    sub, inj = steps.klip_inject_step(science, align, psf, fwhm=2.8, **kw)
+    sub, inj = steps.klip_inject_step(science, align, psf, kw, steps.InjectConfig(fwhm=2.8))
     assert np.array_equal(before[0], align.sci) and np.array_equal(before[1], science.sci)
     assert inj.model.shape[0] == 6 and inj.positions.shape == (6, inj.separations.size, 2)
     assert "THROUGHPUT" in sub.tables and sub.images["KLSUB"][0].shape == (2, 2, 64, 64)
-    plain = steps.klip_step(science, align, **kw)
+    plain = steps.klip_step(science, align, kw)
     assert_allclose(sub.sci, plain.sci, atol=1e-5 * np.abs(plain.sci).max())
     assert_allclose(sub.err, plain.err, rtol=1e-2)  # residual ~ rounding here
     real = plain.sci.astype(np.float64).mean(axis=0)
     k = 2
     copy = Product(sci=science.sci + inj.model[k][None].astype(np.float32), err=science.err,
                    sci_header=science.sci_header, path="copy")
-    fake = steps.klip_step(copy, align, **kw).sci.astype(np.float64).mean(axis=0)
+    fake = steps.klip_step(copy, align, kw).sci.astype(np.float64).mean(axis=0)
     assert_allclose(fake - real, inj.recovered[k], atol=2e-3 * inj.model.max())
 
 
@@ -152,7 +152,8 @@ def test_throughput_noiseless_known_subtraction():
     science, align = _klip_pair(rng)
     # one zone over the whole frame (classic KLIP), where these expectations are exact
     whole = dict(zone_width=None, sky_order=0)
-    sub, inj = steps.klip_inject_step(science, align, psf, fwhm=fwhm, truncate=[8], **whole)
+    sub, inj = steps.klip_inject_step(science, align, psf, steps.KlipConfig(truncate=[8], **whole),
+                                      steps.InjectConfig(fwhm=fwhm))
     table = sub.tables["THROUGHPUT"]
     assert table["radius"][0] == pytest.approx(2 * fwhm) and (table["npa"] == 6).all()
     far = table["radius"] > 4 * fwhm
@@ -170,7 +171,9 @@ def test_throughput_noiseless_known_subtraction():
     noise *= np.linalg.norm(fakes, axis=(1, 2), keepdims=True) / \
         np.linalg.norm(noise, axis=(1, 2), keepdims=True)
     science, align = _klip_pair(rng, refs_extra=fakes + noise)
-    _, inj = steps.klip_inject_step(science, align, psf, fwhm=fwhm, truncate=[100], **whole)
+    _, inj = steps.klip_inject_step(science, align, psf,
+                                    steps.KlipConfig(truncate=[100], **whole),
+                                    steps.InjectConfig(fwhm=fwhm))
     table = steps.throughput_table(inj, fwhm=fwhm)
     far = table["radius"] > 4 * fwhm  # closer in, the speckle modes subtract some more
     assert_allclose(table["throughput"][far], 0.5, atol=0.05)
@@ -218,13 +221,15 @@ def test_mawet_map_vectorised_and_agrees_with_aperture_snr():
 def hl_run(demo_data, tmp_path_factory):
     """coron3 run --contrast --detect 5 --format ecsv on the small simulation."""
     from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
 
     out = str(tmp_path_factory.mktemp("hl"))
     truth = demo_data["truth"]
     psf = np.asarray(demo_data["dataset"].offaxis_psf, dtype=np.float64)
-    summary = run_association(demo_data["paths"]["asn"], out, truncate=[50],
-                              star_flux=float(psf.max()), fwhm=truth["lambda_over_d_pix"],
-                              offaxis_psf=psf, contrast=True, detect=5.0, table_format="ecsv")
+    config = PipelineConfig.from_options(truncate=[50], star_flux=float(psf.max()),
+                                         fwhm=truth["lambda_over_d_pix"], contrast=True,
+                                         detect=5.0, table_format="ecsv")
+    summary = run_association(demo_data["paths"]["asn"], out, config, offaxis_psf=psf)
     paths = {p["kind"]: p["path"] for p in summary["products"]}
     return {"summary": summary, "out": out, "paths": paths, "truth": truth}
 
@@ -379,7 +384,7 @@ def test_protect_keeps_a_companion_out_of_the_fit():
     near = np.hypot(xx - 38.2, yy - 33.0) < 3
     flux = {}
     for protect in (None, 5.0):
-        sub = steps.klip_step(sci, align, truncate=[10], protect=protect)
+        sub = steps.klip_step(sci, align, steps.KlipConfig(truncate=[10], protect=protect))
         flux[protect] = sub.sci.astype(np.float64).mean(axis=0)[near].sum() / planet[near].sum()
         assert (sub.sci_header["KLPROTEC"] > 0) == (protect is not None)
     # close to the star, where the references' modes have power, the fit takes most of
@@ -394,8 +399,9 @@ def test_zones_give_a_protected_throughput_for_detections():
     rng = np.random.default_rng(8)
     science, align = _klip_pair(rng)
     psf = gaussian((25, 25), 12, 12, 1.2)
-    sub, inj = steps.klip_inject_step(science, align, psf, fwhm=2.8, truncate=[8],
-                                      zone_width="3", sky_order=1)
+    sub, inj = steps.klip_inject_step(
+        science, align, psf, steps.KlipConfig(truncate=[8], zone_width="3", sky_order=1),
+        steps.InjectConfig(fwhm=2.8))
     t = sub.tables["THROUGHPUT"]
     assert "throughput_protected" in t.colnames
     far = np.asarray(t["radius"]) > 4 * 2.8

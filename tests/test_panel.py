@@ -152,12 +152,12 @@ def test_masks_and_noise():
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("text, label, opts", [
     ("weights=none", "weights=none", {"weights": "none"}),
-    ("annuli=3,subsections=4", "annuli=3,subsections=4", {"annuli": 3, "subsections": 4}),
+    ("zones=3,zone_sectors=4", "zones=3,zone_sectors=4", {"zones": 3, "zone_sectors": 4}),
     ("k10:truncate=(10,)", "k10", {"truncate": (10,)}),
     ("truncate=5;10;30, protect=2.5", "truncate=5;10;30, protect=2.5",
      {"truncate": (5, 10, 30), "protect": 2.5}),
-    ("truncate=[5,10],method=dither", "truncate=[5,10],method=dither",
-     {"truncate": (5, 10), "method": "dither"}),
+    ("truncate=[5,10],align-method=dither", "truncate=[5,10],align-method=dither",
+     {"truncate": (5, 10), "align_method": "dither"}),
     ("detect=None,plot=false", "detect=None,plot=false", {"detect": None, "plot": False}),
 ])
 def test_parse_variant(text, label, opts):

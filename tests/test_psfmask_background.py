@@ -74,9 +74,9 @@ def test_klip_leaves_low_transmission_out_of_the_fit_and_carries_the_map():
     tmap = np.where(x < 6, 0.001, 1.0)            # a neighbouring mask's edge, like NIRCam's
     sci0 = science.sci.copy()
     whole = dict(protect=None, weights="none", zone_width=None, sky_order=0)
-    plain = steps.klip_step(science, align, truncate=(3,), **whole)
-    cut = steps.klip_step(science, align, truncate=(3,), transmission=tmap,
-                          min_transmission=0.2, **whole)
+    plain = steps.klip_step(science, align, steps.KlipConfig(truncate=(3,), **whole))
+    cut = steps.klip_step(science, align, steps.KlipConfig(truncate=(3,), min_transmission=0.2,
+                                                           **whole), transmission=tmap)
     assert np.array_equal(science.sci, sci0)
     assert "TRANSMIS" in cut.images and "TRANSMIS" not in plain.images
     assert_allclose(steps.product_transmission(cut), tmap, rtol=1e-6)
@@ -92,10 +92,10 @@ def test_fake_sources_are_dimmed_by_the_transmission_and_throughput_stays_algori
     science, align, c = _klip_inputs(shape=(48, 48))
     psf = gaussian_psf((15, 15), 7, 7, sigma=1.2, halo=0)
     tmap = np.full((48, 48), 0.5)
-    _, inj_half = steps.klip_inject_step(science, align, psf, fwhm=2.5, truncate=(3,),
-                                         protect=None, transmission=tmap)
-    _, inj_one = steps.klip_inject_step(science, align, psf, fwhm=2.5, truncate=(3,),
-                                        protect=None)
+    conf = steps.KlipConfig(truncate=(3,), protect=None)
+    _, inj_half = steps.klip_inject_step(science, align, psf, conf, steps.InjectConfig(fwhm=2.5),
+                                         transmission=tmap)
+    _, inj_one = steps.klip_inject_step(science, align, psf, conf, steps.InjectConfig(fwhm=2.5))
     assert_allclose(inj_half.model, 0.5 * inj_one.model, atol=1e-9)
     t_half = steps.throughput_table(inj_half, fwhm=2.5)["throughput"]
     t_one = steps.throughput_table(inj_one, fwhm=2.5)["throughput"]
@@ -112,8 +112,8 @@ def test_contrast_is_divided_by_the_transmission():
     with_map = Product(sci=img, err=np.ones_like(img), sci_header=hdr,
                        images={"TRANSMIS": steps.transmission_image(tmap, (30, 30))})
     without = Product(sci=img, err=np.ones_like(img), sci_header=hdr)
-    _, con_t = steps.hlsp_step(with_map, star_flux=1e4)
-    _, con = steps.hlsp_step(without, star_flux=1e4)
+    _, con_t = steps.hlsp_step(with_map, steps.HlspConfig(star_flux=1e4))
+    _, con = steps.hlsp_step(without, steps.HlspConfig(star_flux=1e4))
     t = con_t.tables["CONTRAST"]
     assert "contrast_5sigma_calibrated" not in con.tables["CONTRAST"].colnames
     assert_allclose(t["contrast_5sigma_calibrated"], t["contrast_5sigma"] / t["transmission"])
@@ -182,17 +182,17 @@ def test_match_backgrounds_by_program_then_time():
 def test_background_step_subtracts_once_with_noise_and_never_twice():
     exp = _exposure("1", 1.0, 14.0)
     bkgs = [_exposure("1", 1.1, 14.5, name=f"b{k}") for k in range(3)]
-    sub, why = steps.background_step(exp, bkgs, mode="auto")
+    sub, why = steps.background_step(exp, bkgs, steps.BackgroundConfig(mode="auto"))
     assert_allclose(sub.sci, -0.5, atol=1e-6)
     assert_allclose(sub.err, np.sqrt(1 + np.pi / 2 / 3), rtol=1e-6)
     assert sub.primary["BKGSUB"] is True and "subtracted" in why
     assert np.all(exp.sci == 14.0)                    # input untouched
-    again, why2 = steps.background_step(sub, bkgs, mode="auto")
+    again, why2 = steps.background_step(sub, bkgs, steps.BackgroundConfig(mode="auto"))
     assert again.primary["BKGSUB"] is False and "already removed" in why2
     assert np.array_equal(again.sci, sub.sci)
     done = _exposure("1", 1.0, 14.0)
     done.primary["S_BKDSUB"] = "COMPLETE"
-    kept, why3 = steps.background_step(done, bkgs, mode="auto")
+    kept, why3 = steps.background_step(done, bkgs, steps.BackgroundConfig(mode="auto"))
     assert np.array_equal(kept.sci, done.sci) and "S_BKDSUB" in why3
 
 
@@ -213,6 +213,7 @@ def test_miri_background_members_used_and_not_subtracted_twice(tmp_path):
     no S_BKDSUB): auto must say so and leave the science alone; subtract does subtract."""
     from coron_cli.asn import read_asn
     from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
 
     asn = _miri_copy(tmp_path)
     prod = read_asn(asn).products[0]
@@ -221,8 +222,9 @@ def test_miri_background_members_used_and_not_subtracted_twice(tmp_path):
     out_auto, out_sub = tmp_path / "auto", tmp_path / "sub"
     out_auto.mkdir()
     out_sub.mkdir()
-    run_association(asn, str(out_auto), truncate=(9,))
-    run_association(asn, str(out_sub), truncate=(9,), background="subtract")
+    run_association(asn, str(out_auto), PipelineConfig.from_options(truncate=(9,)))
+    run_association(asn, str(out_sub), PipelineConfig.from_options(truncate=(9,),
+                                                                   background="subtract"))
     assert before == {p: sha256(p) for p in before}
     name = "jw01277019001_04101_00001_mirimage_c1001_psfsub.fits"
     with fits.open(out_auto / name) as a, fits.open(out_sub / name) as s:
@@ -254,11 +256,13 @@ def test_single_tools_chain_with_backgrounds_equals_coron3_run(tmp_path, runner,
     the science's with --background) gives the psfsub coron3 run gives."""
     from coron_cli.cli import align, klip, stack
     from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
 
     asn = _miri_copy(tmp_path)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "run").mkdir()
-    run_association(asn, str(tmp_path / "run"), truncate=(9,), background="subtract")
+    run_association(asn, str(tmp_path / "run"),
+                    PipelineConfig.from_options(truncate=(9,), background="subtract"))
     r = _invoke(runner, stack, ["--asn", asn, "--background", "subtract", "-o", "s.fits"])
     assert r.exit_code == 0, r.stderr
     sci = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
@@ -334,7 +338,7 @@ def test_one_integration_companions_are_never_flagged_and_cosmic_rays_are():
     fake = Product(sci=data.astype(np.float32), err=sci.err, dq=sci.dq, primary=sci.primary,
                    sci_header=sci.sci_header, path="fake")
     aligned = steps.align_step(fake, stack)
-    sub = steps.klip_step(fake, aligned, truncate=(6,))
+    sub = steps.klip_step(fake, aligned, steps.KlipConfig(truncate=(6,)))
     flagged = (sub.dq[0] & (core.DO_NOT_USE | core.OUTLIER)) != 0
     new = flagged & ~((sci.dq[0] & 1) != 0) & np.isfinite(sci.sci[0])
     for px, py in pos:
@@ -363,7 +367,7 @@ def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
         comp = Product(sci=values.astype(np.float32), err=science.err, dq=science.dq,
                        sci_header=science.sci_header, path="comp")
         monkeypatch.setattr(steps.stack, "_find_outliers", lambda product, bad, err: flagged.copy())
-        return steps.klip_step(comp, align, truncate=(3,))
+        return steps.klip_step(comp, align, steps.KlipConfig(truncate=(3,)))
 
     none = np.zeros(data.shape, bool)
     sub, ref = run(data, peak), run(data, none)
@@ -388,10 +392,10 @@ def test_psfmask_weights_the_registration_like_a_mask():
     stack = steps.stack_step([read_product(os.path.join(MIRI, n)) for n in names])
     tmap = transmission_for("auto", sci.path, sci.sci.shape[-2:])
     assert tmap is not None and tmap.min() < 0.5            # the 4QPM's cross
-    a = steps.align_step(sci, stack, transmission=tmap, psfmask_weights=True, method="fourier")
-    b = steps.align_step(sci, stack, mask=tmap, method="fourier")
-    c = steps.align_step(sci, stack, transmission=tmap, psfmask_weights=False,
-                         method="fourier")
+    fourier = steps.AlignConfig(method="fourier")
+    a = steps.align_step(sci, stack, fourier.replace(psfmask_weights=True), transmission=tmap)
+    b = steps.align_step(sci, stack, fourier, mask=tmap)
+    c = steps.align_step(sci, stack, fourier.replace(psfmask_weights=False), transmission=tmap)
     assert_allclose(a.tables["SHIFTS"]["dx"], b.tables["SHIFTS"]["dx"])
     assert not np.allclose(a.tables["SHIFTS"]["dx"], c.tables["SHIFTS"]["dx"])
     history = "".join(str(h) for h in a.primary["HISTORY"])

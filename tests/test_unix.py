@@ -122,7 +122,7 @@ def test_full_run_json_and_messages(medium):
         sorted(medium["reference"])
     assert summary["asn_id"] == "c1001" and summary["asn"] == medium["asn"]
     assert summary["coron_version"] == "0.1.0"
-    assert summary["parameters"]["truncate"] == [50]
+    assert summary["parameters"]["klip"]["truncate"] == [50]
     assert set(summary["timings"]) == {"stack", "align", "klip", "combine", "hlsp"}
     assert summary["elapsed"] > 0
     err = p.stderr.decode()
@@ -392,9 +392,11 @@ def test_makefile_builds_in_parallel_and_rebuilds_only_what_changed(small_asn, t
     out = tmp_path / "mk"  # made by make
     p = _make(tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.count("coron-hlsp") == 2  # one run makes both snr and contrast
+    # one run makes both snr and contrast: one per exposure and one for the i2d
+    assert p.stdout.count("coron-hlsp") == 3 and p.stdout.count("coron-combine") == 1
     names = sorted(os.listdir(out))
-    assert names == sorted(["tiny_nircam_psfstack.fits"] + [
+    i2d = ["tiny_nircam_i2d.fits", "tiny_nircam_snr.fits", "tiny_nircam_contrast.fits"]
+    assert names == sorted(["tiny_nircam_psfstack.fits"] + i2d + [
         f"{t}_c1001_{s}.fits" for t in ("targ1", "targ2")
         for s in ("psfalign", "psfsub", "snr", "contrast")])
     for name in names:
@@ -410,14 +412,16 @@ def test_makefile_builds_in_parallel_and_rebuilds_only_what_changed(small_asn, t
     os.utime(tmp_path / "targ1_calints.fits")
     dry = _make(tmp_path, "-n").stdout
     commands = [line for line in dry.splitlines() if "coron-" in line]
-    assert len(commands) == 3 and all("targ1" in c for c in commands), dry
-    assert "targ2" not in dry and "coron-stack" not in dry
+    # targ1's align, klip and hlsp, then the combination and its hlsp
+    assert len(commands) == 5 and all("targ1" in c for c in commands[:3]), dry
+    assert "coron-combine" in commands[3] and "tiny_nircam_i2d" in commands[4], dry
+    assert "targ2_c1001_psfalign" not in dry and "coron-stack" not in dry
     before = {n: os.stat(out / n).st_mtime_ns for n in names}
     p = _make(tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     changed = sorted(n for n in names if os.stat(out / n).st_mtime_ns != before[n])
-    assert changed == sorted(f"targ1_c1001_{s}.fits"
-                             for s in ("psfalign", "psfsub", "snr", "contrast"))
+    assert changed == sorted(i2d + [f"targ1_c1001_{s}.fits"
+                                    for s in ("psfalign", "psfsub", "snr", "contrast")])
 
 
 def test_shell_completion_scripts():

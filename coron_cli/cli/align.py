@@ -3,10 +3,10 @@
 import click
 
 from . import options
-from .common import check_output, check_stdin_once, run, setup_logging, timed
+from .common import check_output, check_stdin_once, read_mask, run, setup_logging, timed
 
 
-@click.command(name="coron-align", no_args_is_help=True)
+@click.command(name="coron-align", cls=options.Command, no_args_is_help=True)
 @click.argument("science", metavar="SCIENCE")
 @click.argument("psfstack", metavar="PSFSTACK")
 @options.output("Output file (default: <exposure>_<asn_id>_psfalign.fits in the current "
@@ -15,14 +15,13 @@ from .common import check_output, check_stdin_once, run, setup_logging, timed
 @options.psfmask
 @options.psfmask_weights
 @options.registration
+@options.max_shift
 @options.bad_bits
 @options.background_files
-@click.option("--asn-id", default=None, metavar="ID",
-              help="Association id for the default output name (default: the psfstack's "
-                   "ASN_ID keyword).")
+@options.asn_id
 @options.common
-def cli(science, psfstack, output, mask, psfmask, psfmask_weights, method, bad_bits, background,
-        asn_id, verbose, quiet, debug):
+def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method, max_shift,
+        bad_bits, background, asn_id, verbose, quiet, debug):
     """Align every reference slice onto every science integration.
 
     Measures, in float64, the offset of the star in every reference slice
@@ -31,9 +30,9 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, method, bad_b
     shift fit; behind a coronagraph that fit over-reads the star's offset
     (the image does not move rigidly), so when references of one star and
     visit were dithered (XOFFSET/YOFFSET in their headers) the fits between
-    them measure by how much, and every shift is corrected (see --method).
-    A shift more than 1 pixel from the headers' star positions is rejected,
-    with a warning naming the exposure. Writes a psfalign product:
+    them measure by how much, and every shift is corrected (see
+    --align-method). A shift more than --max-shift pixels from the headers'
+    star positions is rejected, with a warning naming the exposure. Writes a psfalign product:
     SCI/ERR/DQ of shape (nints_sci, nrefs, ny, nx) and a SHIFTS table
     (sci_int, ref, dx, dy, scale, method; dx, dy = science centre minus
     reference centre, in pixels). --background subtracts the science's
@@ -45,36 +44,31 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, method, bad_b
       coron-align sci_calints.fits target_psfstack.fits --mask weights.fits -o sci_psfalign.fits
     """
     setup_logging("coron-align", verbose, quiet)
-    import numpy as np
-
-    from ..errors import InputError
-    from ..products import exposure_root, read_product, transmission_for, write_product
-    from ..steps import align_step
+    from ..products import (
+        exposure_product_name,
+        read_product,
+        transmission_for,
+        write_product,
+    )
+    from ..steps import AlignConfig, align_step
     from .common import split_background, subtract_backgrounds
 
+    config = AlignConfig(method=align_method, psfmask_weights=psfmask_weights,
+                         max_shift=max_shift, bad_bits=bad_bits)
     _, bkg_files = split_background(background)
     check_stdin_once([science, psfstack, mask] + bkg_files)
     sci = read_product(science, what="science exposure")
     stack = read_product(psfstack, ndims=(3,), what="PSF stack")
     asn_id = asn_id or str(stack.primary.get("ASN_ID", "") or "")
     if output is None:
-        root = exposure_root(science) if science != "-" else "stdin"
-        output = f"{root}_{asn_id}_psfalign.fits" if asn_id else f"{root}_psfalign.fits"
+        output = exposure_product_name(science, "psfalign", asn_id)
     check_output(output, [science, psfstack, mask] + bkg_files)
-    weights = None
-    if mask is not None:
-        m = read_product(mask, ndims=(2,), what="mask image")
-        weights = np.asarray(m.sci, dtype=np.float64)
-        if not np.isfinite(weights).all() or (weights < 0).any():
-            raise InputError(mask, "mask weights must be finite and non-negative")
-        if not (weights > 0).any():
-            raise InputError(mask, "mask excludes every pixel")
+    weights = read_mask(mask)
     tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
     sci = subtract_backgrounds([sci], background, bad_bits)[0]
     with timed("align"):
-        product = align_step(sci, stack, mask=weights, transmission=tmap,
-                             psfmask_weights=psfmask_weights, bad_bits=bad_bits, asn_id=asn_id,
-                             method=method, params={"science": science, "psfstack": psfstack})
+        product = align_step(sci, stack, config, mask=weights, transmission=tmap, asn_id=asn_id,
+                             params={"science": science, "psfstack": psfstack})
     write_product(product, output)
 
 

@@ -10,11 +10,21 @@ import warnings
 
 import click
 
-from ..errors import (CoronError, InputError, Interrupted, OutputClosed, OutputError,
-                      Terminated, check_signals, clear_lost_signals, note_lost_signal)
+from ..errors import (
+    ConfigError,
+    CoronError,
+    InputError,
+    Interrupted,
+    OutputClosed,
+    OutputError,
+    Terminated,
+    check_signals,
+    clear_lost_signals,
+    note_lost_signal,
+)
 
 __all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "step_progress",
-           "resolve_star_flux", "Terminated"]
+           "resolve_star_flux", "read_mask", "Terminated"]
 
 log = logging.getLogger("coron")
 
@@ -89,8 +99,14 @@ def step_progress(total, *, enabled=True):
         yield None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
-                               TextColumn, TimeElapsedColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = Console(stderr=True)
     if not console.is_terminal or console.is_dumb_terminal:
@@ -182,6 +198,11 @@ def run(command, prog=None, args=None):
         rv = command.main(args=argv, prog_name=prog, standalone_mode=False)
         check_signals()  # a signal whose exception a finalizer swallowed still counts
         code = rv if isinstance(rv, int) else 0
+    except ConfigError as exc:
+        from .options import flag_for
+
+        _error(prog, f"{flag_for(exc.field)}: {exc.message}")
+        code = exc.exit_code
     except CoronError as exc:
         _error(prog, exc.format())
         code = exc.exit_code
@@ -331,6 +352,24 @@ def resolve_star_flux(star_flux, psf_offaxis, method="peak", fwhm=None, *, need_
     return star_flux, psf
 
 
+def read_mask(path):
+    """--mask FILE: registration weights (2-D float64, finite, not negative, not all 0),
+    or None without a file."""
+    import numpy as np
+
+    from ..products import read_product
+
+    if path is None:
+        return None
+    weights = np.asarray(read_product(path, ndims=(2,), what="mask image").sci,
+                         dtype=np.float64)
+    if not np.isfinite(weights).all() or (weights < 0).any():
+        raise InputError(path, "mask weights must be finite and non-negative")
+    if not (weights > 0).any():
+        raise InputError(path, "mask excludes every pixel")
+    return weights
+
+
 def split_background(values):
     """--background values -> (mode, files): auto/subtract/off set the mode, the rest are files."""
     from . import options
@@ -347,7 +386,7 @@ def subtract_backgrounds(exposures, values, bad_bits):
     import logging
 
     from ..products import read_product
-    from ..steps import background_step
+    from ..steps import BackgroundConfig, background_step
 
     mode, files = split_background(values)
     if not files:
@@ -357,7 +396,7 @@ def subtract_backgrounds(exposures, values, bad_bits):
         b.images = {}
     out = []
     for e in exposures:
-        new, why = background_step(e, bkgs, mode=mode, bad_bits=bad_bits)
+        new, why = background_step(e, bkgs, BackgroundConfig(mode=mode, bad_bits=bad_bits))
         logging.getLogger("coron").info("%s: %s", e.path, why)
         out.append(new)
     return out

@@ -3,11 +3,17 @@
 import click
 
 from . import options
-from .common import (check_zone_width, parse_exclude, resolve_star_flux, run, setup_logging,
-                     step_progress)
+from .common import (
+    parse_exclude,
+    read_mask,
+    resolve_star_flux,
+    run,
+    setup_logging,
+    step_progress,
+)
 
 
-@click.group(name="coron3")
+@click.group(name="coron3", cls=options.Group)
 @click.version_option(None, "--version", package_name="coron",
                       message="%(prog)s (coron) %(version)s")
 def cli():
@@ -23,29 +29,18 @@ def cli():
 
 def _klip_options(func):
     for dec in reversed([options.truncate, options.klip_zones, options.exclude, options.protect,
-                         options.fit_weights, options.annuli_width, options.bad_bits,
+                         options.fit_weights, options.noise_width, options.bad_bits,
                          options.star_flux, options.fwhm]):
         func = dec(func)
     return func
-
-
-def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None,
-             contrast=False):
-    from ..errors import InputError
-    from ..steps import parse_truncate
-
-    try:
-        truncs = parse_truncate(truncate)
-    except ValueError as exc:
-        raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
-    star_flux, psf = resolve_star_flux(star_flux, psf_offaxis, method, fwhm, need_psf=contrast)
-    return truncs, parse_exclude(exclude), star_flux, psf
 
 
 @cli.command(name="run", no_args_is_help=True)
 @click.argument("asn", metavar="ASN", type=click.Path())
 @options.outdir("Folder for the products (created when missing).")
 @options.registration
+@options.mask
+@options.max_shift
 @options.psfmask
 @options.psfmask_weights
 @options.min_transmission
@@ -61,11 +56,11 @@ def _resolve(truncate, exclude, star_flux, psf_offaxis, method="peak", fwhm=None
               help="Print a JSON summary on standard output: the products written (kind, "
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
-def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky_order,
-            background, truncate, annuli, zone_width, subsections, zone_fit, exclude,
-            protect, weights,
-            annuli_width, bad_bits, star_flux, psf_offaxis, star_flux_method, fwhm, contrast,
-            snr_method, detect, inner_radius, table_format, plot, as_json, verbose, quiet, debug):
+def run_cmd(asn, outdir, align_method, mask, max_shift, psfmask, psfmask_weights,
+            min_transmission, sky_order, background, truncate, zones, zone_width, zone_sectors,
+            zone_fit, exclude, protect, weights, noise_width, bad_bits, star_flux, psf_offaxis,
+            star_flux_method, fwhm, contrast, snr_method, detect, inner_radius, table_format,
+            plot, as_json, verbose, quiet, debug):
     """Run stack, align, klip, combine and hlsp on an association.
 
     Writes, into DIR, for every product of the ASN: <product>_psfstack.fits;
@@ -107,30 +102,29 @@ def run_cmd(asn, outdir, method, psfmask, psfmask_weights, min_transmission, sky
 
     from ..asn import read_asn
     from ..pipeline import plan, run_association, step_count
+    from ..steps import PipelineConfig
 
     t0 = time.perf_counter()
     if plot:
         from ..plots import require_matplotlib
 
         require_matplotlib()
-    truncs, excl, star_flux, psf = _resolve(truncate, exclude, star_flux, psf_offaxis,
-                                            star_flux_method, fwhm, contrast)
-    check_zone_width(zone_width)
+    star_flux, psf = resolve_star_flux(star_flux, psf_offaxis, star_flux_method, fwhm,
+                                       need_psf=contrast)
+    config = PipelineConfig.from_options(
+        bad_bits=bad_bits, background=background, align_method=align_method,
+        psfmask_weights=psfmask_weights, max_shift=max_shift, truncate=truncate, zones=zones,
+        zone_width=zone_width, zone_sectors=zone_sectors, zone_fit=zone_fit,
+        exclude=parse_exclude(exclude), protect=protect, weights=weights,
+        min_transmission=min_transmission, sky_order=sky_order, noise_width=noise_width,
+        contrast=contrast, fwhm=fwhm, star_flux=star_flux, star_flux_method=star_flux_method,
+        snr_method=snr_method, detect=detect, inner_radius=inner_radius, psfmask=psfmask,
+        table_format=table_format, plot=plot)
+    weights_map = read_mask(mask)
     total = step_count(plan(read_asn(asn), outdir))
     with step_progress(total, enabled=not quiet) as on_step:
-        summary = run_association(asn, outdir, truncate=truncs, annuli=annuli,
-                                  subsections=subsections, exclude=excl,
-                                  protect=protect or None, weights=weights,
-                                  annuli_width=annuli_width, bad_bits=bad_bits,
-                                  star_flux=star_flux, star_flux_method=star_flux_method,
-                                  fwhm=fwhm, offaxis_psf=psf, contrast=contrast,
-                                  snr_method=snr_method, detect=detect,
-                                  inner_radius=inner_radius, table_format=table_format,
-                                  plot=plot, method=method, psfmask=psfmask,
-                                  psfmask_weights=psfmask_weights,
-                                  min_transmission=min_transmission, sky_order=sky_order,
-                                  background=background, zone_width=zone_width,
-                                  zone_fit=zone_fit, on_step=on_step)
+        summary = run_association(asn, outdir, config, mask=weights_map, offaxis_psf=psf,
+                                  on_step=on_step)
     if as_json:
         _echo_json(summary, time.perf_counter() - t0)
 
@@ -196,11 +190,10 @@ def check_cmd(asn, outdir, bad_bits, verbose, quiet, debug):
               show_default=True,
               help="Simulation size: 64, 160 or 320 pixels square; 3, 5 or 10 integrations.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("-k", "--truncate", default="50", show_default=True, metavar="K[,K...]",
-              help="KL modes kept (as for coron3 run).")
-@options.annuli_width
+@options.truncate
+@options.noise_width
 @options.common
-def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
+def demo_cmd(outdir, size, seed, truncate, noise_width, verbose, quiet, debug):
     """Simulate a coronagraphic data set, run the pipeline on it, report the planets.
 
     The simulation: a star behind a coronagraph with speckles that drift
@@ -218,9 +211,9 @@ def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
     from ..pipeline import run_association
     from ..products import read_product, star_center
     from ..simulate import simulate_dataset
-    from ..steps import offaxis_peak
+    from ..steps import PipelineConfig, offaxis_peak
 
-    truncs, _, _, _ = _resolve(truncate, (), None, None)
+    PipelineConfig.from_options(truncate=truncate)       # a bad --truncate: before simulating
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as exc:
@@ -232,8 +225,9 @@ def demo_cmd(outdir, size, seed, truncate, annuli_width, verbose, quiet, debug):
     star = offaxis_peak(read_product(paths["offaxis"], what="off-axis PSF"))
     if not quiet:
         click.echo(f"coron3: running the pipeline on {paths['asn']}", err=True)
-    summary = run_association(paths["asn"], outdir, truncate=truncs, annuli_width=annuli_width,
-                              star_flux=star, fwhm=ds.truth.get("lambda_over_d_pix"))
+    config = PipelineConfig.from_options(truncate=truncate, noise_width=noise_width,
+                                         star_flux=star, fwhm=ds.truth.get("lambda_over_d_pix"))
+    summary = run_association(paths["asn"], outdir, config)
     i2d_path = next(p["path"] for p in summary["products"] if p["kind"] == "i2d")
     i2d = read_product(i2d_path, ndims=(2,), what="i2d")
     center, _ = star_center(i2d.sci_header, i2d.sci.shape)

@@ -6,14 +6,14 @@ from . import options
 from .common import check_output, resolve_star_flux, run, setup_logging, timed
 
 
-@click.command(name="coron-hlsp", no_args_is_help=True)
+@click.command(name="coron-hlsp", cls=options.Command, no_args_is_help=True)
 @click.argument("image", metavar="IMAGE")
 @options.output("SNR image (default: IMAGE's name with its suffix replaced by _snr, in the "
                 "current folder).")
 @click.option("--contrast-output", default=None, metavar="PATH",
               help="Contrast table (default: IMAGE's name with its suffix replaced by "
                    "_contrast, in the current folder).")
-@options.annuli_width
+@options.noise_width
 @options.star_flux
 @options.fwhm
 @options.psfmask
@@ -22,7 +22,7 @@ from .common import check_output, resolve_star_flux, run, setup_logging, timed
 @options.table_format
 @options.plot
 @options.common
-def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, star_flux_method,
+def cli(image, output, contrast_output, noise_width, star_flux, psf_offaxis, star_flux_method,
         fwhm, psfmask, snr_method, detect, inner_radius, table_format, plot, verbose, quiet,
         debug):
     """Make the SNR image and the contrast table of a KLIP-subtracted image.
@@ -47,14 +47,16 @@ def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, st
     \b
     Examples:
       coron-hlsp sci_c1001_psfsub.fits          # sci_c1001_snr.fits, sci_c1001_contrast.fits
-      coron-hlsp target_i2d.fits --annuli-width 3 --psf-offaxis offaxis_psf.fits
+      coron-hlsp target_i2d.fits --noise-width 3 --psf-offaxis offaxis_psf.fits
       coron-hlsp target_i2d.fits --psf-offaxis offaxis_psf.fits --snr-method mawet \\
           --detect 5 --format ecsv --plot
     """
     setup_logging("coron-hlsp", verbose, quiet)
     from ..errors import InputError
-    from ..products import read_product, replace_suffix, sibling_path, write_ecsv, write_product
-    from ..steps import detect_step, hlsp_step
+    from ..pipeline import write_hlsp_files
+    from ..products import (exposure_root, read_product, replace_suffix, sibling_path,
+                            write_product)
+    from ..steps import DetectConfig, HlspConfig, detect_step, hlsp_step
 
     if plot:
         from ..plots import require_matplotlib
@@ -67,7 +69,7 @@ def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, st
         raise InputError("-o", "only one product can go to standard output")
     extra = {}
     if table_format == "ecsv":
-        extra["ecsv"] = sibling_path(contrast_output, "_contrast", ".ecsv", base=base)
+        extra["contrast_ecsv"] = sibling_path(contrast_output, "_contrast", ".ecsv", base=base)
     if detect is not None:
         extra["detections"] = sibling_path(output, "_detections", base=base)
         extra["detections_ecsv"] = sibling_path(output, "_detections", ".ecsv", base=base)
@@ -89,30 +91,18 @@ def cli(image, output, contrast_output, annuli_width, star_flux, psf_offaxis, st
         img.images["TRANSMIS"] = transmission_image(
             read_psfmask(psfmask, img.sci.shape[-2:]), center)
     with timed("hlsp"):
-        snr, contrast = hlsp_step(img, annuli_width=annuli_width, star_flux=star_flux,
-                                  star_flux_method=star_flux_method, fwhm=fwhm,
-                                  snr_method=snr_method, params={"image": image})
+        snr, contrast = hlsp_step(img, HlspConfig(
+            noise_width=noise_width, star_flux=star_flux, star_flux_method=star_flux_method,
+            fwhm=fwhm, snr_method=snr_method), params={"image": image})
     write_product(snr, output)
     write_product(contrast, contrast_output)
-    if "ecsv" in extra:
-        write_ecsv(contrast.tables["CONTRAST"], extra["ecsv"])
     det = None
     if detect is not None:
-        det = detect_step(img, snr, threshold=detect, inner_radius=inner_radius, fwhm=fwhm,
-                          star_flux=star_flux, star_flux_method=star_flux_method, psf=psf,
-                          params={"image": image, "snr_method": snr_method})
-        write_product(det, extra["detections"])
-        write_ecsv(det.tables["DETECTIONS"], extra["detections_ecsv"])
-    if plot:
-        from ..plots import plot_contrast, plot_snr
-        from ..products import exposure_root, star_center
-
-        name = exposure_root(base)
-        plot_contrast(contrast.tables["CONTRAST"], extra["contrast_png"], title=name)
-        center, _ = star_center(snr.sci_header, snr.sci.shape)
-        plot_snr(snr.sci, extra["snr_png"], center=center,
-                 detections=det.tables["DETECTIONS"] if det is not None else None,
-                 title=f"{name}: SNR ({snr_method})")
+        det = detect_step(img, snr, DetectConfig(
+            threshold=detect, inner_radius=inner_radius, fwhm=fwhm, star_flux=star_flux,
+            star_flux_method=star_flux_method), psf=psf,
+            params={"image": image, "snr_method": snr_method})
+    write_hlsp_files(extra, contrast, snr, det, title=exposure_root(base))
 
 
 def main():

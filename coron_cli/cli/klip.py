@@ -5,11 +5,18 @@ import logging
 import click
 
 from . import options
-from .common import (check_output, check_stdin_once, check_zone_width, parse_exclude,
-                     resolve_star_flux, run, setup_logging, timed)
+from .common import (
+    check_output,
+    check_stdin_once,
+    parse_exclude,
+    resolve_star_flux,
+    run,
+    setup_logging,
+    timed,
+)
 
 
-@click.command(name="coron-klip", no_args_is_help=True)
+@click.command(name="coron-klip", cls=options.Command, no_args_is_help=True)
 @click.argument("science", metavar="SCIENCE")
 @click.argument("psfalign", metavar="PSFALIGN")
 @options.output("Output file (default: the PSFALIGN name with _psfalign replaced by _psfsub, "
@@ -22,17 +29,16 @@ from .common import (check_output, check_stdin_once, check_zone_width, parse_exc
 @options.psfmask
 @options.min_transmission
 @options.sky_order
-@options.annuli_width
+@options.noise_width
 @options.bad_bits
 @options.background_files
 @options.contrast
 @options.psf_offaxis
 @options.fwhm
 @options.common
-def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, zone_fit,
-        exclude, protect, weights,
-        psfmask, min_transmission, sky_order, annuli_width, bad_bits, background, contrast,
-        psf_offaxis, fwhm, verbose, quiet, debug):
+def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zone_fit,
+        exclude, protect, weights, psfmask, min_transmission, sky_order, noise_width, bad_bits,
+        background, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Each integration is fitted with its own layer of aligned references:
@@ -73,28 +79,28 @@ def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, zo
     \b
     Examples:
       coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 30
-      coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 5,10,30 --annuli 4
+      coron-klip sci_calints.fits sci_c1001_psfalign.fits --truncate 5,10,30 --zones 4
       coron-klip sci_calints.fits sci_c1001_psfalign.fits --contrast --psf-offaxis psf.fits
     """
     setup_logging("coron-klip", verbose, quiet)
-    from ..errors import InputError
-    from ..products import exposure_root, read_product, transmission_for, write_product
-    from ..steps import klip_inject_step, klip_step, parse_truncate
+    from ..products import (
+        exposure_product_name,
+        read_product,
+        transmission_for,
+        write_product,
+    )
+    from ..steps import InjectConfig, KlipConfig, klip_inject_step, klip_step
     from .common import split_background, subtract_backgrounds
 
-    try:
-        truncs = parse_truncate(truncate)
-    except ValueError as exc:
-        raise InputError("--truncate", str(exc).replace("--truncate ", "")) from None
-    zones_excl = parse_exclude(exclude)
-    check_zone_width(zone_width)
+    config = KlipConfig(truncate=truncate, zones=zones, zone_width=zone_width,
+                        zone_sectors=zone_sectors, zone_fit=zone_fit,
+                        exclude=parse_exclude(exclude), protect=protect, weights=weights,
+                        min_transmission=min_transmission, sky_order=sky_order,
+                        noise_width=noise_width, bad_bits=bad_bits)
     _, bkg_files = split_background(background)
     check_stdin_once([science, psfalign] + bkg_files)
     if output is None:
-        if psfalign != "-":
-            output = exposure_root(psfalign) + "_psfsub.fits"
-        else:
-            output = (exposure_root(science) if science != "-" else "stdin") + "_psfsub.fits"
+        output = exposure_product_name(psfalign if psfalign != "-" else science, "psfsub")
     check_output(output, [science, psfalign, psf_offaxis] + bkg_files)
     psf = None
     if contrast:
@@ -105,16 +111,12 @@ def cli(science, psfalign, output, truncate, annuli, zone_width, subsections, zo
     refs = read_product(psfalign, ndims=(4,), what="psfalign product")
     tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
     sci = subtract_backgrounds([sci], background, bad_bits)[0]
-    kw = dict(truncate=truncs, annuli=annuli, subsections=subsections, exclude=zones_excl,
-              protect=protect or None, weights=weights, annuli_width=annuli_width,
-              bad_bits=bad_bits, transmission=tmap, min_transmission=min_transmission,
-              sky_order=sky_order, zone_width=zone_width, zone_fit=zone_fit,
-              params={"science": science, "psfalign": psfalign})
+    kw = {"transmission": tmap, "params": {"science": science, "psfalign": psfalign}}
     with timed("klip"):
         if contrast:
-            product, _ = klip_inject_step(sci, refs, psf, fwhm=fwhm, **kw)
+            product, _ = klip_inject_step(sci, refs, psf, config, InjectConfig(fwhm=fwhm), **kw)
         else:
-            product = klip_step(sci, refs, **kw)
+            product = klip_step(sci, refs, config, **kw)
     write_product(product, output)
 
 

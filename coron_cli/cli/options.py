@@ -1,36 +1,122 @@
-"""Options shared by the coron commands, each defined once.
+"""Options shared by the coron commands, each defined once: the option vocabulary.
 
-Who uses what:
+One concept, one name, one default, in every tool that has it:
 
-- ``output``: every command that writes one product (-o/--output, '-' = stdout).
-- ``verbosity``, ``debug``, ``version``: every command (see :func:`common`).
-- ``bad_bits``: coron-stack, coron-align, coron-klip, coron3 run.
-- ``registration`` (--method), ``mask``: coron-align (and coron3 run for --method).
-- ``truncate``, ``klip_zones``, ``exclude``: coron-klip, coron3 run.
-- ``annuli_width``: coron-klip, coron-hlsp, coron3 run.
-- ``star_flux`` (--star-flux, --psf-offaxis, --star-flux-method): coron-hlsp, coron3 run.
-- ``psf_offaxis``: coron-klip (and, within ``star_flux``, coron-hlsp, coron3 run).
-- ``contrast``: coron-klip, coron3 run.
-- ``fwhm``: coron-klip, coron-hlsp, coron3 run.
-- ``snr_method``, ``detect`` (--detect, --inner-radius), ``plot``, ``table_format``:
-  coron-hlsp, coron3 run.
-- ``psfmask`` (--psfmask): coron-align, coron-klip, coron-hlsp, coron3 run.
-- ``psfmask_weights``: coron-align, coron3 run.
-- ``min_transmission``, ``sky_order``: coron-klip, coron3 run.
-- ``background_files`` (--background MODE|FILE, repeatable): coron-stack, coron-align,
-  coron-klip; ``background_mode`` (--background MODE): coron3 run (the files come from
-  the association).
+========================  ===================================================  =============
+flag                      meaning                                              tools
+========================  ===================================================  =============
+-o/--output               the product written ('-' = stdout)                   single tools
+-d/--outdir               folder of the products (created when missing)        coron3
+--asn FILE / ASN          the association: an option of coron-stack, the       stack, coron3
+                          argument of coron3 (its subject)
+--asn-id ID               association id for output names and ASN_ID           stack, align
+--bad-bits                DQ bits meaning "do not use"                         all that read
+                                                                               exposures
+--background              background exposures (files, in the single tools)    stack, align,
+                          and what to do with them (auto/subtract/off)         klip, coron3
+--align-method            registration method (auto, dither, fourier)          align, coron3
+--mask, --max-shift       registration weights; bound on the shifts            align, coron3
+--psfmask                 the coronagraph's transmission map                   align, klip,
+                                                                               hlsp, coron3
+--psfmask-weights         registration weighted by it                          align, coron3
+-k/--truncate             KL modes kept                                        klip, coron3
+--zones, --zone-width,    KLIP zones: N equal annuli, or annuli W wide beyond  klip, coron3
+--zone-sectors,           R; sectors per annulus; where each is fitted
+--zone-fit
+--exclude, --protect      regions and sources left out of the KL fit           klip, coron3
+--weights                 pixel weights of the KL fit                          klip, coron3
+--min-transmission        pixels below it left out of the KL fit               klip, coron3
+--sky-order               polynomial sky fitted with the KL modes              klip, coron3
+--noise-width             width of the annuli of noise profiles and ERR        klip, combine,
+                          calibration (whole pixels)                           hlsp, coron3
+--contrast,               fake-planet throughput; the unocculted PSF           klip, coron3,
+--psf-offaxis                                                                  hlsp
+--fwhm                    resolution element in pixels                         klip, hlsp,
+                                                                               coron3
+--star-flux,              the star's flux and how it and the noise are         hlsp, coron3
+--star-flux-method        measured
+--snr-method              how the SNR map is made                              hlsp, coron3
+--detect, --inner-radius  candidate detection                                  hlsp, coron3
+--format, --plot          extra outputs (ECSV tables, PNG figures)             hlsp, coron3
+========================  ===================================================  =============
 
-Defaults of the options added for real data live in :mod:`coron_cli.defaults`.
+Old spellings (:data:`RENAMED`) keep working for one release, with a
+deprecation warning. A step's configuration field maps to its flag through
+:func:`flag_for`. Defaults are those of the step configurations
+(:mod:`coron_cli.steps.config`, which reads the panel-chosen ones from
+:mod:`coron_cli.defaults`).
 """
 
 import click
 
-from .. import __version__, defaults
+from .. import __version__
+from ..steps.config import (
+    AlignConfig,
+    BackgroundConfig,
+    HlspConfig,
+    KlipConfig,
+    PipelineConfig,
+    StackConfig,
+)
+
+#: old spelling -> new, accepted for one release with a warning
+RENAMED = {
+    "--method": "--align-method",
+    "--annuli": "--zones",
+    "--subsections": "--zone-sectors",
+    "--annuli-width": "--noise-width",
+}
+
+#: configuration field -> flag, where the flag is not the field's name with dashes
+FLAGS = {
+    "method": "--align-method",
+    "mode": "--background",
+    "inject": "--contrast",
+    "threshold": "--detect",
+    "table_format": "--format",
+}
+
+
+def flag_for(field_name):
+    """The command-line flag of a step configuration field (``noise_width`` ->
+    ``--noise-width``)."""
+    return FLAGS.get(field_name, "--" + str(field_name).replace("_", "-"))
+
+
+def _renamed(prog, args):
+    """`args` with the old spellings of :data:`RENAMED` replaced, warning once for each."""
+    out, seen = [], set()
+    quiet = "-q" in args or "--quiet" in args
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        name, eq, value = arg.partition("=")
+        if name in RENAMED:
+            if name not in seen and not quiet:
+                click.echo(f"{prog}: warning: {name} is deprecated; use {RENAMED[name]} (the old "
+                           "name will be removed in the next release)", err=True)
+            seen.add(name)
+            arg = RENAMED[name] + eq + value
+        out.append(arg)
+    return out
+
+
+class Command(click.Command):
+    """A click command that accepts the old option spellings (:data:`RENAMED`)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _renamed(ctx.command_path, args))
+
+
+class Group(click.Group):
+    """A click group whose commands accept the old option spellings."""
+
+    command_class = Command
 
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude", "protect",
-           "fit_weights",
-           "annuli_width", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
+           "fit_weights", "noise_width", "max_shift", "asn_id", "Command", "Group", "RENAMED",
+           "FLAGS", "flag_for", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
            "detect", "plot", "table_format", "mask", "registration", "outdir", "psfmask",
            "psfmask_weights", "min_transmission", "sky_order", "background_files",
            "background_mode", "BACKGROUND_MODES"]
@@ -62,29 +148,32 @@ def output(help_text):
 
 
 bad_bits = click.option(
-    "--bad-bits", default=1, show_default=True, type=click.IntRange(min=0), metavar="INT",
+    "--bad-bits", default=StackConfig.bad_bits,
+    show_default=True, type=click.IntRange(min=0), metavar="INT",
     help="DQ bits that mark a pixel as unusable (1 = DO_NOT_USE); such pixels are repaired "
          "from good neighbours and stay flagged.")
 
 truncate = click.option(
-    "-k", "--truncate", default="50", show_default=True, metavar="K[,K...]",
+    "-k", "--truncate", default=",".join(map(str, KlipConfig.truncate)),
+    show_default=True, metavar="K[,K...]",
     help="KL modes kept; a comma list (e.g. 5,10,30) gives several truncations from one "
          "decomposition. Clamped, with a warning, to the number of references.")
 
 klip_zones = _compose(
-    click.option("--annuli", default=1, show_default=True, type=click.IntRange(min=1),
+    click.option("--zones", default=KlipConfig.zones, show_default=True, type=click.IntRange(min=1),
                  metavar="N", help="Solve KLIP separately in N concentric annuli of equal "
                                    "width; N > 1 replaces --zone-width."),
-    click.option("--zone-width", default=defaults.ZONE_WIDTH, show_default=True,
+    click.option("--zone-width", default=KlipConfig.zone_width, show_default=True,
                  metavar="W[@R]",
                  help="Solve KLIP separately in annuli W wide beyond radius R (pixels, or "
                       "lambda/D with a 'lod' suffix, lambda/D from FILTER and the pixel "
                       "scale); inside R the coefficients are fitted on the whole frame, as "
                       "without zones (near the star a narrow zone over-fits). none = one "
                       "zone."),
-    click.option("--subsections", default=1, show_default=True, type=click.IntRange(min=1),
-                 metavar="M", help="Split every annulus into M angular sectors."),
-    click.option("--zone-fit", default=defaults.ZONE_FIT, show_default=True,
+    click.option("--zone-sectors", default=KlipConfig.zone_sectors, show_default=True,
+                 type=click.IntRange(min=1), metavar="M",
+                 help="Split every annulus into M angular sectors."),
+    click.option("--zone-fit", default=KlipConfig.zone_fit, show_default=True,
                  type=click.Choice(["self", "around"]),
                  help="Where each annulus's KL coefficients are fitted: on its own pixels, "
                       "or around it (the annuli within two zone widths, not itself, as "
@@ -97,21 +186,35 @@ exclude = click.option(
          "of the KL fit, e.g. a known companion; it is still subtracted. Repeatable.")
 
 protect = click.option(
-    "--protect", default=5.0, show_default=True, type=click.FloatRange(min=0), metavar="SNR",
+    "--protect", default=KlipConfig.protect,
+    show_default=True, type=click.FloatRange(min=0), metavar="SNR",
     help="Sources found above SNR in a first KLIP pass (an exposure's mean over "
          "integrations) are left out of the KL fit of a second pass, so that a companion "
          "does not bias the fit and lose flux; 0 turns this off.")
 
 fit_weights = click.option(
-    "--weights", "weights", default=defaults.WEIGHTS, show_default=True,
+    "--weights", "weights", default=KlipConfig.weights, show_default=True,
     type=click.Choice(["noise", "none"]),
     help="Pixel weights of the KL basis and fit: none = classic, unweighted KLIP; noise = "
          "inverse noise variance (the science ERR), so the bright, noisy pixels next to the "
          "star do not set the fit alone (it raised the residual on real NIRCam data).")
 
-annuli_width = click.option(
-    "--annuli-width", default=2, show_default=True, type=click.IntRange(min=1), metavar="W",
+noise_width = click.option(
+    "--noise-width", default=KlipConfig.noise_width,
+    show_default=True, type=click.IntRange(min=1), metavar="W",
     help="Width in whole pixels of the annuli for noise profiles and error calibration.")
+
+max_shift = click.option(
+    "--max-shift", default=AlignConfig.max_shift, show_default=True,
+    type=click.FloatRange(min=0), metavar="PIX",
+    help="A registration shift farther than PIX from where the headers' star positions "
+         "(dither offsets included) put the star is rejected and replaced by that "
+         "prediction, with a warning naming the exposure.")
+
+asn_id = click.option(
+    "--asn-id", default=None, metavar="ID",
+    help="Association id, for the default output names and the ASN_ID keyword (default: "
+         "the association's, or the input's ASN_ID).")
 
 psf_offaxis = click.option(
     "--psf-offaxis", default=None, metavar="FILE",
@@ -126,7 +229,8 @@ star_flux = _compose(
                       "aperture sum with --star-flux-method aperture); adds the 5-sigma "
                       "contrast to the contrast table."),
     psf_offaxis,
-    click.option("--star-flux-method", type=click.Choice(["peak", "aperture"]), default="peak",
+    click.option("--star-flux-method", type=click.Choice(["peak", "aperture"]),
+                 default=HlspConfig.star_flux_method,
                  show_default=True,
                  help="How the star flux and the noise are measured: the peak pixel against "
                       "the per-pixel noise, or the sum in a disk of diameter --fwhm against "
@@ -146,7 +250,8 @@ contrast = click.option(
          "are not touched.")
 
 snr_method = click.option(
-    "--snr-method", type=click.Choice(["ratio", "mawet"]), default="ratio", show_default=True,
+    "--snr-method", type=click.Choice(["ratio", "mawet"]), default=HlspConfig.snr_method,
+    show_default=True,
     help="SNR map: ratio = SCI/ERR; mawet = the aperture t-test of Mawet et al. (2014) at "
          "every pixel (apertures of diameter --fwhm against the others at the same radius).")
 
@@ -164,21 +269,22 @@ plot = click.option(
          "(SNR map, candidates marked). Needs matplotlib: pip install 'coron[plot]'.")
 
 table_format = click.option(
-    "--format", "table_format", type=click.Choice(["fits", "ecsv"]), default="fits",
+    "--format", "table_format", type=click.Choice(["fits", "ecsv"]),
+    default=PipelineConfig.table_format,
     show_default=True,
     help="ecsv also writes the contrast table as <root>_contrast.ecsv next to the FITS one.")
 
 registration = click.option(
-    "--method", type=click.Choice(["auto", "dither", "fourier"]), default="auto",
-    show_default=True,
+    "--align-method", "align_method", type=click.Choice(["auto", "dither", "fourier"]),
+    default=AlignConfig.method, show_default=True,
     help="How offsets are measured. Every pair gets a rigid shift and flux fit ('fourier' "
          "stops there). Behind a coronagraph that fit over-reads the star's offset; 'auto' "
          "measures by how much on references of one visit dithered over 2+ positions "
          "(XOFFSET/YOFFSET) and corrects every shift. 'dither' also uses an empirical model "
          "of the image against the star's position, learned from such references, where it "
          "fits a science integration better than a rigid shift (a warning names an "
-         "exposure that rejects it). Shifts more than 1 pixel from the headers' star "
-         "positions are rejected.")
+         "exposure that rejects it). Shifts more than --max-shift pixels from the headers' "
+         "star positions are rejected.")
 
 def outdir(help_text):
     """-d/--outdir DIR (coron3 run, coron3 check)."""
@@ -192,7 +298,7 @@ mask = click.option(
 
 
 psfmask = click.option(
-    "--psfmask", default=defaults.PSFMASK, show_default=True, metavar="FILE|auto|none",
+    "--psfmask", default=PipelineConfig.psfmask, show_default=True, metavar="FILE|auto|none",
     help="The coronagraph's transmission map (a JWST PSFMASK file cut to the subarray, 1 = "
          "unobstructed, on the exposure's pixel grid): pixels below --min-transmission are "
          "left out of the KL fit, fake planets are dimmed by it, and the contrast is "
@@ -200,14 +306,14 @@ psfmask = click.option(
          "there is one; none = no map.")
 
 psfmask_weights = click.option(
-    "--psfmask-weights/--no-psfmask-weights", default=defaults.PSFMASK_WEIGHTS,
+    "--psfmask-weights/--no-psfmask-weights", default=AlignConfig.psfmask_weights,
     show_default=True,
     help="Weigh the registration fit by the transmission map (as the JWST stage does), "
          "when no --mask is given.")
 
 min_transmission = click.option(
     "--min-transmission", type=click.FloatRange(min=0.0, max=1.0),
-    default=defaults.MIN_TRANSMISSION, show_default=True, metavar="T",
+    default=KlipConfig.min_transmission, show_default=True, metavar="T",
     help="Leave pixels whose coronagraph transmission (--psfmask) is below T out of the KL "
          "fit (they are still subtracted).")
 
@@ -224,7 +330,7 @@ def _sky_order(ctx, param, value):
 
 
 sky_order = click.option(
-    "--sky-order", default=str(defaults.SKY_ORDER), show_default=True, metavar="auto|N",
+    "--sky-order", default=str(KlipConfig.sky_order), show_default=True, metavar="auto|N",
     callback=_sky_order,
     help="Fit a polynomial sky of order N in every zone with the KL modes (0 = only the "
          "mean, as classic KLIP; 1 = a plane: a gradient the references do not share; 2 = "
@@ -243,7 +349,7 @@ background_files = click.option(
 
 background_mode = click.option(
     "--background", "background", type=click.Choice(BACKGROUND_MODES),
-    default=defaults.BACKGROUND, show_default=True,
+    default=BackgroundConfig.mode, show_default=True,
     help="What to do with the association's background members: science backgrounds go "
          "with the science, reference backgrounds with the references (by program, else "
          "nearest in time). auto skips the subtraction when S_BKDSUB = COMPLETE or when "

@@ -8,17 +8,18 @@ from . import options
 from .common import check_output, check_stdin_once, run, setup_logging, timed
 
 
-@click.command(name="coron-stack", no_args_is_help=True)
+@click.command(name="coron-stack", cls=options.Command, no_args_is_help=True)
 @click.argument("psf", nargs=-1, metavar="PSF...")
 @click.option("--asn", "asn_path", default=None, metavar="FILE",
               help="Take the psf members of this association instead of PSF arguments; "
                    "writes <product>_psfstack.fits for each of its products.")
 @options.output("Output file (default: <root>_psfstack.fits in the current folder, root being "
                 "the ASN product name or the first PSF's name).")
+@options.asn_id
 @options.bad_bits
 @options.background_files
 @options.common
-def cli(psf, asn_path, output, bad_bits, background, verbose, quiet, debug):
+def cli(psf, asn_path, output, asn_id, bad_bits, background, verbose, quiet, debug):
     """Stack the integrations of reference (PSF) exposures into one cube.
 
     Reads JWST-style exposures (SCI/ERR/DQ, e.g. *_calints.fits) and writes
@@ -40,14 +41,16 @@ def cli(psf, asn_path, output, bad_bits, background, verbose, quiet, debug):
     from ..asn import read_asn
     from ..errors import InputError
     from ..products import exposure_root, read_product, write_product
-    from ..steps import match_backgrounds, stack_step
+    from ..steps import BackgroundConfig, StackConfig, match_backgrounds, stack_step
     from .common import split_background, subtract_backgrounds
 
+    config = StackConfig(bad_bits=bad_bits)
     if asn_path and psf:
         raise InputError(asn_path, "give either --asn or PSF files, not both")
     if asn_path:
         asn = read_asn(asn_path)
-        jobs = [(p.name + "_psfstack.fits", p.psf, asn.asn_id, p) for p in asn.products]
+        jobs = [(p.name + "_psfstack.fits", p.psf, asn_id or asn.asn_id, p)
+                for p in asn.products]
         if output and len(jobs) > 1:
             raise InputError(asn_path, "has several products; -o can name only one")
         if output:
@@ -57,9 +60,9 @@ def cli(psf, asn_path, output, bad_bits, background, verbose, quiet, debug):
             raise InputError(None, "no PSF exposures given (see 'coron-stack --help')")
         check_stdin_once(psf)
         root = "stdin" if psf[0] == "-" else exposure_root(psf[0])
-        jobs = [(output or root + "_psfstack.fits", list(psf), None, None)]
+        jobs = [(output or root + "_psfstack.fits", list(psf), asn_id, None)]
     mode, files = split_background(background)
-    for out, members, asn_id, prod in jobs:
+    for out, members, job_id, prod in jobs:
         check_output(out, members)
         with timed("stack"):
             exposures = [read_product(p, what="reference exposure") for p in members]
@@ -71,9 +74,9 @@ def cli(psf, asn_path, output, bad_bits, background, verbose, quiet, debug):
                 bkgs = [read_product(p, what="background exposure") for p in prod.background]
                 heads = [read_product(p, what="science exposure") for p in prod.science]
                 _, for_refs, _ = match_backgrounds(bkgs, heads, exposures)
-                exposures = [background_step(e, for_refs, mode=mode, bad_bits=bad_bits)[0]
-                             for e in exposures]
-            product = stack_step(exposures, bad_bits=bad_bits, asn_id=asn_id,
+                bconf = BackgroundConfig(mode=mode, bad_bits=bad_bits)
+                exposures = [background_step(e, for_refs, bconf)[0] for e in exposures]
+            product = stack_step(exposures, config, asn_id=job_id,
                                  params={"inputs": [os.path.basename(m) for m in members]})
             write_product(product, out)
 

@@ -15,6 +15,7 @@ inject       fake-source injection: the algorithmic throughput
 combine      psfsubs rotated north-up and combined (i2d)
 hlsp         SNR map and contrast table
 detect       point-source candidates
+config       the frozen configuration of each step (defaults held once)
 _common      what several steps share
 
 The names below are loaded from their module on first use, so a tool that
@@ -48,12 +49,32 @@ _WHERE = {
     "detect_step": "detect",
     "transmission_image": "_common",
     "product_transmission": "_common",
-    "parse_truncate": "_common",
+    "parse_truncate": "config",
+    "ConfigError": "config",
+    "StackConfig": "config",
+    "BackgroundConfig": "config",
+    "AlignConfig": "config",
+    "KlipConfig": "config",
+    "InjectConfig": "config",
+    "CombineConfig": "config",
+    "HlspConfig": "config",
+    "DetectConfig": "config",
+    "PipelineConfig": "config",
     "estimate_err": "_common",
 }
 
 __all__ = [
+    "AlignConfig",
+    "BackgroundConfig",
+    "CombineConfig",
+    "ConfigError",
+    "DetectConfig",
+    "HlspConfig",
+    "InjectConfig",
     "Injection",
+    "KlipConfig",
+    "PipelineConfig",
+    "StackConfig",
     "ZONE_PIXELS_PER_MODE",
     "add_throughput",
     "align_step",
@@ -83,7 +104,7 @@ __all__ = [
 
 
 _MODULES = ("stack", "background", "align", "klip", "inject", "combine", "hlsp", "detect",
-            "_common")
+            "config", "_common")
 
 
 def __getattr__(name):

@@ -6,28 +6,9 @@ import logging
 import numpy as np
 
 from ..errors import InputError
+from ..products import star_cards
 
 log = logging.getLogger("coron")
-
-
-def parse_truncate(value):
-    """'5,10,30' or 50 -> [5, 10, 30] / [50]; ValueError if not positive integers."""
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [v for v in str(value).replace(" ", "").split(",")]
-    out = []
-    for item in items:
-        try:
-            k = int(str(item))
-        except ValueError:
-            raise ValueError(f"--truncate must be positive integers, got {value!r}") from None
-        if k < 1:
-            raise ValueError(f"--truncate must be positive integers, got {value!r}")
-        out.append(k)
-    if not out:
-        raise ValueError("--truncate is empty")
-    return out
 
 
 def estimate_err(sci):
@@ -54,20 +35,28 @@ def _err_or_estimate(product):
 
 
 def _check_not_all_bad(product, bad):
+    """InputError naming the product when every pixel is `bad`."""
     if bad.all():
         raise InputError(product.path, "all pixels are flagged DO_NOT_USE or not finite")
 
 
+def check_same_frames(path_a, shape_a, path_b, shape_b):
+    """InputError naming `path_b` when its frames (the last two axes) differ from `path_a`'s."""
+    if tuple(shape_a[-2:]) != tuple(shape_b[-2:]):
+        (ny, nx), (my, mx) = shape_a[-2:], shape_b[-2:]
+        raise InputError(path_b, f"frames are {mx}x{my} pixels but {path_a} has {nx}x{ny}")
+
+
 def _frame_check(a, b, name_b):
-    if a.sci.shape[-2:] != b.sci.shape[-2:]:
-        (ny, nx), (my, mx) = a.sci.shape[-2:], b.sci.shape[-2:]
-        raise InputError(name_b, f"frames are {mx}x{my} pixels but {a.path} has {nx}x{ny}")
+    check_same_frames(a.path, a.sci.shape, name_b, b.sci.shape)
 
 
 def _check_transmission(science, transmission):
     if transmission is not None and np.shape(transmission) != science.sci.shape[-2:]:
         ty, tx = np.shape(transmission)
-        raise InputError("--psfmask", f"transmission map is {tx}x{ty} pixels, frames are "
+        from .config import ConfigError
+
+        raise ConfigError("psfmask", f"transmission map is {tx}x{ty} pixels, frames are "
                                       f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
 
 
@@ -77,8 +66,7 @@ def transmission_image(transmission, center):
 
     h = fits.Header()
     h["BUNIT"] = ("", "intensity transmission of the coronagraph, 1 = unobstructed")
-    h["STARCENX"] = (float(center[0]), "star x, 0-based pixels")
-    h["STARCENY"] = (float(center[1]), "star y, 0-based pixels")
+    star_cards(h, center)
     return np.asarray(transmission, dtype=np.float32), h
 
 

@@ -5,10 +5,11 @@ import os
 
 import numpy as np
 
-from .. import core, defaults
+from .. import core
 from ..errors import InputError
-from ..products import Product, add_provenance, star_center
+from ..products import Product, add_provenance, star_cards, star_center
 from ._common import _check_transmission, _frame_check, estimate_err
+from .config import AlignConfig, ConfigError
 from .stack import _repair_stack, _stack_dithers, prepare_science
 
 log = logging.getLogger("coron")
@@ -42,9 +43,8 @@ def _shift_dq(dq, dx, dy):
     return out
 
 
-def align_step(science, psfstack, *, mask=None, transmission=None,
-               psfmask_weights=defaults.PSFMASK_WEIGHTS, max_shift=defaults.MAX_SHIFT,
-               bad_bits=core.DO_NOT_USE, asn_id=None, method="auto", params=None):
+def align_step(science, psfstack, config=None, *, mask=None, transmission=None, asn_id=None,
+               params=None):
     """Register the stacked references onto every science integration.
 
     Every (integration, reference) pair gets the rigid shift and flux scale
@@ -74,8 +74,9 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     exposure rejects gives one warning naming it). ``fourier`` uses the raw
     rigid fit.
 
-    The fit weights are `mask` when given, else, with `psfmask_weights`, the
-    coronagraph's `transmission` map (as the JWST stage weighs its fit).
+    The fit weights are `mask` when given, else, with the configuration's
+    `psfmask_weights`, the coronagraph's `transmission` map (as the JWST
+    stage weighs its fit).
 
     Bounds (:func:`coron_cli.core.bound_shifts`): a shift more than
     `max_shift` pixels from what the headers' star positions predict (0 for
@@ -89,6 +90,21 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     is the noise carried through that shift
     (:func:`coron_cli.core.shift_variance`).
 
+    Parameters
+    ----------
+    science : Product
+        The science exposure (nint, ny, nx).
+    psfstack : Product
+        The stacked references (nref, ny, nx) with their REFS table.
+    config : AlignConfig, optional
+        ``method``, ``psfmask_weights``, ``max_shift``, ``bad_bits``.
+    mask, transmission : ndarray (ny, nx), optional
+        Fit weights; the coronagraph's transmission map.
+    asn_id : str, optional
+        Association id, written as ASN_ID.
+    params : dict, optional
+        Further provenance (the input names).
+
     Returns
     -------
     Product
@@ -99,13 +115,15 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
     """
     from astropy.table import Table
 
+    config = config or AlignConfig()
+    method, bad_bits, max_shift = config.method, config.bad_bits, config.max_shift
     _frame_check(science, psfstack, psfstack.path)
     if mask is not None and mask.shape != science.sci.shape[-2:]:
-        raise InputError("--mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
+        raise ConfigError("mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
                                    f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
     _check_transmission(science, transmission)
     weights_from = "mask" if mask is not None else "none"
-    if mask is None and psfmask_weights and transmission is not None:
+    if mask is None and config.psfmask_weights and transmission is not None:
         mask, weights_from = np.asarray(transmission, dtype=np.float64), "psfmask"
     sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
     refs = _repair_stack(psfstack, bad_bits)
@@ -197,18 +215,13 @@ def align_step(science, psfstack, *, mask=None, transmission=None,
         "header: the star positions of the headers (the fit was beyond the bound)")
     (cx, cy), src = star_center(science.sci_header, science.sci.shape)
     header = science.sci_header.copy()
-    header["STARCENX"] = (cx, f"star x, 0-based pixels (from {src})")
-    header["STARCENY"] = (cy, f"star y, 0-based pixels (from {src})")
+    star_cards(header, (cx, cy), src)
     header["ALIGNMTH"] = (used_how, "registration methods used (SHIFTS method column)")
     if gain is not None:
         for (a, b), v in np.ndenumerate(gain):
             header[f"ALGAIN{a + 1}{b + 1}"] = (float(v), "rigid-fit shift gain behind the mask")
-    params = dict(params or {})
-    params.setdefault("mask", "none" if mask is None else "yes")
-    params["fit_weights"] = weights_from
-    params.setdefault("method", method)
-    params["registration"] = used_how
-    params.setdefault("bad_bits", bad_bits)
+    params = {**(params or {}), **config.params(), "mask": "none" if mask is None else "yes",
+              "fit_weights": weights_from, "registration": used_how}
     primary = science.primary.copy()
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")

@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import core, defaults
+from .. import core
 from ..products import star_center
 from ._common import _frame_check, estimate_err
+from .config import BackgroundConfig
 
 log = logging.getLogger("coron")
 
@@ -63,8 +64,7 @@ def match_backgrounds(backgrounds, science, references):
     return for_sci, for_ref, out
 
 
-def background_step(exposure, backgrounds, *, mode=defaults.BACKGROUND,
-                    bad_bits=core.DO_NOT_USE):
+def background_step(exposure, backgrounds, config=None):
     """Subtract the combined sky of background exposures from an exposure, if it is needed.
 
     Parameters
@@ -74,9 +74,9 @@ def background_step(exposure, backgrounds, *, mode=defaults.BACKGROUND,
     backgrounds : list of Product
         Its background exposures (empty sky, same set-up), combined robustly
         (:func:`coron_cli.core.combine_backgrounds`).
-    mode : {"auto", "subtract", "off"}
-        ``auto`` subtracts unless the exposure says the JWST stage 2 did it
-        (S_BKDSUB = COMPLETE) or its sky is already far below the
+    config : BackgroundConfig, optional
+        ``mode``: auto, subtract or off. ``auto`` subtracts unless the
+        exposure says the JWST stage 2 did it (S_BKDSUB = COMPLETE) or its sky is already far below the
         background's (the sky was removed without the keyword), see
         :func:`coron_cli.core.background_decision`.
 
@@ -90,6 +90,8 @@ def background_step(exposure, backgrounds, *, mode=defaults.BACKGROUND,
     reason : str
         What was done and why (one line, for the log).
     """
+    config = config or BackgroundConfig()
+    mode, bad_bits = config.mode, config.bad_bits
     primary = exposure.primary.copy()
     if not backgrounds:
         return exposure, ""

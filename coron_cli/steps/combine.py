@@ -12,6 +12,7 @@ from ..products import (
     add_provenance,
     pixel_scale_arcsec,
     roll_angle,
+    star_cards,
     star_center,
 )
 from ._common import (
@@ -20,11 +21,12 @@ from ._common import (
     product_transmission,
     transmission_image,
 )
+from .config import CombineConfig
 
 log = logging.getLogger("coron")
 
 
-def combine_step(psfsubs, *, annuli_width=2, params=None):
+def combine_step(psfsubs, config=None, *, params=None):
     """Combine KLIP-subtracted exposures into one north-up image (i2d).
 
     Each exposure's integrations are averaged, rotated about the star to
@@ -34,7 +36,16 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
     both ways: raised where residual speckles exceed it, and scaled down
     where the rotation's interpolation, which smooths the noise, has left
     the propagated error larger than the residual spread
-    (:func:`coron_cli.core.calibrate_error` with ``deflate=True``).
+    (:func:`coron_cli.core.calibrate_error` with ``deflate=True``), in
+    annuli the configuration's `noise_width` wide.
+
+    Parameters
+    ----------
+    psfsubs : list of Product
+        KLIP-subtracted exposures (nint, ny, nx) of one target, same frame size.
+    config : CombineConfig, optional
+    params : dict, optional
+        Further provenance (the input names).
 
     Returns
     -------
@@ -43,6 +54,7 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
     """
     from astropy.io import fits
 
+    config = config or CombineConfig()
     if not psfsubs:
         raise InputError(None, "nothing to combine")
     first = psfsubs[0]
@@ -70,7 +82,8 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
         # what a source at each sky position keeps, weighted as the images are
         tmap, _ = core.combine_images(np.stack(trans), np.stack(vars_))
         images["TRANSMIS"] = transmission_image(np.nan_to_num(tmap), out_center)
-    err = core.calibrate_error(img, np.sqrt(var), out_center, width=annuli_width, deflate=True)
+    err = core.calibrate_error(img, np.sqrt(var), out_center, width=config.noise_width,
+                               deflate=True)
     dq = np.where(np.isfinite(img), 0, core.DO_NOT_USE).astype(np.uint32)
     header = fits.Header()
     scale = pixel_scale_arcsec(first.sci_header)
@@ -84,14 +97,12 @@ def combine_step(psfsubs, *, annuli_width=2, params=None):
     header["CD1_1"], header["CD1_2"], header["CD2_1"], header["CD2_2"] = -s, 0.0, 0.0, s
     if not scale:
         header["COMMENT"] = "pixel scale unknown: WCS scale is a placeholder of 1 arcsec"
-    header["STARCENX"] = (out_center[0], "star x, 0-based pixels")
-    header["STARCENY"] = (out_center[1], "star y, 0-based pixels")
+    star_cards(header, out_center)
     header["NCOMBINE"] = (len(psfsubs), "exposures combined")
     for key in ("BUNIT",):
         if key in first.sci_header:
             header[key] = first.sci_header[key]
-    params = dict(params or {})
-    params.setdefault("annuli_width", annuli_width)
+    params = {**(params or {}), **config.params()}
     primary = add_provenance(first.primary, "coron3 combine", params, history=hist)
     log.info("combined %d exposures north-up", len(psfsubs))
     return Product(sci=img.astype(np.float32), err=err, dq=dq, primary=primary,

@@ -18,12 +18,12 @@ from ._common import (
     _throughput_at,
     product_transmission,
 )
+from .config import DetectConfig
 
 log = logging.getLogger("coron")
 
 
-def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star_flux=None,
-                star_flux_method="peak", throughput=None, psf=None, params=None):
+def detect_step(image, snr, config=None, *, throughput=None, psf=None, params=None):
     """Point-source candidates in an SNR map: a DETECTIONS table.
 
     Parameters
@@ -35,6 +35,8 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
         used when `throughput` is not given.
     snr : Product
         The SNR map (:func:`hlsp_step`).
+    config : DetectConfig, optional
+        Its fields:
     threshold : float
         Candidates are local maxima with ``snr >= threshold``.
     inner_radius : float, optional
@@ -75,8 +77,11 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
 
     img, _ = _mean_over_integrations(image)
     center, _ = star_center(image.sci_header, img.shape)
-    fwhm = 2.0 if fwhm is None else float(fwhm)
-    inner = 2.0 * fwhm if inner_radius is None else float(inner_radius)
+    config = config or DetectConfig()
+    threshold, star_flux = config.threshold, config.star_flux
+    star_flux_method = config.star_flux_method
+    fwhm = config.fwhm_pix
+    inner = 2.0 * fwhm if config.inner_radius is None else float(config.inner_radius)
     if throughput is None:
         throughput = image.tables.get("THROUGHPUT")
     snr_map = np.asarray(snr.sci, dtype=np.float64).reshape(img.shape)
@@ -107,7 +112,32 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
     table["pa"] = np.mod((roll or 0.0) + np.degrees(np.arctan2(-dx, dy)), 360.0)
     table["pa"].unit = "deg"
     table["snr"] = s
-    if star_flux_method == "aperture":
+    table["flux"] = _candidate_fluxes(img, x, y, center, fwhm, star_flux_method)
+    tmap = product_transmission(image)
+    if tmap is not None:
+        table["transmission"] = core.value_at(tmap, np.column_stack([x, y])) if len(x) else \
+            np.zeros(0)
+    if star_flux:
+        _contrast_columns(table, star_flux, star_flux_method, throughput, tmap is not None)
+    table.meta["THRESH"] = float(threshold)
+    table.meta["INNERRAD"] = inner
+    table.meta["FWHM"] = fwhm
+    table.meta["PAFRAME"] = frame
+    table.meta["FLUXMETH"] = star_flux_method
+    params = {**(params or {}), **config.params(), "inner_radius": inner, "fwhm": fwhm}
+    primary = add_provenance(image.primary, "coron-hlsp detect", params, history=[
+        f"{len(table)} candidates with SNR >= {threshold:g} beyond {inner:.2f} pix; "
+        f"pa {frame}"])
+    if star_flux:
+        _star_cards(primary, star_flux, star_flux_method, fwhm)
+    log.info("%d candidate(s) above SNR %g", len(table), threshold)
+    return Product(sci=None, primary=primary, tables={"DETECTIONS": table}, path="detections")
+
+
+def _candidate_fluxes(img, x, y, center, fwhm, method):
+    """Flux of each candidate: its peak pixel, or its background-subtracted sum in a disk
+    of diameter `fwhm` (the other candidates left out of the background)."""
+    if method == "aperture":
         pos = np.column_stack([x, y])
         flux = np.array([core.aperture_snr(img, pos[i:i + 1], center, fwhm=fwhm,
                                            avoid=np.delete(pos, i, axis=0))[1][0]
@@ -116,36 +146,22 @@ def detect_step(image, snr, *, threshold=5.0, inner_radius=None, fwhm=None, star
         iy = np.clip(np.rint(y).astype(int), 0, img.shape[0] - 1)
         ix = np.clip(np.rint(x).astype(int), 0, img.shape[1] - 1)
         flux = img[iy, ix]
-    table["flux"] = np.asarray(flux, dtype=np.float64).reshape(len(table))
-    tmap = product_transmission(image)
-    if tmap is not None:
-        table["transmission"] = core.value_at(tmap, np.column_stack([x, y])) if len(x) else \
-            np.zeros(0)
-    if star_flux:
-        table["contrast"] = table["flux"] / float(star_flux)
-        if throughput is not None or tmap is not None:
-            factor = np.ones(len(table))
-            if throughput is not None:
-                # a candidate is above the detection threshold, so it was found and left
-                # out of the fit: the protected throughput is its own
-                factor = factor * _throughput_at(throughput, np.asarray(table["sep"]),
-                                                 star_flux_method, protected=True)
-            if tmap is not None:
-                factor = factor * np.asarray(table["transmission"])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                table["contrast_calibrated"] = table["contrast"] / factor
-    table.meta["THRESH"] = float(threshold)
-    table.meta["INNERRAD"] = inner
-    table.meta["FWHM"] = fwhm
-    table.meta["PAFRAME"] = frame
-    table.meta["FLUXMETH"] = star_flux_method
-    params = dict(params or {})
-    params.update(threshold=float(threshold), inner_radius=inner, fwhm=fwhm,
-                  star_flux=star_flux, star_flux_method=star_flux_method)
-    primary = add_provenance(image.primary, "coron-hlsp detect", params, history=[
-        f"{len(table)} candidates with SNR >= {threshold:g} beyond {inner:.2f} pix; "
-        f"pa {frame}"])
-    if star_flux:
-        _star_cards(primary, star_flux, star_flux_method, fwhm)
-    log.info("%d candidate(s) above SNR %g", len(table), threshold)
-    return Product(sci=None, primary=primary, tables={"DETECTIONS": table}, path="detections")
+    return np.asarray(flux, dtype=np.float64).reshape(len(x))
+
+
+def _contrast_columns(table, star_flux, method, throughput, with_transmission):
+    """Add contrast (flux / star flux) and, when a throughput or the transmission is
+    known, contrast_calibrated, in place."""
+    table["contrast"] = table["flux"] / float(star_flux)
+    if throughput is None and not with_transmission:
+        return
+    factor = np.ones(len(table))
+    if throughput is not None:
+        # a candidate is above the detection threshold, so it was found and left out of
+        # the fit: the protected throughput is its own
+        factor = factor * _throughput_at(throughput, np.asarray(table["sep"]), method,
+                                         protected=True)
+    if with_transmission:
+        factor = factor * np.asarray(table["transmission"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["contrast_calibrated"] = table["contrast"] / factor

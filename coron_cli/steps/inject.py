@@ -5,22 +5,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import core, defaults
+from .. import core
 from ..errors import InputError
 from ..products import pixel_scale_arcsec, roll_angle, star_center
 from ._common import _mean_over_integrations
+from .config import InjectConfig, KlipConfig
 from .klip import _klip
 
 log = logging.getLogger("coron")
 
 
-def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annuli=1,
-                     subsections=1, exclude=(), protect=5.0, weights=defaults.WEIGHTS,
-                     annuli_width=2,
-                     bad_bits=core.DO_NOT_USE, transmission=None,
-                     min_transmission=defaults.MIN_TRANSMISSION, sky_order=defaults.SKY_ORDER,
-                     zone_width=defaults.ZONE_WIDTH, zone_fit=defaults.ZONE_FIT,
-                     n_pa=6, step=1.0, inner=2.0, params=None):
+def klip_inject_step(science, psfalign, psf, config=None, inject=None, *, transmission=None,
+                     params=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
     Fake point sources (the off-axis PSF, shifted) are placed at
@@ -39,10 +35,14 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
         As for :func:`klip_step`.
     psf : ndarray of shape (py, px)
         Unocculted PSF (:func:`offaxis_image`).
-    fwhm : float, optional
-        Resolution element in pixels (default 2).
-    n_pa, step, inner :
-        Grid: angles per separation, spacing and first separation (in fwhm).
+    config : KlipConfig, optional
+        As for :func:`klip_step`.
+    inject : InjectConfig, optional
+        ``fwhm``: resolution element in pixels (default 2); ``n_pa``,
+        ``step``, ``inner``: the grid's angles per separation, spacing and
+        first separation (in fwhm).
+    transmission, params :
+        As for :func:`klip_step`.
 
     Returns
     -------
@@ -67,18 +67,15 @@ def klip_inject_step(science, psfalign, psf, *, fwhm=None, truncate=(50,), annul
     ratio. Inputs are not modified, and the science residual is the same
     as without fakes (to rounding).
     """
-    fwhm = 2.0 if fwhm is None else float(fwhm)
-    params = dict(params or {})
-    params.update(contrast=True, fwhm=fwhm, inject_pa=int(n_pa), inject_step=float(step),
-                  inject_inner=float(inner))
-    product, inj = _klip(science, psfalign, truncate=truncate, annuli=annuli,
-                         subsections=subsections, exclude=exclude, protect=protect,
-                         weights=weights, annuli_width=annuli_width, bad_bits=bad_bits,
-                         transmission=transmission, min_transmission=min_transmission,
-                         sky_order=sky_order, zone_width=zone_width,
-                         zone_fit=zone_fit, params=params,
-                         fakes=dict(psf=psf, fwhm=fwhm, n_pa=n_pa, step=step, inner=inner,
-                                    transmission=transmission))
+    inject = inject or InjectConfig()
+    fwhm = inject.fwhm_pix
+    params = {**(params or {}), "contrast": True, "fwhm": fwhm, "inject_pa": inject.n_pa,
+              "inject_step": inject.step, "inject_inner": inject.inner}
+    product, inj = _klip(science, psfalign, config or KlipConfig(), transmission=transmission,
+                         params=params,
+                         fakes={"psf": psf, "fwhm": fwhm, "n_pa": inject.n_pa,
+                                "step": inject.step, "inner": inject.inner,
+                                "transmission": transmission})
     if inj is not None:
         product = add_throughput(product, throughput_table(
             inj, fwhm=fwhm, scale=pixel_scale_arcsec(science.sci_header)))

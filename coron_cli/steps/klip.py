@@ -5,22 +5,18 @@ from dataclasses import replace
 
 import numpy as np
 
-from .. import core, defaults
+from .. import core
 from ..errors import InputError
 from ..products import (
     Product,
     add_provenance,
     lambda_over_d_pix,
     psf_fwhm_pix,
+    star_cards,
     star_center,
 )
-from ._common import (
-    _check_transmission,
-    _frame_check,
-    _mean_frames,
-    parse_truncate,
-    transmission_image,
-)
+from ._common import _check_transmission, _frame_check, _mean_frames, transmission_image
+from .config import ConfigError, KlipConfig
 from .stack import prepare_science
 
 log = logging.getLogger("coron")
@@ -119,10 +115,11 @@ def zone_width_pix(science, value, nmodes=None):
     return width, inner
 
 
-def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
-                   transmission=None, min_transmission=0.0, zone_width=None, zone_fit="self",
-                   nmodes=None):
+def _klip_geometry(science, psfalign, config, *, transmission=None, nmodes=None):
     """What KLIP needs besides the science: references, star, zones and fit mask."""
+    annuli, subsections, exclude = config.zones, config.zone_sectors, config.exclude
+    zone_width, zone_fit = config.zone_width, config.zone_fit
+    min_transmission = config.min_transmission if transmission is not None else 0.0
     refs = psfalign.sci
     if not np.isfinite(refs).all():
         refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
@@ -130,11 +127,9 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
     hdr = psfalign.sci_header if "STARCENX" in psfalign.sci_header else science.sci_header
     center, src = star_center(hdr, science.sci.shape)
     zones = None
-    # an explicit --annuli N (N > 1) replaces the default layout of --zone-width
+    # an explicit number of zones N (N > 1) replaces the layout of the zone width
     layout = zone_width_pix(science, zone_width, nmodes) if annuli <= 1 else None
     fit_zones = None
-    if zone_fit not in ("self", "around"):
-        raise ValueError(f"zone_fit must be 'self' or 'around', not {zone_fit!r}")
     if layout is not None:
         zones = core.annulus_zones((ny, nx), center, width=layout[0], inner=layout[1],
                                    subsections=subsections)
@@ -157,7 +152,7 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
         zones = core.annulus_zones((ny, nx), center, annuli=annuli, subsections=subsections)
     fit = _exclusion_mask((ny, nx), exclude)
     if not fit.any():
-        raise InputError("--exclude", "the exclusion circles cover the whole image")
+        raise ConfigError("exclude", "the exclusion circles cover the whole image")
     if transmission is not None and min_transmission > 0:
         low = np.asarray(transmission) < min_transmission
         if (fit & ~low).sum() < 0.1 * fit.sum():
@@ -169,13 +164,22 @@ def _klip_geometry(science, psfalign, *, annuli=1, subsections=1, exclude=(),
     return refs, center, src, zones, fit, fit_zones
 
 
-def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exclude=(),
-              protect=5.0, weights=defaults.WEIGHTS, annuli_width=2,
-              bad_bits=core.DO_NOT_USE,
-              transmission=None, min_transmission=defaults.MIN_TRANSMISSION,
-              sky_order=defaults.SKY_ORDER, zone_width=defaults.ZONE_WIDTH,
-              zone_fit=defaults.ZONE_FIT, params=None):
+def klip_step(science, psfalign, config=None, *, transmission=None, params=None):
     """KLIP-subtract every science integration with its aligned references.
+
+    Parameters
+    ----------
+    science : Product
+        The science exposure (nint, ny, nx).
+    psfalign : Product
+        Its aligned references (nint, nref, ny, nx) (:func:`align_step`).
+    config : KlipConfig, optional
+        Truncations, zones, fit region, weights, sky order, noise annuli.
+    transmission : ndarray (ny, nx), optional
+        The coronagraph's transmission map: pixels below the configuration's
+        `min_transmission` are left out of the fit; added as TRANSMIS.
+    params : dict, optional
+        Further provenance (the input names).
 
     Returns
     -------
@@ -191,12 +195,12 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     the noise the references carry into the PSF model through its
     coefficients b (see :func:`coron_cli.core.klip_subtract`). Then the
     residual speckle noise, which no propagation sees, is measured: in
-    annuli `annuli_width` pixels wide about the star the smallest extra
+    annuli `noise_width` pixels wide about the star the smallest extra
     variance is added that makes the 3-sigma clipped standard deviation of
-    SCI/ERR equal to 1, with the sources (companions above 5 sigma, with their rings and halo)
-    left out of that measurement (:func:`coron_cli.core.calibrate_error`).
+    SCI/ERR equal to 1, with the sources (companions above 5 sigma, with
+    their rings and halo) left out of that measurement (:func:`coron_cli.core.calibrate_error`).
 
-    Pixel weights (`weights`): with "noise" (the default) the KL basis and
+    Pixel weights (`weights`): with "noise" the KL basis and
     the fit weigh every pixel by the inverse of its noise variance, the
     science ERR squared averaged over integrations
     (:func:`coron_cli.core.noise_weights`; flagged values left out), a
@@ -205,7 +209,8 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     set the coefficients for the whole zone; weighted, the fainter halo
     farther out counts as its noise warrants. On the medium simulation
     (seeds 0-8) this lowered the residual noise at most planets inside
-    8 lambda/D. "none" is classic, unweighted KLIP.
+    8 lambda/D, but it raised the residual on real NIRCam data, so "none",
+    classic unweighted KLIP, is the default.
 
     Source protection (`protect`, an SNR; None or 0 turns it off): a
     companion inside the fitted region pulls the KL coefficients, so it
@@ -221,11 +226,8 @@ def klip_step(science, psfalign, *, truncate=(50,), annuli=1, subsections=1, exc
     :func:`klip_inject_step` are not protected: they measure the throughput
     of sources too faint to be found.
     """
-    return _klip(science, psfalign, truncate=truncate, annuli=annuli, subsections=subsections,
-                 exclude=exclude, protect=protect, weights=weights, annuli_width=annuli_width,
-                 bad_bits=bad_bits, transmission=transmission,
-                 min_transmission=min_transmission, sky_order=sky_order,
-                 zone_width=zone_width, zone_fit=zone_fit, params=params)[0]
+    return _klip(science, psfalign, config or KlipConfig(), transmission=transmission,
+                 params=params)[0]
 
 
 #: extended sources (disks) are protected by their footprint too (see _sources_in)
@@ -318,42 +320,24 @@ def _outliers_on_sources(science, hit, zmap, err, bad_bits, lod):
     return cand & ~sharp
 
 
-def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_width,
-          bad_bits, params, protect=None, weights=defaults.WEIGHTS, transmission=None,
-          min_transmission=0.0, sky_order=0, zone_width=None, zone_fit="self",
-          fakes=None):
+def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
-    if weights not in ("noise", "none", None):
-        raise ValueError(f"unknown weights {weights!r}; expected 'noise' or 'none'")
-    sky_order = resolve_sky_order(science, sky_order)
-    truncate = parse_truncate(truncate)
-    if psfalign.sci.ndim != 4:
-        raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
-                                        f"not {psfalign.sci.ndim}-D")
-    _frame_check(science, psfalign, psfalign.path)
-    nint = science.sci.shape[0]
-    if psfalign.sci.shape[0] != nint:
-        raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
-                                        f"the science exposure {science.path} has {nint}")
-    nref = psfalign.sci.shape[1]
+    sky_order = resolve_sky_order(science, config.sky_order)
+    truncate = list(config.truncate)
+    nint, nref = _check_klip_inputs(science, psfalign)
     # may refuse: before warning
-    sci, err, dq, nout, hit = prepare_science(science, bad_bits=bad_bits, return_outliers=True)
+    sci, err, dq, nout, hit = prepare_science(science, bad_bits=config.bad_bits,
+                                              return_outliers=True)
     if max(truncate) > nref:
-        log.warning("--truncate %s exceeds the %d references; using at most %d modes",
-                    ",".join(map(str, truncate)), nref, nref)
+        # the default asks for "as many as there are, up to 50": only a choice is warned about
+        level = logging.INFO if config.truncate == KlipConfig().truncate else logging.WARNING
+        log.log(level, "%s KL modes asked for, but there are %d references; using at most %d "
+                "modes", ",".join(map(str, truncate)), nref, nref)
     _check_transmission(science, transmission)
     refs, center, src, zones, fit, fit_zones = _klip_geometry(
-        science, psfalign, annuli=annuli, subsections=subsections, exclude=exclude,
-        transmission=transmission, min_transmission=min_transmission, zone_width=zone_width,
-        zone_fit=zone_fit, nmodes=min(max(truncate), nref))
-    ref_var = None
-    if psfalign.err is not None:
-        # float32, squared in place: one array the size of the references, not three
-        ref_var = np.array(psfalign.err, dtype=np.float32)
-        ref_var[~np.isfinite(ref_var)] = 0.0
-        np.square(ref_var, out=ref_var)
-    inj = None
-    targets = sci
+        science, psfalign, config, transmission=transmission,
+        nmodes=min(max(truncate), nref))
+    inj, targets = None, sci
     if fakes is not None:
         from .inject import _injection_grid  # inject imports this module
 
@@ -363,37 +347,24 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
                 [sci[:, None], np.broadcast_to(inj.model[None], (nint,) + inj.model.shape)],
                 axis=1)
     fw = None
-    if weights == "noise":
-        fw = core.noise_weights(err, center, bad=(dq & np.uint32(bad_bits)) != 0,
-                                width=annuli_width)
-    kw = dict(truncations=truncate, fit_weights=fw, reference_variance=ref_var,
-              sky_order=sky_order)
-    residual = mvar = None
-    protected = 0
-    found = zmap = None
+    if config.weights == "noise":
+        fw = core.noise_weights(err, center, bad=(dq & np.uint32(config.bad_bits)) != 0,
+                                width=config.noise_width)
+    kw = dict(truncations=truncate, fit_weights=fw, reference_variance=_reference_variance(
+        psfalign), sky_order=sky_order)
     lod = lambda_over_d_pix(science.primary, science.sci_header)
-    if protect or nout:
-        # sources are found on a pass over the whole frame: a zone a few lambda/D wide
-        # fits part of a source away, which would hide it
-        if zones is None:
-            residual, mvar, nmodes = core.klip_subtract(targets, refs, fit_mask=fit, **kw)
-            first = residual[0] if inj is None else residual[0][:, 0]
-            fvar = None if mvar is None else (mvar[0] if inj is None else mvar[0][:, 0])
-        else:
-            fres, fmv, _ = core.klip_subtract(sci, refs, fit_mask=fit,
-                                              **dict(kw, truncations=truncate[:1]))
-            first, fvar = fres[0], None if fmv is None else fmv[0]
-            del fres, fmv
-        found, zmap = _sources_in(first, err, fvar, center, protect or 5.0, annuli_width,
-                                  lod=lod)
-        del first, fvar
-    back = _outliers_on_sources(science, hit, zmap, err, bad_bits, lod) if nout else None
-    if protect:
+    residual = mvar = found = zmap = None
+    if config.protect or nout:
+        residual, mvar, nmodes, found, zmap = _source_pass(
+            sci, targets, refs, err, center, fit, zones, kw, config, lod, inj is not None)
+    back = _outliers_on_sources(science, hit, zmap, err, config.bad_bits, lod) if nout else None
+    protected = 0
+    if config.protect:
         found = found & fit
         if found.any() and found.sum() <= 0.5 * fit.sum():
             protected = int(found.sum())
             log.info("protecting %d pixels of sources above %g sigma from the KL fit",
-                     protected, protect)
+                     protected, config.protect)
             fit = fit & ~found
             residual = None
     if residual is None:
@@ -402,7 +373,7 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
     if inj is not None:
         recovered = residual[0, :, 1:].astype(np.float64).mean(axis=0)
         protected_fakes = None
-        if protect and zones is not None:
+        if config.protect and zones is not None:
             protected_fakes = _protected_fakes(inj, refs, fit, zones, fakes["fwhm"], kw,
                                                fit_zones)
         inj = replace(inj, recovered=recovered, recovered_protected=protected_fakes)
@@ -418,41 +389,102 @@ def _klip(science, psfalign, *, truncate, annuli, subsections, exclude, annuli_w
         dq[back] &= ~np.uint32(core.DO_NOT_USE | core.OUTLIER)
         log.info("%s: %d pixel(s) flagged as outliers are part of a source; their values are "
                  "kept", science.path, restored)
+    counts = {"nref": nref, "protected": protected, "restored": restored,
+              "sky_order": sky_order}
+    return _psfsub_product(science, residual, mvar, err, dq, nmodes, center, src, config,
+                           transmission, counts, params), inj
+
+
+def _check_klip_inputs(science, psfalign):
+    """(nint, nref), or InputError naming the psfalign product."""
+    if psfalign.sci.ndim != 4:
+        raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
+                                        f"not {psfalign.sci.ndim}-D")
+    _frame_check(science, psfalign, psfalign.path)
+    nint = science.sci.shape[0]
+    if psfalign.sci.shape[0] != nint:
+        raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
+                                        f"the science exposure {science.path} has {nint}")
+    return nint, psfalign.sci.shape[1]
+
+
+def _reference_variance(psfalign):
+    """The aligned references' variance (float32, squared in place: one array the size of
+    the references, not three), or None without ERR."""
+    if psfalign.err is None:
+        return None
+    ref_var = np.array(psfalign.err, dtype=np.float32)
+    ref_var[~np.isfinite(ref_var)] = 0.0
+    np.square(ref_var, out=ref_var)
+    return ref_var
+
+
+def _source_pass(sci, targets, refs, err, center, fit, zones, kw, config, lod, with_fakes):
+    """The first KLIP pass, over the whole frame, and the sources it shows.
+
+    A zone a few lambda/D wide fits part of a source away, which would hide
+    it, so sources are looked for after a pass without zones. Without zones
+    that pass is also the result (unless protection changes the fit).
+
+    Returns
+    -------
+    residual, mvar, nmodes :
+        The pass's :func:`coron_cli.core.klip_subtract` results when it can
+        be the final one (no zones), else None.
+    found : ndarray of bool (ny, nx)
+        The sources' pixels (:func:`_sources_in`).
+    zmap : ndarray (ny, nx)
+        The significance map they were found in.
+    """
+    residual = mvar = nmodes = None
+    if zones is None:
+        residual, mvar, nmodes = core.klip_subtract(targets, refs, fit_mask=fit, **kw)
+        first = residual[0] if not with_fakes else residual[0][:, 0]
+        fvar = None if mvar is None else (mvar[0] if not with_fakes else mvar[0][:, 0])
+    else:
+        fres, fmv, _ = core.klip_subtract(sci, refs, fit_mask=fit,
+                                          **dict(kw, truncations=kw["truncations"][:1]))
+        first, fvar = fres[0], None if fmv is None else fmv[0]
+        del fres, fmv
+    found, zmap = _sources_in(first, err, fvar, center, config.protect or 5.0,
+                              config.noise_width, lod=lod)
+    return residual, mvar, nmodes, found, zmap
+
+
+def _psfsub_product(science, residual, mvar, err, dq, nmodes, center, src, config,
+                    transmission, counts, params):
+    """The psfsub Product: ERR calibrated on the residual, headers and provenance."""
     var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
     if mvar is not None:
         var = var + mvar[0]
-    out_err = core.calibrate_error(residual[0], np.sqrt(var), center, width=annuli_width)
+    out_err = core.calibrate_error(residual[0], np.sqrt(var), center,
+                                   width=config.noise_width)
     header = science.sci_header.copy()
-    header["STARCENX"] = (center[0], f"star x, 0-based pixels (from {src})")
-    header["STARCENY"] = (center[1], f"star y, 0-based pixels (from {src})")
+    star_cards(header, center, src)
     header["KLMODES"] = (",".join(str(int(k)) for k in nmodes[:, 0]),
                          "KL modes used (per truncation)")
-    header["KLPROTEC"] = (protected, "source pixels left out of the KL fit")
-    header["OUTLRSTR"] = (restored, "outlier pixels on a source given their values back")
+    header["KLPROTEC"] = (counts["protected"], "source pixels left out of the KL fit")
+    header["OUTLRSTR"] = (counts["restored"], "outlier pixels on a source given their values "
+                                              "back")
     images = {}
-    if len(truncate) > 1:
+    if len(config.truncate) > 1:
         from astropy.io import fits
 
         kh = fits.Header()
-        kh["KLMODES"] = (",".join(str(k) for k in truncate), "truncations along axis 1 (FITS 4)")
-        kh["STARCENX"] = center[0]
-        kh["STARCENY"] = center[1]
+        kh["KLMODES"] = (",".join(str(k) for k in config.truncate),
+                         "truncations along axis 1 (FITS 4)")
+        star_cards(kh, center)
         images["KLSUB"] = (residual, kh)
     if transmission is not None:
         images["TRANSMIS"] = transmission_image(transmission, center)
-    params = dict(params or {})
-    params.update(truncate=truncate, annuli=annuli, subsections=subsections,
-                  protect=protect or "off", weights=weights or "none",
-                  exclude=";".join(f"{a:g},{b:g},{c:g}" for a, b, c in exclude) or "none",
-                  annuli_width=annuli_width, sky_order=int(sky_order),
-                  zone_width=str(zone_width) if zone_width else "none",
-                  zone_fit=zone_fit,
-                  min_transmission=float(min_transmission) if transmission is not None
-                  else "no map")
+    params = {**(params or {}), **config.params(), "sky_order": int(counts["sky_order"]),
+              "min_transmission": float(config.min_transmission) if transmission is not None
+              else "no map"}
+    nref = counts["nref"]
     primary = add_provenance(science.primary, "coron-klip", params, history=[
         f"KLIP with {nref} references, modes used {nmodes[:, 0].tolist()}, "
-        f"zones {annuli}x{subsections}"])
+        f"zones {config.zones}x{config.zone_sectors}"])
     log.info("KLIP-subtracted %d integrations with %d references (modes %s)",
-             nint, nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
+             residual.shape[1], nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
     return Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
-                   images=images, path="psfsub"), inj
+                   images=images, path="psfsub")

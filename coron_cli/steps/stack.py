@@ -15,6 +15,7 @@ from ..products import (
     star_center,
 )
 from ._common import _check_not_all_bad, _err_or_estimate, _frame_check
+from .config import StackConfig
 
 log = logging.getLogger("coron")
 
@@ -77,7 +78,7 @@ def _find_outliers(product, bad, err):
     return core.find_outliers(product.sci, bad, err=err, psf_fwhm=fwhm)
 
 
-def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None):
+def stack_step(exposures, config=None, *, asn_id=None, params=None):
     """Concatenate reference exposures into a psfstack product.
 
     Outliers are searched for within each exposure (its integrations see the
@@ -87,6 +88,12 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
     ----------
     exposures : list of Product
         Reference exposures, cubes (nint_i, ny, nx).
+    config : StackConfig, optional
+        The DQ bits that mean "do not use" (default: the defaults).
+    asn_id : str, optional
+        Association id, written as ASN_ID.
+    params : dict, optional
+        Further provenance (the input names).
 
     Returns
     -------
@@ -96,6 +103,8 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
     """
     from astropy.table import Table
 
+    config = config or StackConfig()
+    bad_bits = config.bad_bits
     if not exposures:
         raise InputError(None, "no reference exposures to stack")
     first = exposures[0]
@@ -136,8 +145,7 @@ def stack_step(exposures, *, bad_bits=core.DO_NOT_USE, asn_id=None, params=None)
     refs["visit"] = [rows[i][6] for i in index[:, 0]]
     refs["visit"].description = "star and visit (TARGNAME PROGRAM:OBSERVTN:VISIT)"
     refs["patttype"] = [rows[i][7] for i in index[:, 0]]
-    params = dict(params or {})
-    params.setdefault("bad_bits", bad_bits)
+    params = {**(params or {}), **config.params()}
     primary = first.primary.copy()
     primary["NINTS"] = (sci.shape[0], "reference slices in the stack")
     if asn_id:
