@@ -1,7 +1,7 @@
 """Exceptions that the command layer turns into one-line messages."""
 
-__all__ = ["CoronError", "ConfigError", "InputError", "Interrupted", "OutputClosed", "OutputError", "Terminated",
-           "check_signals", "clear_lost_signals", "note_lost_signal"]
+__all__ = ["CoronError", "ConfigError", "InputError", "Interrupted", "OutputClosed",
+           "OutputError", "Terminated", "check_signals", "clear_lost_signals", "note_lost_signal"]
 
 
 class CoronError(Exception):

@@ -20,12 +20,11 @@ import tempfile
 import numpy as np
 
 from . import core, steps
-from .demo import write_simulation
+from .demo import planet_snr, write_simulation
 from .pipeline import run_association
 from .products import Product, read_product, roll_angle, star_cards, star_center
 from .steps import PipelineConfig
 from .steps._common import _mean_over_integrations
-from .steps.inject import _offsets
 
 __all__ = ["evaluate", "registration_error", "planet_snr", "classical_rdi", "twin_checks",
            "contrast_check"]
@@ -69,22 +68,6 @@ def _find(folder, suffix, contains=""):
         if name.endswith(suffix) and contains in name:
             return os.path.join(folder, name)
     raise FileNotFoundError(f"no *{suffix} in {folder}")
-
-
-def planet_snr(image, err, center, positions, fwhm):
-    """Per-planet (map SNR peak within 1.5 px, aperture t-test SNR) at known positions."""
-    snr = core.snr_image(image, err)
-    yy, xx = np.indices(snr.shape)
-    out = []
-    pos = np.asarray(positions, dtype=float)
-    for k, (x, y) in enumerate(pos):
-        near = np.hypot(xx - x, yy - y) <= 1.5
-        vals = snr[near]
-        peak = float(np.nanmax(vals)) if np.isfinite(vals).any() else float("nan")
-        ap, _ = core.aperture_snr(image, pos[k:k + 1], center, fwhm=fwhm,
-                                  avoid=np.delete(pos, k, axis=0))
-        out.append((peak, float(ap[0])))
-    return out
 
 
 def classical_rdi(science, psfalign, *, noise_width=2):
@@ -308,7 +291,7 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
             for exp in twin_sci:
                 roll, _ = roll_angle(exp.sci_header, exp.primary)
                 c, _ = star_center(exp.sci_header, exp.sci.shape)
-                pos = np.asarray(c) + _offsets(seps, pa[k], roll)
+                pos = np.asarray(c) + core.sky_offsets(seps, pa[k], roll)
                 fake = core.inject_sources(exp.sci.shape[-2:], psf, pos, level * curve)
                 name = os.path.basename(exp.path).replace("_calints", f"_{tag}_calints")
                 write_product(Product(sci=(exp.sci + fake[None]).astype(np.float32),
@@ -327,7 +310,7 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
             run_association(apath, run_dir, PipelineConfig.from_options(truncate=truncate))
             i2d = read_product(_find(run_dir, "_i2d.fits"), ndims=(2,))
             c2, _ = star_center(i2d.sci_header, i2d.sci.shape)
-            sky = np.asarray(c2) + _offsets(seps, pa[k], 0.0)
+            sky = np.asarray(c2) + core.sky_offsets(seps, pa[k], 0.0)
             t1, n2 = tests(i2d, sky)
             t0_, _ = tests(twin_i2d, sky)
             tau = stats.t.isf(fpf, n2 - 1)            # t value of a Gaussian 5 sigma

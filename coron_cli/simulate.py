@@ -90,6 +90,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import core
 from .sim_setups import SETUPS, RefStar, Setup, dither_offsets, draw_setup
 
 __all__ = ["SIZES", "SETUPS", "Setup", "RefStar", "draw_setup", "SimExposure", "SimDataset",
@@ -703,12 +704,6 @@ def _visit_opd(rng, opt, base, nint_total):
 # --------------------------------------------------------------------------
 # Scene
 # --------------------------------------------------------------------------
-def _rotate_offset(sep, pa_deg, roll_deg):
-    """Detector offset (dx, dy) of a source at (sep, PA) for a roll angle."""
-    a = np.radians(pa_deg - roll_deg)
-    return np.array([-sep * np.sin(a), sep * np.cos(a)])
-
-
 def _contrasts(n):
     if n <= 0:
         return []
@@ -739,7 +734,7 @@ def _place_planets(rng, n, lod, max_sep_lod, rolls, accept=None):
         base = rng.uniform(0.0, 360.0)
         jit = 0.4 * min(360.0 / n, golden) / 2.0
         pas = [(base + k * golden + rng.uniform(-jit, jit)) % 360.0 for k in range(n)]
-        pos = [[_rotate_offset(s * lod, p, r) for s, p in zip(seps, pas)] for r in rolls]
+        pos = [[core.sky_offsets(s * lod, p, r) for s, p in zip(seps, pas)] for r in rolls]
         ok = True
         for i in range(n):
             for j in range(n):
@@ -1168,7 +1163,8 @@ def simulate_dataset(size="small", *, seed=0, root="demo", nplanets=None, setup=
     for r, roll in enumerate(rolls):
         if not nplanets:
             break
-        rel = np.array([_rotate_offset(seps[p] * lod, pas[p], roll) for p in range(nplanets)])
+        rel = np.array([core.sky_offsets(seps[p] * lod, pas[p], roll)
+                        for p in range(nplanets)])
         xy_roll[:, r] = sci_xy[r].mean(axis=0) + rel
         offs = (sci_xy[r][:, None, :] + rel[None] - mc).reshape(-1, 2)
         opds = np.repeat(sci_opd[r], nplanets, axis=0)
@@ -1377,7 +1373,7 @@ def simulate_dataset(size="small", *, seed=0, root="demo", nplanets=None, setup=
             "contrast": float(contrasts[p]), "flux_total": float(contrasts[p] * star_flux_total),
             "peak_offaxis": float(contrasts[p] * star_peak), "throughput": float(throughput[p]),
             "peak_roll": [float(v) for v in planet_peak[:, p]],
-            "xy_north_up": [float(v) for v in _rotate_offset(sep_pix, pas[p], 0.0)],
+            "xy_north_up": [float(v) for v in core.sky_offsets(sep_pix, pas[p], 0.0)],
             "xy_roll": xy_roll[p].tolist(),
         })
     round_like = opt.kind in ("round", "bar")

@@ -165,7 +165,7 @@ def test_throughput_noiseless_known_subtraction():
     # modes removes the projection of each fake on (fake + noise), i.e. half of it
     seps = steps.injection_separations(shape, center, fwhm=fwhm)
     pa = core.injection_grid(seps, 6)
-    pos = np.asarray(center) + steps.inject._offsets(seps[None, :], pa, 0.0)
+    pos = np.asarray(center) + core.sky_offsets(seps[None, :], pa, 0.0)
     fakes = core.inject_sources(shape, psf, pos)
     noise = rng.normal(size=fakes.shape)
     noise *= np.linalg.norm(fakes, axis=(1, 2), keepdims=True) / \

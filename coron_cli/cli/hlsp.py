@@ -54,8 +54,13 @@ def cli(image, output, contrast_output, noise_width, star_flux, psf_offaxis, sta
     setup_logging("coron-hlsp", verbose, quiet)
     from ..errors import InputError
     from ..pipeline import write_hlsp_files
-    from ..products import (exposure_root, read_product, replace_suffix, sibling_path,
-                            write_product)
+    from ..products import (
+        exposure_root,
+        read_product,
+        replace_suffix,
+        sibling_path,
+        write_product,
+    )
     from ..steps import DetectConfig, HlspConfig, detect_step, hlsp_step
 
     if plot:

@@ -31,7 +31,7 @@ _EXPORTS = {
     "background": ("background_decision", "combine_backgrounds", "sky_level"),
     "badpix": ("DO_NOT_USE", "OUTLIER", "bad_pixel_mask", "find_outliers",
                "repair_bad_pixels", "restore_source_pixels", "sharpness_bound"),
-    "combine": ("combine_images", "north_up"),
+    "combine": ("combine_images", "mean_frames", "north_up", "position_angle", "sky_offsets"),
     "inject": ("inject_sources", "injection_grid", "psf_center", "psf_envelope", "psf_flux",
                "source_ratios"),
     "klip": ("annulus_fit_zones", "annulus_zones", "klip_subtract", "noise_weights"),
@@ -41,9 +41,9 @@ _EXPORTS = {
                 "student_t_factor", "value_at"),
     "optics": ("airy_pixels", "diffraction_fwhm_pix", "filter_wavelength_um"),
     "registration": ("align_references", "apply_gain", "bound_shifts", "dither_groups",
-                     "dither_model_shifts", "dither_positions", "fit_offsets", "shift_gain",
-                     "shift_images", "shift_stack", "shift_variance"),
-    "robust": ("robust_sigma",),
+                     "dither_model_shifts", "dither_positions", "fit_offsets", "shift_dq",
+                     "shift_gain", "shift_images", "shift_stack", "shift_variance"),
+    "robust": ("frame_noise", "robust_sigma"),
     "stack": ("stack_cubes",),
 }
 

@@ -91,3 +91,44 @@ def combine_images(images, variances):
         img = np.where(wsum > 0, (w * np.where(ok, x, 0.0)).sum(axis=0) / wsum, np.nan)
         var = np.where(wsum > 0, 1.0 / wsum, np.nan)
     return img, var
+
+
+def mean_frames(sci, err):
+    """Mean over integrations of (nint, ny, nx) images and the variance of the mean."""
+    sci = np.asarray(sci, dtype=np.float64)
+    err = np.asarray(err, dtype=np.float64).reshape(sci.shape)
+    good = np.isfinite(sci) & np.isfinite(err) & (err > 0)
+    n = good.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        img = np.where(n > 0, np.where(good, sci, 0).sum(axis=0) / n, np.nan)
+        var = np.where(n > 0, np.where(good, err ** 2, 0).sum(axis=0) / n ** 2, np.nan)
+    return img, var
+
+
+def sky_offsets(separation, pa, roll):
+    """Detector offsets (dx, dy) from the star of sources at (separation, position angle).
+
+    Parameters
+    ----------
+    separation : array_like
+        Pixels.
+    pa : array_like
+        Position angles, degrees east of north (broadcast with `separation`).
+    roll : float
+        Position angle of the image's +y axis, degrees east of north.
+
+    Returns
+    -------
+    ndarray of shape (..., 2)
+        With the usual sky parity (east to the left when north is up).
+        :func:`position_angle` is its inverse.
+    """
+    a = np.radians(np.asarray(pa) - roll)
+    sep = np.asarray(separation)
+    return np.stack([-sep * np.sin(a), sep * np.cos(a)], axis=-1)
+
+
+def position_angle(dx, dy, roll):
+    """Position angle (degrees east of north, in [0, 360)) of detector offsets (dx, dy)
+    from the star, for an image whose +y axis is at `roll` (inverse of :func:`sky_offsets`)."""
+    return np.mod(roll + np.degrees(np.arctan2(-np.asarray(dx), np.asarray(dy))), 360.0)

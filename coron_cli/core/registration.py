@@ -13,7 +13,8 @@ from scipy import fft as sfft
 from ._geometry import parabola_vertex
 
 __all__ = ["align_references", "apply_gain", "bound_shifts", "dither_groups", "dither_model_shifts",
-           "dither_positions", "fit_offsets", "pair_residuals", "shift_gain", "shift_images",
+           "dither_positions", "fit_offsets", "pair_residuals", "shift_dq", "shift_gain",
+           "shift_images",
            "shift_stack", "shift_variance"]
 
 _TWO_PI = 2.0 * np.pi
@@ -1110,3 +1111,30 @@ def apply_gain(dx, dy, gain, expected=None):
     ux, uy = np.asarray(dx) - ex, np.asarray(dy) - ey
     return ex + inv[0, 0] * ux + inv[0, 1] * uy, ey + inv[1, 0] * ux + inv[1, 1] * uy
 
+
+def shift_dq(dq, dx, dy):
+    """DQ of shifted references: OR of the pixels the shift interpolates between.
+
+    dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
+    Only flagged pixels are visited, all at once. For one of the four
+    neighbour offsets the map from source to destination pixel is a
+    translation of each image, so no destination repeats and a plain indexed
+    OR (no ufunc.at) is exact.
+    """
+    nint = dx.shape[0]
+    nref, ny, nx = dq.shape
+    out = np.zeros((nint, nref, ny, nx), dtype=np.uint32)
+    j, y, x = np.nonzero(dq)
+    if j.size == 0:
+        return out
+    val = np.broadcast_to(dq[j, y, x], (nint, j.size))
+    fx = np.floor(dx).astype(np.int64)[:, j] + x
+    fy = np.floor(dy).astype(np.int64)[:, j] + y
+    base = (np.arange(nint, dtype=np.int64)[:, None] * nref + j) * ny          # (nint, n)
+    flat = out.reshape(-1)
+    for oy in (0, 1):
+        row = (base + (fy + oy) % ny) * nx
+        for ox in (0, 1):
+            idx = row + (fx + ox) % nx
+            flat[idx] |= val
+    return out

@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 
+from .. import core
 from ..errors import InputError
 from ..products import star_cards
 
@@ -12,18 +13,8 @@ log = logging.getLogger("coron")
 
 
 def estimate_err(sci):
-    """Robust per-frame noise for data without ERR: 1.4826 MAD of pixel differences / sqrt 2.
-
-    Returns an array of the shape of `sci` (float32), constant per frame.
-    """
-    s = np.asarray(sci, dtype=np.float64)
-    flat = s.reshape(-1, *s.shape[-2:])
-    d = np.diff(flat, axis=-1)
-    d = np.where(np.isfinite(d), d, np.nan)
-    med = np.nanmedian(d, axis=(1, 2), keepdims=True)
-    sig = 1.4826 * np.nanmedian(np.abs(d - med), axis=(1, 2)) / np.sqrt(2.0)
-    sig = np.where(np.isfinite(sig) & (sig > 0), sig, 1.0)
-    return np.broadcast_to(sig[:, None, None], flat.shape).reshape(s.shape).astype(np.float32)
+    """ERR for data without one: the robust per-frame noise (:func:`coron_cli.core.frame_noise`)."""
+    return core.frame_noise(sci)
 
 
 def _err_or_estimate(product):
@@ -84,19 +75,7 @@ def _mean_over_integrations(product):
     if sci.ndim == 2:
         sci = sci[None]
     err = product.err if product.err is not None else estimate_err(sci)
-    return _mean_frames(sci, err)
-
-
-def _mean_frames(sci, err):
-    """Mean over integrations of (nint, ny, nx) images and the variance of the mean."""
-    sci = np.asarray(sci, dtype=np.float64)
-    err = np.asarray(err, dtype=np.float64).reshape(sci.shape)
-    good = np.isfinite(sci) & np.isfinite(err) & (err > 0)
-    n = good.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        img = np.where(n > 0, np.where(good, sci, 0).sum(axis=0) / n, np.nan)
-        var = np.where(n > 0, np.where(good, err ** 2, 0).sum(axis=0) / n ** 2, np.nan)
-    return img, var
+    return core.mean_frames(sci, err)
 
 
 def _throughput_at(throughput, radius, method, protected=False):

@@ -15,34 +15,6 @@ from .stack import _repair_stack, _stack_dithers, prepare_science
 log = logging.getLogger("coron")
 
 
-def _shift_dq(dq, dx, dy):
-    """DQ of shifted references: OR of the pixels the shift interpolates between.
-
-    dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
-    Only flagged pixels are visited, all at once. For one of the four
-    neighbour offsets the map from source to destination pixel is a
-    translation of each image, so no destination repeats and a plain indexed
-    OR (no ufunc.at) is exact.
-    """
-    nint = dx.shape[0]
-    nref, ny, nx = dq.shape
-    out = np.zeros((nint, nref, ny, nx), dtype=np.uint32)
-    j, y, x = np.nonzero(dq)
-    if j.size == 0:
-        return out
-    val = np.broadcast_to(dq[j, y, x], (nint, j.size))
-    fx = np.floor(dx).astype(np.int64)[:, j] + x
-    fy = np.floor(dy).astype(np.int64)[:, j] + y
-    base = (np.arange(nint, dtype=np.int64)[:, None] * nref + j) * ny          # (nint, n)
-    flat = out.reshape(-1)
-    for oy in (0, 1):
-        row = (base + (fy + oy) % ny) * nx
-        for ox in (0, 1):
-            idx = row + (fx + ox) % nx
-            flat[idx] |= val
-    return out
-
-
 def align_step(science, psfstack, config=None, *, mask=None, transmission=None, asn_id=None,
                params=None):
     """Register the stacked references onto every science integration.
@@ -199,7 +171,7 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
     del var
     np.sqrt(err, out=err)
-    dq = _shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
+    dq = core.shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
     shifts = Table()
     shifts["sci_int"] = np.repeat(np.arange(nint, dtype=np.int32), nref)
     shifts["ref"] = np.tile(np.arange(nref, dtype=np.int32), nint)

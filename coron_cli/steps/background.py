@@ -76,8 +76,9 @@ def background_step(exposure, backgrounds, config=None):
         (:func:`coron_cli.core.combine_backgrounds`).
     config : BackgroundConfig, optional
         ``mode``: auto, subtract or off. ``auto`` subtracts unless the
-        exposure says the JWST stage 2 did it (S_BKDSUB = COMPLETE) or its sky is already far below the
-        background's (the sky was removed without the keyword), see
+        exposure says the JWST stage 2 did it (S_BKDSUB = COMPLETE) or its
+        sky is already far below the background's (the sky was removed
+        without the keyword), see
         :func:`coron_cli.core.background_decision`.
 
     Returns

@@ -109,7 +109,7 @@ def detect_step(image, snr, config=None, *, throughput=None, psf=None, params=No
     if scale:
         table["sep_arcsec"] = table["sep"] * scale
         table["sep_arcsec"].unit = "arcsec"
-    table["pa"] = np.mod((roll or 0.0) + np.degrees(np.arctan2(-dx, dy)), 360.0)
+    table["pa"] = core.position_angle(dx, dy, roll or 0.0)
     table["pa"].unit = "deg"
     table["snr"] = s
     table["flux"] = _candidate_fluxes(img, x, y, center, fwhm, star_flux_method)

@@ -124,13 +124,6 @@ def offaxis_image(product):
     return data
 
 
-def _offsets(separations, pa, roll):
-    """Offsets (dx, dy) from the star of sources at (separation, PA) for an image roll."""
-    a = np.radians(np.asarray(pa) - roll)
-    sep = np.asarray(separations)
-    return np.stack([-sep * np.sin(a), sep * np.cos(a)], axis=-1)
-
-
 def _injection_grid(science, center, *, psf, fwhm, n_pa, step, inner, transmission=None):
     """The fake sources of :func:`klip_inject_step` for an exposure (recovered not yet known)."""
     ny, nx = science.sci.shape[-2:]
@@ -141,7 +134,7 @@ def _injection_grid(science, center, *, psf, fwhm, n_pa, step, inner, transmissi
         log.warning("%s: frame too small to inject fake sources; no throughput", science.path)
         return None
     pa = core.injection_grid(seps, n_pa)
-    pos = np.asarray(center) + _offsets(seps[None, :], pa, roll)
+    pos = np.asarray(center) + core.sky_offsets(seps[None, :], pa, roll)
     # a source behind the coronagraph is dimmed by its transmission where it sits
     amp = None if transmission is None else core.value_at(transmission, pos)
     model = core.inject_sources((ny, nx), psf, pos, amp)
@@ -205,7 +198,7 @@ def combine_injections(psfsubs, injections):
                          for k in range(n)])
 
     inj = injections[0]
-    pos = np.asarray(out_center) + _offsets(inj.separations[None, :], inj.pa, 0.0)
+    pos = np.asarray(out_center) + core.sky_offsets(inj.separations[None, :], inj.pa, 0.0)
     return Injection(model=combined(models), recovered=combined(recs), positions=pos,
                      separations=inj.separations, pa=inj.pa,
                      recovered_protected=None if any(p is None for p in prots)

@@ -15,7 +15,7 @@ from ..products import (
     star_cards,
     star_center,
 )
-from ._common import _check_transmission, _frame_check, _mean_frames, transmission_image
+from ._common import _check_transmission, _frame_check, transmission_image
 from .config import ConfigError, KlipConfig
 from .stack import prepare_science
 
@@ -248,7 +248,7 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width, lod=N
     var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, np.nan)
     if model_var is not None:
         var = var + model_var
-    img, mvar = _mean_frames(residual, np.sqrt(var))
+    img, mvar = core.mean_frames(residual, np.sqrt(var))
     e = core.calibrate_error(img, np.sqrt(mvar), center, width=annuli_width)
     z = np.nan_to_num(core.snr_image(img, e))
     found = core.source_regions(z, threshold, center=center, negative=False)

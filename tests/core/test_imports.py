@@ -31,6 +31,8 @@ PUBLIC = {
     "sharpness_bound", "shift_gain", "shift_images", "shift_stack", "shift_variance", "sky_level",
     "snr_image", "snr_map_mawet", "source_ratios", "stack_cubes", "student_t_factor", "value_at",
     "robust_sigma",
+    # moved from the steps (issue 13): numerics on arrays belong in core
+    "frame_noise", "mean_frames", "position_angle", "shift_dq", "sky_offsets",
 }
 
 

@@ -299,3 +299,44 @@ def test_source_footprints_cover_an_extended_source_and_not_noise():
     assert fp[on].mean() > 0.9
     assert not fp[np.hypot(x - 40, y - 40) < 6].any()
     assert fp.sum() < 0.2 * fp.size
+
+
+def test_sky_offsets_and_position_angle_are_inverse():
+    from coron_cli import core
+
+    # north up (roll 0): PA 0 is +y, PA 90 (east) is -x
+    assert np.allclose(core.sky_offsets(2.0, 0.0, 0.0), [0.0, 2.0])
+    assert np.allclose(core.sky_offsets(2.0, 90.0, 0.0), [-2.0, 0.0])
+    # the detector's +y axis at 30 deg east of north: a source at PA 30 lies along +y
+    assert np.allclose(core.sky_offsets(3.0, 30.0, 30.0), [0.0, 3.0])
+    rng = np.random.default_rng(2)
+    sep, pa, roll = rng.uniform(1, 50, 20), rng.uniform(0, 360, 20), rng.uniform(-180, 180)
+    dx, dy = core.sky_offsets(sep, pa, roll).T
+    assert np.allclose(np.hypot(dx, dy), sep)
+    back = core.position_angle(dx, dy, roll)
+    assert np.allclose((back - pa + 180) % 360 - 180, 0, atol=1e-9)
+    assert ((back >= 0) & (back < 360)).all()
+
+
+def test_mean_frames_is_the_mean_and_the_variance_of_the_mean():
+    from coron_cli import core
+
+    sci = np.array([[[1.0, 2.0]], [[3.0, np.nan]], [[5.0, 6.0]]])
+    err = np.array([[[1.0, 2.0]], [[1.0, 2.0]], [[1.0, 0.0]]])   # ERR 0: left out
+    img, var = core.mean_frames(sci, err)
+    assert np.allclose(img, [[3.0, 2.0]]) and np.allclose(var, [[3.0 / 9.0, 4.0]])
+    img, var = core.mean_frames(np.full((2, 1, 1), np.nan), np.ones((2, 1, 1)))
+    assert np.isnan(img).all() and np.isnan(var).all()
+
+
+def test_frame_noise_of_white_noise_on_a_smooth_scene():
+    from coron_cli import core
+
+    rng = np.random.default_rng(4)
+    y, x = np.indices((128, 128))
+    scene = 20.0 * np.exp(-((x - 64) ** 2 + (y - 64) ** 2) / 5000.0)   # smooth halo
+    cube = np.stack([scene + rng.normal(0, s, scene.shape) for s in (1.0, 3.0)])
+    noise = core.frame_noise(cube)
+    assert noise.shape == cube.shape and noise.dtype == np.float32
+    assert np.allclose(noise[:, 0, 0], [1.0, 3.0], rtol=0.05)
+    assert (core.frame_noise(np.zeros((1, 4, 4))) == 1).all()      # no estimate: 1

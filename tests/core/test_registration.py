@@ -194,7 +194,7 @@ def test_shift_stack_matches_shift_images():
 
 
 def test_shift_dq_is_the_or_of_the_four_neighbours():
-    from coron_cli.steps.align import _shift_dq
+    from coron_cli.core import shift_dq as _shift_dq
 
     rng = np.random.default_rng(6)
     nint, nref, ny, nx = 3, 4, 12, 10
