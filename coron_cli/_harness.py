@@ -4,6 +4,8 @@ One implementation of everything the two measuring tools have in common:
 
 - running the pipeline quietly with a set of options, and classical RDI from a
   run's aligned references (:func:`run_pipeline`, :func:`classical_rdi_i2d`);
+- classic KLIP written plainly in float64 (:func:`classic_klip`), the yardstick of
+  ``benchmarks/bench.py`` and of the tests of :func:`coron_cli.core.klip_subtract`;
 - the geometry of an exposure (star, roll, pixel scale, wavelength, transmission
   map) and sky-to-detector offsets (:func:`exposure_geometry`, :func:`sky_offsets`);
 - fake companions for real data: a pixel-integrated Airy model of a 6.5 m
@@ -40,6 +42,7 @@ __all__ = [
     "find_product",
     "run_pipeline",
     "classical_rdi_i2d",
+    "classic_klip",
     "filter_wavelength_um",
     "lambda_over_d_pix",
     "exposure_geometry",
@@ -220,6 +223,60 @@ def classical_rdi_i2d(asn_path, run_dir):
         subs.append(classical_rdi(sci, ali))
         del ali
     return steps.combine_step(subs)
+
+
+def classic_klip(science, references, truncations, *, fit_mask=None):
+    """Classic KLIP (Soummer, Pueyo & Larkin 2012) written plainly in float64.
+
+    The reference implementation that coron's :func:`coron_cli.core.klip_subtract`
+    is measured against (``benchmarks/bench.py``, ``tests/core/test_klip.py``),
+    JWST-style: per integration, centre the references and the target (on
+    their means over the fit pixels), eigendecompose ``R R^T`` (over the fit
+    pixels), build the KL basis ``Z = V^T R / sqrt(lam)`` explicitly, then for
+    every truncation K project the target's fit pixels on ``Z[:K]`` and
+    subtract the projection from every pixel (Python loops over integrations
+    and truncations). Modes whose eigenvalue is within round-off of zero are
+    dropped, so a truncation beyond them keeps all the others.
+
+    Parameters
+    ----------
+    science : ndarray of shape (nint, ny, nx)
+    references : ndarray of shape (nint, nref, ny, nx)
+    truncations : sequence of int
+    fit_mask : ndarray of shape (ny, nx) of bool, optional
+        Pixels the centring, the basis and the projection use (default: all).
+
+    Returns
+    -------
+    ndarray of shape (ntrunc, nint, ny * nx), float64
+        The residuals.
+    """
+    nint, nref, ny, nx = references.shape
+    out = np.empty((len(truncations), nint, ny * nx))
+    eps = np.finfo(np.float64).eps
+    f = None if fit_mask is None else np.asarray(fit_mask, dtype=bool).ravel()
+    for i in range(nint):
+        R = references[i].reshape(nref, -1).astype(np.float64)
+        t = science[i].reshape(-1).astype(np.float64)
+        if f is None:
+            R -= R.mean(axis=1, keepdims=True)
+            t -= t.mean()
+            Rf, tf = R, t
+        else:
+            R -= R[:, f].mean(axis=1, keepdims=True)
+            t -= t[f].mean()
+            Rf, tf = R[:, f], t[f]
+        C = Rf @ Rf.T
+        lam, V = np.linalg.eigh(C)
+        lam, V = lam[::-1], V[:, ::-1]
+        good = lam > max(lam[0], np.finfo(float).tiny) * nref * eps * 10
+        lam, V = lam[good], V[:, good]
+        Z = (V.T @ R) / np.sqrt(lam)[:, None]
+        Zf = Z if f is None else Z[:, f]
+        for k, K in enumerate(truncations):
+            n = min(K, Z.shape[0])
+            out[k, i] = t - (Zf[:n] @ tf) @ Z[:n]
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -345,7 +345,7 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
     tmap = transmission_for(config.psfmask, sci_path, sci.sci.shape[-2:])
     if tmap is not None:
         log.info("%s: transmission map from %s", os.path.basename(sci_path),
-                 "--psfmask" if config.psfmask != "auto" else "beside it")
+                 config.psfmask if config.psfmask != "auto" else "beside it")
     aligned = steps.align_step(sci, stack, config.align, mask=mask, transmission=tmap,
                                asn_id=asn.asn_id,
                                params={"science": sci_path, "psfstack": "in memory"})

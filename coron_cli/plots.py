@@ -7,7 +7,7 @@ module costs nothing and plotting never opens a window.
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError
 from .products import atomic_output
 
 __all__ = ["require_matplotlib", "plot_contrast", "plot_snr"]
@@ -16,12 +16,13 @@ _HINT = "needs matplotlib, the optional 'plot' extra: pip install 'coron[plot]'"
 
 
 def require_matplotlib():
-    """Fail with a one-line InputError (exit 2) when matplotlib is not installed."""
+    """Fail with a one-line ConfigError (field ``plot``, exit 2) when matplotlib is not
+    installed."""
     try:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
     except ImportError:
-        raise InputError("--plot", _HINT) from None
+        raise ConfigError("plot", _HINT) from None
 
 
 def _figure(width=6.4, height=4.4):

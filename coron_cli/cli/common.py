@@ -400,13 +400,3 @@ def subtract_backgrounds(exposures, values, bad_bits):
         logging.getLogger("coron").info("%s: %s", e.path, why)
         out.append(new)
     return out
-
-
-def check_zone_width(value):
-    """--zone-width must be pixels or N lod; InputError naming the option otherwise."""
-    from ..steps import parse_zone_width
-
-    try:
-        parse_zone_width(value)
-    except ValueError as exc:
-        raise InputError("--zone-width", str(exc)) from None

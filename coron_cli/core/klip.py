@@ -270,34 +270,8 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     refs2 = refs.reshape(nint, nref, ny * nx)
     var2 = None if reference_variance is None else \
         np.asarray(reference_variance).reshape(nint, nref, ny * nx)
-    # Pixels are put in zone order once per chunk of integrations (one gather of the
-    # references), so that every zone's pixels are a contiguous slice: gathering each
-    # zone's pixels from the frame was most of the time with many narrow zones.
-    zflat = zones.ravel()
-    single = fit_zones is None and np.unique(zflat).size == 1
-    order = np.arange(zflat.size) if single else np.argsort(zflat, kind="stable")
-    zsorted = zflat[order]
-    fit_s = fit.ravel()[order]
+    single, order, plan = _zone_plan(zones, fit, fit_zones)
     wts_s = None if wts is None else wts[order]
-    plan = []
-    for label in np.unique(zflat[zflat >= 0]):
-        a, b = np.searchsorted(zsorted, label), np.searchsorted(zsorted, label, side="right")
-        region = None if fit_zones is None else fit_zones.get(int(label))
-        if region is not None:
-            opt = np.flatnonzero(np.asarray(region, bool).ravel()[order] & fit_s)
-            zpix = np.union1d(np.arange(a, b), opt)       # the pixels this zone touches
-            zfit = np.searchsorted(zpix, opt)
-            zout = np.searchsorted(zpix, np.arange(a, b))
-        else:
-            zpix = np.arange(a, b)
-            zfit = np.flatnonzero(fit_s[a:b])
-            zout = None
-        if zfit.size < 2:
-            # nothing to fit with: leave the zone unsubtracted (mean removed)
-            zfit = np.arange(zpix.size)
-        contiguous = zpix.size == zpix[-1] - zpix[0] + 1
-        take = slice(int(zpix[0]), int(zpix[-1]) + 1) if contiguous else zpix
-        plan.append((slice(int(a), int(b)), zpix, take, zfit, zout))
     npix = ny * nx
     # integrations per chunk: the zone-ordered float32 copies fit in max_bytes
     per_int = nref * npix * 4 * (2 if var2 is not None else 1)
@@ -311,68 +285,13 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         var_s = None if var2 is None else var2[sl][:, :, perm]
         res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
-        for zsub, zpix, take, zfit, zout in plan:
-            fit_all = zfit.size == zpix.size
-            # the float64 copy of the references, centred in place: no further copies
-            R = refs_s[:, :, take].astype(np.float64)
-            t = sci_s[:, :, take].astype(np.float64)
-            rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
-            tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
-            R -= rmean[:, :, None]
-            t -= tmean[:, :, None]
-            Rf = R if fit_all else R[:, :, zfit]
-            tf = t if fit_all else t[:, :, zfit]
-            if wts_s is not None:
-                wz = wts_s[zpix[zfit]]
-                Rf = Rf * wz                                       # weighted copies
-                tf = tf * wz
-            sky = None
-            if sky_order:
-                sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
-                                     None if wts_s is None else wz)
-            C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
-            a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
-            if sky is not None:
-                # the same products for the data projected on the complement of the sky
-                # terms (Q orthonormal), without forming the projected copies
-                P, Q, A = sky
-                RQ = Rf @ Q                                       # (c, nref, nterm)
-                tQ = tf @ Q                                       # (c, ntg, nterm)
-                C = C - RQ @ np.swapaxes(RQ, 1, 2)
-                a = a - tQ @ np.swapaxes(RQ, 1, 2)
-            lam, V = np.linalg.eigh(C)
-            lam = lam[:, ::-1]
-            V = V[:, :, ::-1]
-            lam_max = np.maximum(lam[:, :1], np.finfo(float).tiny)
-            # modes below 1e-10 of the strongest are rounding (float32 data), not signal
-            good = lam > lam_max * max(nref * np.finfo(np.float64).eps * 10, 1e-10)
-            usable = good.sum(axis=1)                             # (c,)
-            u = a @ V                                             # V^T R t
-            with np.errstate(divide="ignore", invalid="ignore"):
-                w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
-            if pixels_per_mode:
-                usable = np.minimum(usable, max(1, int(zfit.size / float(pixels_per_mode))))
-            k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
-            keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
-            W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)
-            B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
-            model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
-            res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
-            if sky is not None:
-                rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
-                res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
-            if zout is not None:
-                res = res[..., zout]
-            res_s[..., zsub] = np.moveaxis(res, 2, 0)
+        for zone in plan:
+            res, k, mv = _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order,
+                                   truncs, pixels_per_mode)
+            res_s[..., zone[0]] = res
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
-            if var_s is not None:
-                Vr = var_s[:, :, zsub].astype(np.float64)
-                mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
-                # near-degenerate references (noiseless data) give huge cancelling
-                # coefficients: a variance beyond float32 is infinite for every purpose
-                np.minimum(mv, np.finfo(np.float32).max, out=mv)
-                mv_s[..., zsub] = np.moveaxis(mv, 2, 0)
-            del R, Rf, C
+            if mv is not None:
+                mv_s[..., zone[0]] = mv
         residual[:, sl][..., perm] = res_s
         if mv_s is not None:
             mvar[:, sl][..., perm] = mv_s
@@ -414,3 +333,128 @@ def annulus_fit_zones(zones, center, *, margin, gap=0.0):
                            & ~((r >= a - gap) & (r <= b + gap)))
     return out
 
+
+def _zone_plan(zones, fit, fit_zones):
+    """The order that makes every zone's pixels contiguous, and per zone where its pixels,
+    its fitted pixels and its output are in that order.
+
+    Pixels are put in zone order once per chunk of integrations (one gather of
+    the references), so that every zone's pixels are a contiguous slice:
+    gathering each zone's pixels from the frame was most of the time with many
+    narrow zones.
+
+    Returns
+    -------
+    single : bool
+        One zone fitted on itself: no reordering needed.
+    order : ndarray of int (npix,)
+        Pixel order (stable sort by zone label).
+    plan : list of (zsub, zpix, take, zfit, zout)
+        Per zone: its slice of the ordered frame, the ordered pixels it
+        touches (its own, and those it is fitted on), how to take them (a
+        slice when contiguous), the fitted ones among them, and where its own
+        are among them (None when it is fitted on itself).
+    """
+    zflat = zones.ravel()
+    single = fit_zones is None and np.unique(zflat).size == 1
+    order = np.arange(zflat.size) if single else np.argsort(zflat, kind="stable")
+    zsorted = zflat[order]
+    fit_s = fit.ravel()[order]
+    plan = []
+    for label in np.unique(zflat[zflat >= 0]):
+        a, b = np.searchsorted(zsorted, label), np.searchsorted(zsorted, label, side="right")
+        region = None if fit_zones is None else fit_zones.get(int(label))
+        if region is not None:
+            opt = np.flatnonzero(np.asarray(region, bool).ravel()[order] & fit_s)
+            zpix = np.union1d(np.arange(a, b), opt)       # the pixels this zone touches
+            zfit = np.searchsorted(zpix, opt)
+            zout = np.searchsorted(zpix, np.arange(a, b))
+        else:
+            zpix = np.arange(a, b)
+            zfit = np.flatnonzero(fit_s[a:b])
+            zout = None
+        if zfit.size < 2:
+            # nothing to fit with: leave the zone unsubtracted (mean removed)
+            zfit = np.arange(zpix.size)
+        contiguous = zpix.size == zpix[-1] - zpix[0] + 1
+        take = slice(int(zpix[0]), int(zpix[-1]) + 1) if contiguous else zpix
+        plan.append((slice(int(a), int(b)), zpix, take, zfit, zout))
+    return single, order, plan
+
+
+def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
+              pixels_per_mode):
+    """KLIP of one zone for a chunk of integrations (pixels in zone order).
+
+    Returns
+    -------
+    res : ndarray (ntr, c, ntg, zone pixels)
+        The residuals at every truncation.
+    k : ndarray of int (c, ntr)
+        The modes used.
+    mv : ndarray like `res`, or None
+        The variance the references' noise carries into the model (with `var_s`).
+    """
+    zsub, zpix, take, zfit, zout = zone
+    nref, ntr = refs_s.shape[1], truncs.size
+    ntg = sci_s.shape[1]
+    fit_all = zfit.size == zpix.size
+    # the float64 copy of the references, centred in place: no further copies
+    R = refs_s[:, :, take].astype(np.float64)
+    t = sci_s[:, :, take].astype(np.float64)
+    rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
+    tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
+    R -= rmean[:, :, None]
+    t -= tmean[:, :, None]
+    Rf = R if fit_all else R[:, :, zfit]
+    tf = t if fit_all else t[:, :, zfit]
+    if wts_s is not None:
+        wz = wts_s[zpix[zfit]]
+        Rf = Rf * wz                                       # weighted copies
+        tf = tf * wz
+    sky = None
+    if sky_order:
+        sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
+                             None if wts_s is None else wz)
+    C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
+    a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
+    if sky is not None:
+        # the same products for the data projected on the complement of the sky
+        # terms (Q orthonormal), without forming the projected copies
+        P, Q, A = sky
+        RQ = Rf @ Q                                       # (c, nref, nterm)
+        tQ = tf @ Q                                       # (c, ntg, nterm)
+        C = C - RQ @ np.swapaxes(RQ, 1, 2)
+        a = a - tQ @ np.swapaxes(RQ, 1, 2)
+    lam, V = np.linalg.eigh(C)
+    lam = lam[:, ::-1]
+    V = V[:, :, ::-1]
+    lam_max = np.maximum(lam[:, :1], np.finfo(float).tiny)
+    # modes below 1e-10 of the strongest are rounding (float32 data), not signal
+    good = lam > lam_max * max(nref * np.finfo(np.float64).eps * 10, 1e-10)
+    usable = good.sum(axis=1)                             # (c,)
+    u = a @ V                                             # V^T R t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
+    if pixels_per_mode:
+        usable = np.minimum(usable, max(1, int(zfit.size / float(pixels_per_mode))))
+    k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
+    keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
+    W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)
+    B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
+    model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
+    res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
+    if sky is not None:
+        rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
+        res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
+    if zout is not None:
+        res = res[..., zout]
+    mv = None
+    if var_s is not None:
+        Vr = var_s[:, :, zsub].astype(np.float64)
+        mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
+        # near-degenerate references (noiseless data) give huge cancelling
+        # coefficients: a variance beyond float32 is infinite for every purpose
+        np.minimum(mv, np.finfo(np.float32).max, out=mv)
+        mv = np.moveaxis(mv, 2, 0)
+    return np.moveaxis(res, 2, 0), k, mv

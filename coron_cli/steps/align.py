@@ -85,73 +85,32 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
         in STARCENX/STARCENY; ALIGNMTH lists the methods used and ALGAINij
         the gain applied.
     """
-    from astropy.table import Table
-
     config = config or AlignConfig()
-    method, bad_bits, max_shift = config.method, config.bad_bits, config.max_shift
     _frame_check(science, psfstack, psfstack.path)
-    if mask is not None and mask.shape != science.sci.shape[-2:]:
-        raise ConfigError("mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
-                                   f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
-    _check_transmission(science, transmission)
-    weights_from = "mask" if mask is not None else "none"
-    if mask is None and config.psfmask_weights and transmission is not None:
-        mask, weights_from = np.asarray(transmission, dtype=np.float64), "psfmask"
-    sci, _, _, _ = prepare_science(science, bad_bits=bad_bits)
-    refs = _repair_stack(psfstack, bad_bits)
-    dith = _stack_dithers(psfstack) if method in ("auto", "dither") else None
-    if method == "dither" and (dith is None or not core.dither_groups(dith[0], dith[1])):
+    mask, weights_from = _fit_weights(science, mask, transmission, config)
+    sci, _, _, _ = prepare_science(science, bad_bits=config.bad_bits)
+    refs = _repair_stack(psfstack, config.bad_bits)
+    dith = _stack_dithers(psfstack) if config.method in ("auto", "dither") else None
+    if config.method == "dither" and (dith is None or
+                                      not core.dither_groups(dith[0], dith[1])):
         raise InputError(psfstack.path, "the dither method needs references of one visit at 3 "
                                         "or more non-collinear dither positions (REFS "
                                         "xoffset/yoffset)")
-    nint, nref = sci.shape[0], refs.shape[0]
-    how = np.full((nint, nref), "fourier", dtype=object)
-    gain = None
-    if dith is not None:
-        gain, ginfo = core.shift_gain(refs, dith[0], dith[1], weights=mask)
-        if gain is None:
-            log.info("%s: no shift gain from the dithered references (%s)", psfstack.path,
-                     ginfo["reason"])
-        else:
-            log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
-                     "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
-                     psfstack.path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
+    nint = sci.shape[0]
+    gain = _shift_gain(refs, dith, mask, psfstack.path)
     expected, allowance, labels, pointing = _expected_shifts(science, psfstack, nint, dith,
                                                              verified=gain is not None)
-    if gain is None and method != "dither":
-        aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
-        shifted = (dx.copy(), dy.copy())
-    else:
-        aligned = None
-        if method == "dither":
-            aligned, dx, dy, scale, resid = core.align_references(refs, sci, weights=mask,
-                                                                  return_residual=True)
-            rigid = (dx.copy(), dy.copy(), scale.copy(), resid)
-        else:
-            dx, dy, scale = core.align_references(refs, sci, weights=mask, fit_only=True)
-        if gain is not None:
-            # the gain maps a star's whole offset (dither included) to the fitted shift;
-            # only the headers' common pointing offset is outside it
-            dx, dy = core.apply_gain(dx, dy, gain, pointing)
-            how[:] = "fourier+gain"
-        if method == "dither":
-            pos, groups, keys = dith
-            mdx, mdy, mscale, used, report = core.dither_model_shifts(
-                refs, pos, groups, sci, rigid, weights=mask)
-            _report_dither_models(report, keys, science.path, psfstack.path, nint)
-            dx, dy = np.where(used, mdx, dx), np.where(used, mdy, dy)
-            scale = np.where(used, mscale, scale)
-            how[used] = "dither"
-        shifted = (rigid[0], rigid[1]) if aligned is not None else None
+    aligned, dx, dy, scale, how, shifted = _fitted_shifts(
+        refs, sci, mask, dith, gain, pointing, config.method, science.path, psfstack.path)
     dx, dy, scale, bad_shift, bad_scale = core.bound_shifts(
-        dx, dy, scale, expected, labels, max_shift=max_shift + allowance[None, :])
+        dx, dy, scale, expected, labels, max_shift=config.max_shift + allowance[None, :])
     if bad_shift.any():
         how[bad_shift] = "header"
         log.warning("%s: %d of %d registration shifts are more than %g px from where the "
                     "pointing puts the star (a coronagraphic image that changes with the "
                     "star's offset, not a motion); those references are placed by the headers' "
                     "star positions instead", science.path, int(bad_shift.sum()), dx.size,
-                    max_shift)
+                    config.max_shift)
     if aligned is None:
         aligned, _, _, _ = core.align_references(refs, sci, shifts=(dx, dy, scale))
     else:
@@ -163,25 +122,106 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     if bad_scale.any():
         log.warning("%s: %d flux factors far (> 3x) from those of the same reference star "
                     "replaced by their median", science.path, int(bad_scale.sum()))
-    how = how.astype(str)
-    used_how = ",".join(m for m in ("fourier", "fourier+gain", "dither", "header")
-                        if (how == m).any())
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
     var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
     err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
     del var
     np.sqrt(err, out=err)
     dq = core.shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
-    shifts = Table()
-    shifts["sci_int"] = np.repeat(np.arange(nint, dtype=np.int32), nref)
-    shifts["ref"] = np.tile(np.arange(nref, dtype=np.int32), nint)
-    shifts["dx"] = dx.ravel()
-    shifts["dy"] = dy.ravel()
-    shifts["scale"] = scale.ravel()
-    shifts["method"] = how.ravel()
+    return _psfalign_product(science, aligned, err, dq, (dx, dy, scale, how.astype(str)), gain,
+                             config, {**(params or {}), "mask": "none" if mask is None else
+                                      "yes", "fit_weights": weights_from}, asn_id)
+
+
+def _fit_weights(science, mask, transmission, config):
+    """The registration's fit weights and where they come from: `mask`, else with
+    ``psfmask_weights`` the transmission map, else none."""
+    if mask is not None and mask.shape != science.sci.shape[-2:]:
+        raise ConfigError("mask", f"mask is {mask.shape[1]}x{mask.shape[0]} pixels, frames are "
+                                  f"{science.sci.shape[-1]}x{science.sci.shape[-2]}")
+    _check_transmission(science, transmission)
+    if mask is not None:
+        return mask, "mask"
+    if config.psfmask_weights and transmission is not None:
+        return np.asarray(transmission, dtype=np.float64), "psfmask"
+    return None, "none"
+
+
+def _shift_gain(refs, dith, mask, stack_path):
+    """The rigid fit's shift gain from the dithered references (:func:`core.shift_gain`),
+    or None."""
+    if dith is None:
+        return None
+    gain, ginfo = core.shift_gain(refs, dith[0], dith[1], weights=mask)
+    if gain is None:
+        log.info("%s: no shift gain from the dithered references (%s)", stack_path,
+                 ginfo["reason"])
+    else:
+        log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
+                 "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
+                 stack_path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
+    return gain
+
+
+def _fitted_shifts(refs, sci, mask, dith, gain, pointing, method, sci_path, stack_path):
+    """Every (integration, reference) pair's shift and flux, before the bounds.
+
+    Returns
+    -------
+    aligned : ndarray (nint, nref, ny, nx) or None
+        The references shifted by the rigid fit, when it was made.
+    dx, dy, scale : ndarray (nint, nref)
+    how : ndarray of object (nint, nref)
+        The method that gave each pair's shift.
+    shifted : (dx, dy) or None
+        The shifts `aligned` was made with.
+    """
+    nint, nref = sci.shape[0], refs.shape[0]
+    how = np.full((nint, nref), "fourier", dtype=object)
+    if gain is None and method != "dither":
+        aligned, dx, dy, scale = core.align_references(refs, sci, weights=mask)
+        return aligned, dx, dy, scale, how, (dx.copy(), dy.copy())
+    aligned = None
+    if method == "dither":
+        aligned, dx, dy, scale, resid = core.align_references(refs, sci, weights=mask,
+                                                              return_residual=True)
+        rigid = (dx.copy(), dy.copy(), scale.copy(), resid)
+    else:
+        dx, dy, scale = core.align_references(refs, sci, weights=mask, fit_only=True)
+    if gain is not None:
+        # the gain maps a star's whole offset (dither included) to the fitted shift;
+        # only the headers' common pointing offset is outside it
+        dx, dy = core.apply_gain(dx, dy, gain, pointing)
+        how[:] = "fourier+gain"
+    if method == "dither":
+        pos, groups, keys = dith
+        mdx, mdy, mscale, used, report = core.dither_model_shifts(
+            refs, pos, groups, sci, rigid, weights=mask)
+        _report_dither_models(report, keys, sci_path, stack_path, nint)
+        dx, dy = np.where(used, mdx, dx), np.where(used, mdy, dy)
+        scale = np.where(used, mscale, scale)
+        how[used] = "dither"
+    return aligned, dx, dy, scale, how, (rigid[0], rigid[1]) if aligned is not None else None
+
+
+def _psfalign_product(science, aligned, err, dq, shifts, gain, config, params, asn_id):
+    """The psfalign Product: the SHIFTS table, the star and method cards, provenance."""
+    from astropy.table import Table
+
+    dx, dy, scale, how = shifts
+    nint, nref = dx.shape
+    used_how = ",".join(m for m in ("fourier", "fourier+gain", "dither", "header")
+                        if (how == m).any())
+    table = Table()
+    table["sci_int"] = np.repeat(np.arange(nint, dtype=np.int32), nref)
+    table["ref"] = np.tile(np.arange(nref, dtype=np.int32), nint)
+    table["dx"] = dx.ravel()
+    table["dy"] = dy.ravel()
+    table["scale"] = scale.ravel()
+    table["method"] = how.ravel()
     for col, unit in (("dx", "pix"), ("dy", "pix")):
-        shifts[col].unit = unit
-    shifts["method"].description = (
+        table[col].unit = unit
+    table["method"].description = (
         "fourier: rigid Fourier fit; fourier+gain: the same corrected by the shift gain "
         "measured on dithered references; dither: dither model of the reference's visit; "
         "header: the star positions of the headers (the fit was beyond the bound)")
@@ -192,8 +232,7 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     if gain is not None:
         for (a, b), v in np.ndenumerate(gain):
             header[f"ALGAIN{a + 1}{b + 1}"] = (float(v), "rigid-fit shift gain behind the mask")
-    params = {**(params or {}), **config.params(), "mask": "none" if mask is None else "yes",
-              "fit_weights": weights_from, "registration": used_how}
+    params = {**params, **config.params(), "registration": used_how}
     primary = science.primary.copy()
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")
@@ -203,7 +242,7 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     log.info("aligned %d references onto %d integrations (median shift %.3f px; %s)",
              nref, nint, float(np.median(np.hypot(dx, dy))), used_how)
     return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
-                   tables={"SHIFTS": shifts}, path="psfalign")
+                   tables={"SHIFTS": table}, path="psfalign")
 
 
 def _expected_shifts(science, psfstack, nint, dith=None, verified=False):

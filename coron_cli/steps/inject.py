@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import core
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..products import pixel_scale_arcsec, roll_angle, star_center
 from ._common import _mean_over_integrations
 from .config import InjectConfig, KlipConfig
@@ -282,7 +282,7 @@ def offaxis_flux(product, *, method="peak", fwhm=None):
         Aperture diameter in pixels (default 2).
     """
     if method not in ("peak", "aperture"):
-        raise InputError("--star-flux-method", f"must be peak or aperture, not {method!r}")
+        raise ConfigError("star_flux_method", f"must be peak or aperture, not {method!r}")
     flux = core.psf_flux(offaxis_image(product), method=method,
                          fwhm=2.0 if fwhm is None else float(fwhm))
     if not flux > 0:
