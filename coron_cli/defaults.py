@@ -2,7 +2,8 @@
 
 Each is chosen on the panel (``make panel``: several simulated observing
 set-ups and seeds plus real JWST data; SPEC section 6), not on one data set.
-The command-line options, the steps and the pipeline all read them from here.
+The step configurations (:mod:`coron_cli.steps.config`) read them from here, and the
+command-line options take their defaults from the configurations.
 """
 
 #: Transmission map of each exposure: "auto" = ``<exposure>_psfmask.fits`` beside it.
@@ -21,7 +22,7 @@ SKY_ORDER = "auto"
 BACKGROUND = "auto"
 #: KLIP zones: annuli of this width ("1lod" = 1 lambda/D, or pixels) beyond a radius ("@4lod",
 #: or "@auto": where an annulus holds 10 pixels per KL mode; inside it the coefficients are
-#: fitted on the whole frame); None = one zone (or --annuli).
+#: fitted on the whole frame); None = one zone (or --zones N).
 ZONE_WIDTH = "1lod@auto"
 #: Where a zone's coefficients are fitted: "self" (its own pixels) or "around" (the annuli
 #: within two zone widths of it, not itself, as LOCI separates its subtraction and

@@ -27,7 +27,7 @@ HD 106906 (``hd106906-miri``), as it is:
   within 1 standard error of zero;
 - the scatter of the medians of 30x30-px blocks beyond 30 px, over the pixel
   noise: <= 0.3;
-- HD 106906 b in the detection table of ``run_association(..., detect=5)``:
+- HD 106906 b in the detection table of ``coron3 run --detect 5``:
   7.1" +- 0.1", PA 307 +- 2 deg (its flux and SNR reported).
 
 A measuring tool: nothing is tuned here. ``--json FILE`` keeps every number;
