@@ -257,7 +257,7 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
         t_fake = 0.0
         if config.inject is not None and injections and all(j is not None for j in injections):
             t1 = time.perf_counter()
-            fakes = steps.combine_injections(psfsubs, injections)
+            fakes = steps.combine_injections(psfsubs, injections, config.combine.bad_bits)
             i2d = steps.add_throughput(i2d, steps.throughput_table(
                 fakes, fwhm=config.inject.fwhm_pix, scale=pixel_scale_arcsec(i2d.sci_header)))
             del fakes

@@ -14,14 +14,16 @@ from .common import check_output, check_stdin_once, run, setup_logging, timed
 @options.output("Output file (default: <root>_i2d.fits in the current folder, root being the "
                 "first PSFSUB's name without its _psfsub suffix).")
 @options.noise_width
+@options.bad_bits
 @options.common
-def cli(psfsub, output, noise_width, verbose, quiet, debug):
+def cli(psfsub, output, noise_width, bad_bits, verbose, quiet, debug):
     """Combine KLIP-subtracted exposures into one north-up image.
 
     Reads psfsub products (coron-klip's, or the JWST stage's) and writes
     the i2d product that coron3 run writes for them: each exposure's
-    integrations are averaged, rotated about the star to north-up (angle
-    from its WCS, else the roll in its header) with the star at the frame
+    integrations are averaged (values flagged with --bad-bits in DQ left
+    out), rotated about the star to north-up (angle from its WCS, else
+    PA_APER or the roll in its header) with the star at the frame
     centre, and the exposures are averaged with inverse-variance weights.
     ERR is then recalibrated on the combined image in annuli --noise-width
     pixels wide (give the same as to coron3 run): raised where residual
@@ -47,7 +49,7 @@ def cli(psfsub, output, noise_width, verbose, quiet, debug):
     from ..products import exposure_root, read_product, write_product
     from ..steps import CombineConfig, combine_step
 
-    config = CombineConfig(noise_width=noise_width)
+    config = CombineConfig(noise_width=noise_width, bad_bits=bad_bits)
     if not psfsub:
         raise InputError(None, "no psfsub products given (see 'coron-combine --help')")
     check_stdin_once(psfsub)

@@ -54,13 +54,36 @@ def north_up(image, angle, center, *, out_shape=None, out_center=None, order=3):
     xin = center[0] + c * u + s * v
     yin = center[1] - s * u + c * v
     valid = np.isfinite(img)
-    filled = np.where(valid, img, 0.0)
+    filled = _fill_from_neighbours(img, valid) if order > 1 and not valid.all() else \
+        np.where(valid, img, 0.0)
     coords = np.stack([yin, xin])
     out = ndimage.map_coordinates(filled, coords, order=order, mode="constant", cval=0.0,
                                   prefilter=order > 1)
     frac = ndimage.map_coordinates(valid.astype(np.float64), coords, order=1,
                                    mode="constant", cval=0.0)
     out[frac < 0.999] = np.nan
+    return out
+
+
+def _fill_from_neighbours(img, valid, passes=2):
+    """`img` with its invalid pixels set to the mean of their valid neighbours (3x3),
+    `passes` times over (growing into larger holes), else 0.
+
+    Those values are never output (the rotation gives NaN wherever an invalid
+    pixel contributes); they keep a spline's ringing from a hole filled with 0
+    out of the valid pixels around it.
+    """
+    out = np.where(valid, img, 0.0)
+    have = valid.astype(np.float64)
+    kernel = np.ones((3, 3))
+    for _ in range(passes):
+        if have.all():
+            break
+        num = ndimage.convolve(out * have, kernel, mode="constant")
+        den = ndimage.convolve(have, kernel, mode="constant")
+        new = (have == 0) & (den > 0)
+        out[new] = num[new] / den[new]
+        have[new] = 1.0
     return out
 
 
@@ -93,11 +116,18 @@ def combine_images(images, variances):
     return img, var
 
 
-def mean_frames(sci, err):
-    """Mean over integrations of (nint, ny, nx) images and the variance of the mean."""
+def mean_frames(sci, err, bad=None):
+    """Mean over integrations of (nint, ny, nx) images and the variance of the mean.
+
+    Values that are not finite, have no positive finite error, or are `bad`
+    (a mask broadcast to `sci`, e.g. flagged DO_NOT_USE) are left out; NaN
+    where an (y, x) has none left.
+    """
     sci = np.asarray(sci, dtype=np.float64)
     err = np.asarray(err, dtype=np.float64).reshape(sci.shape)
     good = np.isfinite(sci) & np.isfinite(err) & (err > 0)
+    if bad is not None:
+        good &= ~np.broadcast_to(np.asarray(bad, bool), sci.shape)
     n = good.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         img = np.where(n > 0, np.where(good, sci, 0).sum(axis=0) / n, np.nan)

@@ -70,12 +70,17 @@ def product_transmission(product):
     return t if t.shape == product.sci.shape[-2:] else None
 
 
-def _mean_over_integrations(product):
+def _mean_over_integrations(product, bad_bits=None):
+    """The mean over a product's integrations and its variance (:func:`core.mean_frames`);
+    with `bad_bits`, the values whose DQ has any of them are left out."""
     sci = np.asarray(product.sci, dtype=np.float64)
     if sci.ndim == 2:
         sci = sci[None]
     err = product.err if product.err is not None else estimate_err(sci)
-    return core.mean_frames(sci, err)
+    bad = None
+    if bad_bits and product.dq is not None and np.size(product.dq) == sci.size:
+        bad = (np.asarray(product.dq).reshape(sci.shape) & np.uint32(bad_bits)) != 0
+    return core.mean_frames(sci, err, bad)
 
 
 def _throughput_at(throughput, radius, method, protected=False):

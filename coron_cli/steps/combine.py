@@ -29,8 +29,9 @@ log = logging.getLogger("coron")
 def combine_step(psfsubs, config=None, *, params=None):
     """Combine KLIP-subtracted exposures into one north-up image (i2d).
 
-    Each exposure's integrations are averaged, rotated about the star to
-    north-up (angle from its WCS, else ROLL_REF) with the star at the frame
+    Each exposure's integrations are averaged (values flagged with the
+    configuration's `bad_bits` in DQ left out), rotated about the star to
+    north-up (angle from its WCS, else PA_APER) with the star at the frame
     centre, and the exposures are averaged with inverse-variance weights.
     The error is then recalibrated on the combined residuals in annuli,
     both ways: raised where residual speckles exceed it, and scaled down
@@ -63,7 +64,7 @@ def combine_step(psfsubs, config=None, *, params=None):
     imgs, vars_, hist, trans = [], [], [], []
     for p in psfsubs:
         _frame_check(first, p, p.path)
-        img, var = _mean_over_integrations(p)
+        img, var = _mean_over_integrations(p, config.bad_bits)
         angle, src = roll_angle(p.sci_header, p.primary)
         if angle is None:
             log.warning("%s: no WCS and no ROLL_REF; assuming the image is north-up", p.path)

@@ -249,12 +249,15 @@ class InjectConfig(Config):
 
 @dataclass(frozen=True)
 class CombineConfig(Config):
-    """coron-combine: the width of the annuli in which ERR is recalibrated."""
+    """coron-combine: the width of the annuli in which ERR is recalibrated, and the DQ
+    bits whose pixels are left out of the combination."""
 
     noise_width: int = NOISE_WIDTH
+    bad_bits: int = BAD_BITS
 
     def _check(self):
         self._number("noise_width", low=1, integer=True)
+        self._number("bad_bits", low=0, integer=True)
 
 
 @dataclass(frozen=True)
@@ -353,7 +356,7 @@ class PipelineConfig(Config):
                                 "exclude", "protect", "weights", "min_transmission",
                                 "sky_order", "noise_width", "bad_bits")},
         "inject": {"fwhm": "fwhm"},
-        "combine": {"noise_width": "noise_width"},
+        "combine": {"noise_width": "noise_width", "bad_bits": "bad_bits"},
         "hlsp": {k: k for k in ("noise_width", "star_flux", "star_flux_method", "fwhm",
                                 "snr_method")},
         "detect": {"detect": "threshold", "inner_radius": "inner_radius", "fwhm": "fwhm",

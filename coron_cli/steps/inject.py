@@ -154,7 +154,7 @@ def injection_separations(shape, center, *, fwhm, step=1.0, inner=2.0):
     return np.arange(inner * fwhm, rmax + 1e-9, step * fwhm)
 
 
-def combine_injections(psfsubs, injections):
+def combine_injections(psfsubs, injections, bad_bits=None):
     """The fakes of every exposure combined like :func:`combine_step` does the images.
 
     Parameters
@@ -163,6 +163,8 @@ def combine_injections(psfsubs, injections):
         The exposures' psfsub products (their ERR gives the weights).
     injections : list of Injection
         Their fakes (:func:`klip_inject_step`), on the same sky grid.
+    bad_bits : int, optional
+        DQ bits of the values left out, as in :func:`combine_step`.
 
     Returns
     -------
@@ -177,7 +179,7 @@ def combine_injections(psfsubs, injections):
     out_center = ((nx - 1) / 2.0, (ny - 1) / 2.0)
     models, recs, prots, vars_ = [], [], [], []
     for p, inj in zip(psfsubs, injections):
-        _, var = _mean_over_integrations(p)
+        _, var = _mean_over_integrations(p, bad_bits)
         angle, _ = roll_angle(p.sci_header, p.primary)
         angle = 0.0 if angle is None else angle
         center, _ = star_center(p.sci_header, p.sci.shape)
