@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 DEMO_DIR ?= demo_out
 DATA   ?= ../shared/realdata
 
-.PHONY: demo test man bench science panel realcheck clean install
+.PHONY: demo test test-jwst man bench science panel realcheck clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# coron's products read by the JWST pipeline (stdatamodels, JWST steps), in a venv of their
+# own with the optional extra coron[jwst]: the main suite keeps testing the plain install.
+# Skipped, saying why, when the JWST packages do not install here.
+JWST_VENV ?= .venv-jwst
+test-jwst:
+	@if [ ! -x $(JWST_VENV)/bin/python ]; then $(PYTHON) -m venv $(JWST_VENV); fi
+	@if $(JWST_VENV)/bin/python -m pip install --quiet -e '.[test,jwst]'; then \
+	  OPENBLAS_NUM_THREADS=1 $(JWST_VENV)/bin/python -m pytest -q tests/jwst; \
+	else echo "test-jwst: skipped: 'pip install .[jwst]' failed here (see above)"; fi
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench.py

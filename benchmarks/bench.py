@@ -469,33 +469,8 @@ def write_dataset(folder, npix, nint, nref, seed, source="sim"):
 # ---------------------------------------------------------------------------
 # yardsticks written plainly here
 # ---------------------------------------------------------------------------
-def classic_klip(science, references, truncs):
-    """JWST-style KLIP in float64: per integration, eigendecompose R R^T, build
-    the KL basis Z = V^T R / sqrt(lam) explicitly, then for every truncation
-    K project the target on Z[:K] and subtract (Python loops over
-    integrations and truncations).
-
-    Returns residuals (ntrunc, nint, ny*nx) float64.
-    """
-    nint, nref, ny, nx = references.shape
-    out = np.empty((len(truncs), nint, ny * nx))
-    eps = np.finfo(np.float64).eps
-    for i in range(nint):
-        R = references[i].reshape(nref, -1).astype(np.float64)
-        R -= R.mean(axis=1, keepdims=True)
-        t = science[i].reshape(-1).astype(np.float64)
-        t -= t.mean()
-        C = R @ R.T
-        lam, V = np.linalg.eigh(C)
-        lam, V = lam[::-1], V[:, ::-1]
-        good = lam > max(lam[0], np.finfo(float).tiny) * nref * eps * 10
-        lam, V = lam[good], V[:, good]
-        Z = (V.T @ R) / np.sqrt(lam)[:, None]
-        for k, K in enumerate(truncs):
-            ZK = Z[:min(K, Z.shape[0])]
-            out[k, i] = t - (ZK @ t) @ ZK
-    return out
-
+# classic KLIP, the float64 reference, is coron_cli._harness.classic_klip (the tests of
+# coron_cli.core.klip_subtract use the same one)
 
 def blas_bound(science, references, ntrunc, seed=0):
     """Seconds spent in the matrix products KLIP cannot avoid, float64:
@@ -550,6 +525,7 @@ def core_point(n, nref, args):
     key = (n, nref)
     if key in _POINTS:
         return _POINTS[key]
+    from coron_cli._harness import classic_klip
     from coron_cli.core import align_references, klip_subtract
 
     nint = args.nint
@@ -1192,7 +1168,7 @@ def report_klip(points, target):
            "other load"], rows,
           note="""coron: coron_cli.core.klip_subtract on float32 inputs (no zones, no variance).
 classic: float64, per integration eigh(R R^T), explicit basis Z = V^T R / sqrt(lam),
-  Python loop over truncations (this file, classic_klip).
+  Python loop over truncations (coron_cli._harness.classic_klip).
 BLAS: only R R^T (syrk) + R t + (ntrunc x nref)@(nref x npix) per integration, float64.
 speed-up = classic / coron and coron/BLAS from the medians; 'best' = the same from the
   fastest run of each. max rel diff = max over truncations of

@@ -22,7 +22,14 @@ import numpy as np
 from . import core, steps
 from .demo import planet_snr, write_simulation
 from .pipeline import run_association
-from .products import Product, read_product, roll_angle, star_cards, star_center
+from .products import (
+    Product,
+    read_contrast_table,
+    read_product,
+    roll_angle,
+    star_cards,
+    star_center,
+)
 from .steps import PipelineConfig
 from .steps._common import _mean_over_integrations
 
@@ -238,7 +245,6 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
     """
     import time
 
-    from astropy.table import Table
     from scipy import stats
 
     from .products import write_product
@@ -259,7 +265,7 @@ def contrast_check(size="medium", seed=0, outdir=None, *, truncate=(50,),
         truncate=truncate, star_flux=star, star_flux_method=method, fwhm=lod, contrast=True),
         offaxis_psf=psf)
     timings = {"twin_with_contrast": time.perf_counter() - t0, **summ["timings"]}
-    curve_t = Table.read(_find(twin_dir, "_contrast.fits"), hdu="CONTRAST")
+    curve_t = read_contrast_table(_find(twin_dir, "_contrast.fits"))
     rc = np.asarray(curve_t["radius"], float)
     cc = np.asarray(curve_t["contrast_5sigma_calibrated"], float)
     good = np.isfinite(cc) & (cc > 0)

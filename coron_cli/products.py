@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError, OutputClosed, OutputError, check_signals
+from .jwst import CONTRAST_FULL, asdf_hdu, cal_step_cards, contrast_hdus, jwst_headers
 
 __all__ = [
     "Product",
     "read_product",
     "write_product",
     "product_bytes",
+    "read_contrast_table",
     "add_provenance",
     "star_center",
     "roll_angle",
@@ -295,8 +297,42 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
     return product
 
 
+def read_contrast_table(path):
+    """coron's contrast table of a ``_contrast`` product, with every column.
+
+    The ``CONTRAST`` extension holds only the columns of JWST's ContrastModel
+    (radius, sigma); coron's full table is ``CRN_CONTRAST``
+    (:mod:`coron_cli.jwst`). Products written before the split have only
+    ``CONTRAST``, with every column: that is read then.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, or no contrast table.
+    """
+    from astropy.table import Table
+
+    hdul = _open(path)
+    try:
+        for name in (CONTRAST_FULL, "CONTRAST"):
+            hdu = _find(hdul, name)
+            if hdu is not None:
+                try:
+                    return Table.read(hdu)
+                except Exception as exc:
+                    raise InputError(path, f"table {name} unreadable ({_short(exc)})") from None
+    finally:
+        hdul.close()
+    raise InputError(path, "no CONTRAST table (not a _contrast product)")
+
+
 def add_provenance(header, tool, params, history=()):
     """Record who made a product and how, in place on a header copy.
+
+    The JWST cal-step keywords of the steps `tool` stands for are set too
+    (``S_KLIP = 'COMPLETE'``..., :func:`coron_cli.jwst.cal_step_cards`), so that
+    a product and what is made from it say the same whether the chain ran in
+    one process or through files.
 
     Parameters
     ----------
@@ -321,6 +357,7 @@ def add_provenance(header, tool, params, history=()):
     out["CRN_TOOL"] = (tool, "coron tool that made this product")
     out["CRN_VER"] = (__version__, "coron version")
     out["CRN_DATE"] = (now, "UTC time the product was made")
+    cal_step_cards(out, tool)
     for key, value in params.items():
         if value is None:
             value = "none"
@@ -339,32 +376,48 @@ def add_provenance(header, tool, params, history=()):
     return out
 
 
-def _hdus(product, dq=True):
-    """(HDUs up to ERR, HDUs after DQ); DQ itself between them when `dq`."""
+def _hdus(product, dq=True, filename=None):
+    """(HDUs up to ERR, HDUs after DQ); DQ itself between them when `dq`.
+
+    The JWST parts (DATAMODL, FILENAME = `filename`, ERR's BUNIT, the CONTRAST
+    table of the ContrastModel schema, the ASDF extension last) are made by
+    :mod:`coron_cli.jwst`; an ASDF extension the product carries from its input
+    is replaced.
+    """
     from astropy.io import fits
 
-    hdus = [fits.PrimaryHDU(header=product.primary)]
+    primary, sci_header, err_header = jwst_headers(product, filename)
+    hdus = [fits.PrimaryHDU(header=primary)]
     if product.sci is not None:
-        hdus.append(fits.ImageHDU(np.asarray(product.sci), header=product.sci_header,
-                                  name="SCI"))
+        hdus.append(fits.ImageHDU(np.asarray(product.sci), header=sci_header, name="SCI"))
     if product.err is not None:
-        hdus.append(fits.ImageHDU(np.asarray(product.err, dtype=np.float32), name="ERR"))
+        hdus.append(fits.ImageHDU(np.asarray(product.err, dtype=np.float32), header=err_header,
+                                  name="ERR"))
     if dq and product.dq is not None:
         hdus.append(fits.ImageHDU(np.asarray(product.dq, dtype=np.uint32), name="DQ"))
     after = []
     for name, (data, header) in product.images.items():
+        if name.upper() == "ASDF":
+            continue
         after.append(fits.ImageHDU(np.asarray(data), header=header, name=name))
     for name, table in product.tables.items():
+        if name.upper() == "ASDF" or (name.upper() == CONTRAST_FULL
+                                      and "CONTRAST" in product.tables):
+            continue
+        if name.upper() == "CONTRAST":
+            after.extend(contrast_hdus(table))
+            continue
         hdu = fits.table_to_hdu(table)
         hdu.name = name
         after.append(hdu)
+    after.append(asdf_hdu(product, sci_header))
     return hdus, after
 
 
-def _hdulist(product):
+def _hdulist(product, filename=None):
     from astropy.io import fits
 
-    before, after = _hdus(product)
+    before, after = _hdus(product, filename=filename)
     return fits.HDUList(before + after)
 
 
@@ -386,20 +439,20 @@ def _extension_bytes(hdus):
     return raw[start:]
 
 
-def _write_fits(product, fh):
+def _write_fits(product, fh, filename=None):
     """Write the product's FITS file to an open binary file.
 
-    Byte for byte what ``_hdulist(product).writeto(fh)`` writes, but a large
-    DQ is converted to its on-disk form a slice at a time instead of all at
-    once.
+    Byte for byte what ``_hdulist(product, filename).writeto(fh)`` writes, but a
+    large DQ is converted to its on-disk form a slice at a time instead of all
+    at once.
     """
     from astropy.io import fits
 
     dq = None if product.dq is None else np.asarray(product.dq)
     if dq is None or dq.size * 4 < _DQ_STREAM_BYTES or dq.dtype != np.uint32:
-        _hdulist(product).writeto(fh)
+        _hdulist(product, filename).writeto(fh)
         return
-    before, after = _hdus(product, dq=False)
+    before, after = _hdus(product, dq=False, filename=filename)
     fits.HDUList(before).writeto(fh)
     # the header astropy writes for a uint32 image of this shape
     head = _extension_bytes([fits.ImageHDU(np.zeros((1,) * dq.ndim, np.uint32), name="DQ")])
@@ -417,7 +470,7 @@ def _write_fits(product, fh):
 
 
 def product_bytes(product):
-    """The FITS file of a product as bytes (for stdout)."""
+    """The FITS file of a product as bytes (for stdout: no FILENAME, the name is not known)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -461,7 +514,7 @@ def write_product(product, path):
         with open(tmp, "wb") as fh:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _write_fits(product, fh)
+                _write_fits(product, fh, filename=os.path.basename(path))
             fh.flush()
             os.fsync(fh.fileno())
 

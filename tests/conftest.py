@@ -1,6 +1,6 @@
-"""Shared fixtures: a CliRunner, synthetic exposures, and the small simulated data set."""
+"""Shared fixtures: a CliRunner, synthetic exposures, the small simulated data set and one
+--contrast run of it. Functions test files share are in tests/helpers.py."""
 
-import hashlib
 import json
 import os
 
@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from click.testing import CliRunner
+
+from tests.helpers import gaussian_psf, sha256, write_exposure
 
 
 @pytest.fixture
@@ -17,29 +19,6 @@ def runner():
         return CliRunner(mix_stderr=False)
     except TypeError:  # click >= 8.2 always separates them
         return CliRunner()
-
-
-def gaussian_psf(shape, cx, cy, sigma=2.0, halo=0.3):
-    """A smooth star image with a halo and rings (noiseless)."""
-    y, x = np.indices(shape, dtype=np.float64)
-    r = np.hypot(x - cx, y - cy)
-    return (np.exp(-r ** 2 / (2 * sigma ** 2))
-            + halo * np.exp(-r ** 2 / (2 * (3 * sigma) ** 2)) * np.cos(r / 1.5) ** 2)
-
-
-def write_exposure(path, sci, err=None, dq=None, primary=None, sci_header=None):
-    """Write a JWST-style SCI/ERR/DQ file."""
-    sci = np.asarray(sci, dtype=np.float32)
-    hdus = [fits.PrimaryHDU(header=primary)]
-    hdus.append(fits.ImageHDU(sci, header=sci_header, name="SCI"))
-    if err is not False:
-        hdus.append(fits.ImageHDU(np.ones_like(sci) if err is None else
-                                  np.asarray(err, dtype=np.float32), name="ERR"))
-    if dq is not False:
-        hdus.append(fits.ImageHDU(np.zeros(sci.shape, np.uint32) if dq is None else dq,
-                                  name="DQ"))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
-    return str(path)
 
 
 @pytest.fixture
@@ -91,11 +70,6 @@ def small_asn(tmp_path):
     return path
 
 
-def sha256(path):
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
-
-
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory):
     """The small simulation, written once per test session (inputs only)."""
@@ -117,26 +91,19 @@ def tree_hashes():
     return snapshot
 
 
-def run_in_pty(argv, cwd, env=None):
-    """Run a command with a pseudo-terminal as stdin/stdout/stderr; (exit code, output)."""
-    import pty
+@pytest.fixture(scope="session")
+def hl_run(demo_data, tmp_path_factory):
+    """coron3 run --contrast --detect 5 --format ecsv on the small simulation (once per session:
+    tests/steps/test_hlsp.py and tests/cli/test_hlsp_tools.py read its products)."""
+    from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
 
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        try:
-            os.chdir(cwd)
-            os.execve(argv[0], argv, os.environ if env is None else env)
-        finally:
-            os._exit(127)
-    out = b""
-    try:
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            out += chunk
-    except OSError:
-        pass
-    os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out
+    out = str(tmp_path_factory.mktemp("hl"))
+    truth = demo_data["truth"]
+    psf = np.asarray(demo_data["dataset"].offaxis_psf, dtype=np.float64)
+    config = PipelineConfig.from_options(truncate=[50], star_flux=float(psf.max()),
+                                         fwhm=truth["lambda_over_d_pix"], contrast=True,
+                                         detect=5.0, table_format="ecsv")
+    summary = run_association(demo_data["paths"]["asn"], out, config, offaxis_psf=psf)
+    paths = {p["kind"]: p["path"] for p in summary["products"]}
+    return {"summary": summary, "out": out, "paths": paths, "truth": truth}

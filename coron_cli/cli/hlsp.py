@@ -30,7 +30,8 @@ def cli(image, output, contrast_output, noise_width, star_flux, psf_offaxis, sta
     IMAGE is a psfsub cube (averaged over integrations first) or a combined
     i2d image. The SNR image is SCI/ERR (NaN where ERR is not positive), or
     with --snr-method mawet the aperture t-test of Mawet et al. (2014) at
-    every pixel. The contrast table (extension CONTRAST) gives, in annuli
+    every pixel. The contrast table (extension CRN_CONTRAST; CONTRAST holds
+    its radius and sigma as JWST's ContrastModel has them) gives, in annuli
     of whole pixels about the star, the radius (pixels; arcsec when the WCS
     gives the scale), the number of pixels and the 1-sigma noise; with the
     star's flux it adds the 5-sigma contrast with the small-sample

@@ -41,7 +41,9 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
         background, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
-    Each integration is fitted with its own layer of aligned references:
+    Each integration is fitted with its own layer of aligned references (a
+    3-D psfalign, references aligned once as the JWST stage writes them, is
+    used for every integration):
     images are made zero-mean, the Karhunen-Loeve basis of the references
     is computed once, the target is projected on the first K modes and the
     projection subtracted (Soummer, Pueyo & Larkin 2012). Writes a psfsub
@@ -108,7 +110,7 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
     elif psf_offaxis is not None:
         logging.getLogger("coron").warning("--psf-offaxis is only used with --contrast")
     sci = read_product(science, what="science exposure")
-    refs = read_product(psfalign, ndims=(4,), what="psfalign product")
+    refs = read_product(psfalign, ndims=(3, 4), what="psfalign product")
     tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
     sci = subtract_backgrounds([sci], background, bad_bits)[0]
     kw = {"transmission": tmap, "params": {"science": science, "psfalign": psfalign}}

@@ -100,7 +100,9 @@ def combine_step(psfsubs, config=None, *, params=None):
         header["COMMENT"] = "pixel scale unknown: WCS scale is a placeholder of 1 arcsec"
     star_cards(header, out_center)
     header["NCOMBINE"] = (len(psfsubs), "exposures combined")
-    for key in ("BUNIT",):
+    # units and photometry, and the pointing (JWST's i2d keeps these, not the roll)
+    for key in ("BUNIT", "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "RA_V1", "DEC_V1",
+                "PA_V3"):
         if key in first.sci_header:
             header[key] = first.sci_header[key]
     params = {**(params or {}), **config.params()}

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import core
 from ..errors import InputError
+from ..jwst import carry_exposure_extensions
 from ..products import (
     Product,
     add_provenance,
@@ -324,6 +325,7 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     sky_order = resolve_sky_order(science, config.sky_order)
     truncate = list(config.truncate)
+    psfalign = _every_integration(science, psfalign)
     nint, nref = _check_klip_inputs(science, psfalign)
     # may refuse: before warning
     sci, err, dq, nout, hit = prepare_science(science, bad_bits=config.bad_bits,
@@ -395,11 +397,36 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
                            transmission, counts, params), inj
 
 
+def _every_integration(science, psfalign):
+    """A 3-D psfalign (nref, ny, nx), references aligned once (as the JWST stage writes it
+    since jwst 1.16: aligned on the first science integration), as the 4-D one of
+    coron-align: the same references for every integration (a view, no copy)."""
+    if psfalign.sci.ndim != 3 or science.sci.ndim != 3:
+        return psfalign
+    if str(psfalign.primary.get("S_PSFALI", "")).strip().upper() != "COMPLETE":
+        raise InputError(psfalign.path, "SCI is 3-D without S_PSFALI = COMPLETE: a stack of "
+                                        "references not aligned (a psfstack?); give a "
+                                        "psfalign, 4-D from coron-align or the JWST stage's "
+                                        "3-D one")
+    nint = science.sci.shape[0]
+    refs = np.asarray(psfalign.sci)
+    if not np.isfinite(refs).all():
+        refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))
+    log.info("%s: references aligned once (3-D); used for each of the %d integrations",
+             psfalign.path, nint)
+
+    def every(a):
+        return None if a is None else np.broadcast_to(np.asarray(a)[None],
+                                                      (nint,) + np.shape(a))
+
+    return replace(psfalign, sci=every(refs), err=every(psfalign.err), dq=every(psfalign.dq))
+
+
 def _check_klip_inputs(science, psfalign):
     """(nint, nref), or InputError naming the psfalign product."""
     if psfalign.sci.ndim != 4:
-        raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx), "
-                                        f"not {psfalign.sci.ndim}-D")
+        raise InputError(psfalign.path, f"aligned references must be 4-D (nint, nref, ny, nx) "
+                                        f"or 3-D (nref, ny, nx), not {psfalign.sci.ndim}-D")
     _frame_check(science, psfalign, psfalign.path)
     nint = science.sci.shape[0]
     if psfalign.sci.shape[0] != nint:
@@ -486,5 +513,8 @@ def _psfsub_product(science, residual, mvar, err, dq, nmodes, center, src, confi
         f"zones {config.zones}x{config.zone_sectors}"])
     log.info("KLIP-subtracted %d integrations with %d references (modes %s)",
              residual.shape[1], nref, ",".join(str(int(k)) for k in nmodes[:, 0]))
-    return Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
-                   images=images, path="psfsub")
+    # the science's variance components, pixel areas and integration times go along, as
+    # in the JWST stage's psfsub (resample weighs by VAR_RNOISE)
+    return carry_exposure_extensions(
+        Product(sci=residual[0], err=out_err, dq=dq, primary=primary, sci_header=header,
+                images=images, path="psfsub"), science)

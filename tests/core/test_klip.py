@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from coron_cli._harness import classic_klip
 from coron_cli.core import annulus_zones, klip_subtract, noise_weights
 
 
@@ -44,13 +45,37 @@ def test_one_mode_matches_hand_computed_projection():
     sci = rng.normal(size=(1, 8, 8))
     refs = rng.normal(size=(1, 4, 8, 8))
     res, _, _ = klip_subtract(sci, refs, truncations=[1])
-    R = refs[0].reshape(4, -1)
-    R = R - R.mean(axis=1, keepdims=True)
-    t = sci[0].ravel() - sci[0].mean()
-    lam, V = np.linalg.eigh(R @ R.T)
-    z = V[:, -1] @ R / np.sqrt(lam[-1])
-    expect = t - (z @ t) * z
+    expect = classic_klip(sci, refs, [1])[0, 0]          # t - (z . t) z, z the first KL mode
     assert_allclose(res[0, 0].ravel(), expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_classic_klip_reference_with_all_modes_is_least_squares(masked):
+    """The float64 reference itself (coron_cli._harness.classic_klip, also the benchmark's
+    yardstick): with every mode kept it removes the least-squares fit of the centred
+    references to the centred target over the fit pixels; its first mode is the
+    eigenvector of the largest eigenvalue of R R^T, so one mode removes (z . t) z."""
+    rng = np.random.default_rng(9)
+    nint, nref, shape = 2, 5, (12, 12)
+    refs = rng.normal(size=(nint, nref) + shape) + 2.0
+    sci = rng.normal(size=(nint,) + shape) - 1.0
+    fit = np.ones(shape, bool)
+    if masked:
+        fit[:4, :5] = False
+    got = classic_klip(sci, refs, [1, nref, nref + 3], fit_mask=fit if masked else None)
+    assert got.shape == (3, nint, shape[0] * shape[1]) and got.dtype == np.float64
+    f = fit.ravel()
+    for i in range(nint):
+        R = refs[i].reshape(nref, -1)
+        t = sci[i].ravel()
+        R = R - R[:, f].mean(axis=1, keepdims=True)
+        t = t - t[f].mean()
+        b = np.linalg.lstsq(R[:, f].T, t[f], rcond=None)[0]
+        assert_allclose(got[1, i], t - b @ R, atol=1e-10)
+        assert_allclose(got[2, i], got[1, i], atol=1e-12)     # clamped to the references
+        lam, V = np.linalg.eigh(R[:, f] @ R[:, f].T)
+        z = V[:, -1] @ R / np.sqrt(lam[-1])
+        assert_allclose(got[0, i], t - (z[f] @ t[f]) * z, atol=1e-10)
 
 
 def test_zones_cover_image_and_are_independent():
@@ -96,20 +121,13 @@ def test_matches_explicitly_centred_float64_klip(offset):
     fit = np.ones(shape, bool)
     fit[:, :6] = False
     truncs = [1, 5, 20, nref]
-    got, _, _ = klip_subtract(sci.astype(np.float32), refs.astype(np.float32),
-                              truncations=truncs, fit_mask=fit)
+    sci32, refs32 = sci.astype(np.float32), refs.astype(np.float32)
+    got, _, _ = klip_subtract(sci32, refs32, truncations=truncs, fit_mask=fit)
+    # the float64 reference, centred explicitly (coron_cli._harness.classic_klip)
+    wants = classic_klip(sci32, refs32, truncs, fit_mask=fit)
     for i in range(nint):
-        R = refs[i].astype(np.float32).astype(np.float64).reshape(nref, -1)
-        t = sci[i].astype(np.float32).astype(np.float64).ravel()
-        f = fit.ravel()
-        R = R - R[:, f].mean(axis=1, keepdims=True)
-        t = t - t[f].mean()
-        lam, V = np.linalg.eigh(R[:, f] @ R[:, f].T)
-        lam, V = lam[::-1], V[:, ::-1]
         for k, K in enumerate(truncs):
-            Z = V[:, :K].T @ R / np.sqrt(lam[:K])[:, None]
-            Zf = Z[:, f]
-            want = t - (Zf @ t[f]) @ Z
+            want = wants[k, i]
             err = np.sqrt(np.mean((got[k, i].ravel() - want) ** 2) / np.mean(want ** 2))
             assert err < 1e-6, (offset, K, err)
 

@@ -3,7 +3,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 from coron_cli.core import align_references, fit_offsets, shift_images
-from tests.conftest import gaussian_psf
+from tests.helpers import gaussian_psf
 
 SHAPE = (64, 64)
 

@@ -76,7 +76,7 @@ def test_outliers_found_across_integrations():
 
 
 def test_outliers_found_in_single_frame_but_not_star_core():
-    from tests.conftest import gaussian_psf
+    from tests.helpers import gaussian_psf
 
     rng = np.random.default_rng(1)
     img = 5000 * gaussian_psf((40, 40), 20.3, 19.6, sigma=1.2) + rng.normal(0, 1, (40, 40))

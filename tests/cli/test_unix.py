@@ -21,10 +21,9 @@ from astropy.io import fits
 
 from coron_cli.cli import coron3
 from coron_cli.cli.common import run
-from tests.conftest import run_in_pty
+from tests.helpers import ROOT, run_in_pty
 
 BIN = os.path.dirname(sys.executable)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAKEFILE = os.path.join(ROOT, "examples", "Makefile")
 
 #: one BLAS thread: steadier timings on a busy machine, and the same arithmetic in every run
@@ -89,7 +88,8 @@ def _sigterm_caught(pid):
 
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory):
-    """The medium simulation (seed 1) and one full `coron3 run --json -v` of it."""
+    """The medium simulation (seed 1) and one full `coron3 run --json -v` of it (~10 s: the
+    tests that use it are marked slow)."""
     from coron_cli.demo import write_simulation
     from coron_cli.simulate import simulate_dataset
 
@@ -112,6 +112,7 @@ def medium(tmp_path_factory):
             "reference": reference, "full": full, "run": p, "elapsed": elapsed}
 
 
+@pytest.mark.slow
 def test_full_run_json_and_messages(medium):
     p = medium["run"]
     summary = json.loads(p.stdout)  # stdout holds the JSON and nothing else
@@ -133,6 +134,7 @@ def test_full_run_json_and_messages(medium):
     assert medium["inputs"] == _hashes(medium["data"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, when", [
     (signal.SIGINT, 0.0),          # as soon as coron handles signals
     (signal.SIGTERM, 0.0),
@@ -206,6 +208,7 @@ def _stack_into_head(medium):
     return p1.wait(timeout=120), head, stderr
 
 
+@pytest.mark.slow
 def test_closed_pipe_ends_quietly(medium):
     code, head, stderr = _stack_into_head(medium)
     assert head == b"SIMPLE  = "
@@ -213,6 +216,7 @@ def test_closed_pipe_ends_quietly(medium):
     assert code in (0, 141)
 
 
+@pytest.mark.slow
 def test_closed_pipe_is_not_reported_as_success(medium):
     code, _, stderr = _stack_into_head(medium)
     assert stderr == b"" and code == 141  # 128 + SIGPIPE, as a shell reports it
@@ -387,6 +391,7 @@ def _make(tmp_path, *extra):
     return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 def test_makefile_builds_in_parallel_and_rebuilds_only_what_changed(small_asn, tmp_path):
     out = tmp_path / "mk"  # made by make
@@ -459,6 +464,9 @@ def test_run_creates_a_missing_outdir_and_check_accepts_one(small_asn, tmp_path,
     r = _invoke(runner, ["run", str(small_asn), "--outdir", str(outdir), "-q"])
     assert r.exit_code == 0, r.stderr
     assert any(p.name.endswith("_i2d.fits") for p in outdir.iterdir())
+    assert sorted(os.listdir(outdir)) == TINY_PRODUCTS
+    for name in TINY_PRODUCTS:
+        _assert_complete_fits(outdir / name)
 
 
 def test_members_may_be_absolute_or_climb_with_dotdot(small_asn, tmp_path, runner):
@@ -477,6 +485,10 @@ def test_members_may_be_absolute_or_climb_with_dotdot(small_asn, tmp_path, runne
     assert r.exit_code == 0, r.stderr
     r = _invoke(runner, ["run", str(asn), "--outdir", str(tmp_path / "out"), "-q"])
     assert r.exit_code == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == TINY_PRODUCTS
+    with fits.open(tmp_path / "out" / "tiny_nircam_psfstack.fits") as h:
+        assert list(h["REFS"].data["file"]) == [f"psf{i}_calints.fits" for i in (3, 4, 5)
+                                                for _ in range(3)]
     members.append({"exptype": "psf", "expname": str(tmp_path / "psf3_calints.fits")})
     asn.write_text(json.dumps(data))
     r = _invoke(runner, ["check", str(asn), "--outdir", str(tmp_path / "out")])

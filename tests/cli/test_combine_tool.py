@@ -97,6 +97,8 @@ def test_help_lists_the_options(invoke):
 def test_no_arguments_prints_help_and_exits_2(invoke):
     r = invoke(combine, [])
     assert r.exit_code == 2 and "Usage" in r.stderr
+    # the whole help, on stderr, and nothing on stdout
+    assert r.stderr == _ok(invoke(combine, ["--help"])).stdout and r.stdout == ""
 
 
 def test_combines_with_the_default_name(psfsubs, invoke, tmp_path):
@@ -373,6 +375,13 @@ def test_coron3_run_equals_single_tools_with_transmission_maps(tmp_path, invoke)
     i2d = next(n for n in names if n.endswith("_i2d.fits"))
     with fits.open(os.path.join(hand, i2d)) as h:
         assert "TRANSMIS" in h
+        # the bar's map, rotated north-up: a transmission (0 to 1), low behind the bar
+        t = h["TRANSMIS"].data
+        assert t.shape == h["SCI"].data.shape
+        seen = np.isfinite(t)
+        assert seen.mean() > 0.8
+        assert (t[seen] >= 0).all() and (t[seen] <= 1 + 1e-6).all()
+        assert t[seen].min() < 0.1 and np.median(t[seen]) > 0.5
     _compare_products(run_dir, hand, names)
 
 

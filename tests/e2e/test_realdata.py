@@ -17,11 +17,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from tests.conftest import sha256
+from tests.helpers import AUMIC_ASN, MIRI_ASN, sha256
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-AUMIC_ASN = os.path.join(DATA, "aumic-f356w", "jw01184-c1001_coron3_asn.json")
-MIRI_ASN = os.path.join(DATA, "hd106906-miri", "jw01277-c1001_coron3_asn.json")
 BIN = os.path.dirname(sys.executable)
 
 #: AU Mic's disk, degrees east of north (both sides of the star)
@@ -84,6 +81,36 @@ def _expected_products(asn_path, outdir):
                 out += [f"{root}_{asn['asn_id']}_psfalign.fits",
                         f"{root}_{asn['asn_id']}_psfsub.fits"]
     return sorted(os.path.join(outdir, n) for n in out)
+
+
+def _assert_product_shapes(run):
+    """Every product's arrays have the shapes the inputs imply, as float32 (uint32 DQ), and
+    the psfsubs are finite wherever their DQ does not flag a pixel."""
+    sci_paths = _members(run["asn"], "science")
+    psf_paths = _members(run["asn"], "psf")
+    nslices = sum(fits.getheader(p, "SCI")["NAXIS3"] for p in psf_paths)
+    frame = fits.getdata(sci_paths[0], "SCI").shape[-2:]
+    with fits.open(_one(run, "_psfstack.fits")) as h:
+        assert h["SCI"].data.shape == (nslices,) + frame
+        assert len(h["REFS"].data) == nslices
+    for science in sci_paths:
+        nint = fits.getheader(science, "SCI")["NAXIS3"]
+        align = _psfsub_path(run, science).replace("_psfsub.fits", "_psfalign.fits")
+        with fits.open(align) as h:
+            assert h["SCI"].data.shape == (nint, nslices) + frame
+            assert len(h["SHIFTS"].data) == nint * nslices
+        with fits.open(_psfsub_path(run, science)) as h:
+            sci, err, dq = h["SCI"].data, h["ERR"].data, h["DQ"].data
+            assert sci.shape == err.shape == dq.shape == (nint,) + frame
+            assert sci.dtype == np.dtype(">f4") and dq.dtype == np.uint32
+            good = (dq & 1) == 0
+            assert good.mean() > 0.9
+            assert np.isfinite(sci[good]).all()
+            assert np.isfinite(err[good]).all() and (err[good] > 0).all()
+    for suffix in ("_i2d.fits", "_snr.fits"):
+        with fits.open(_one(run, suffix)) as h:
+            assert h["SCI"].data.shape == frame, suffix
+            assert np.isfinite(h["SCI"].data).mean() > 0.5, suffix
 
 
 def _run(asn_path, outdir):
@@ -196,6 +223,7 @@ def test_aumic_run_succeeds_and_writes_every_product(aumic):
     for path in expected:
         with fits.open(path) as h:
             assert h[0].header["CRN_TOOL"].startswith("coron")
+    _assert_product_shapes(aumic)
 
 
 def test_aumic_inputs_untouched(aumic):
@@ -307,6 +335,7 @@ def test_miri_run_succeeds_and_writes_every_product(miri):
     written = sorted(os.path.join(miri["out"], n) for n in os.listdir(miri["out"]))
     assert set(expected) <= set(written)
     assert not [n for n in os.listdir(miri["out"]) if n.startswith(".")]
+    _assert_product_shapes(miri)
 
 
 def test_miri_inputs_untouched(miri):

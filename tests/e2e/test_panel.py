@@ -291,6 +291,12 @@ def test_real_path_injects_copies_and_measures(tmp_path):
         assert_allclose(pos, [f["detector"][k] for f in fakes], atol=1e-9)
         assert_allclose(t, [f["transmission"][k] for f in fakes])
         assert os.path.exists(work / name.replace(".fits", "_psfmask.fits"))
+        # the copy's transmission map is the original's (the one of the frame's size)
+        mask = name.replace(".fits", "_psfmask.fits")
+        with fits.open(work / mask) as a, fits.open(src / mask) as b:
+            assert [h.name for h in a] == [h.name for h in b]
+            for ha, hb in zip(a, b):
+                assert np.array_equal(ha.data, hb.data), (mask, ha.name)
     assert os.path.islink(work / "jw00003_calints.fits")
     # the panel's worker measures every method there
     spec = {"kind": "real", "name": "tiny-real", "asn": str(asn), "label": "real tiny"}

@@ -28,7 +28,7 @@ from astropy.io import fits
 
 from coron_cli.cli import align, coron3, hlsp, klip, stack
 from coron_cli.cli.common import run
-from tests.conftest import write_exposure
+from tests.helpers import write_exposure
 
 BIN = os.path.join(os.path.dirname(sys.executable))
 PROGS = {stack: "coron-stack", align: "coron-align", klip: "coron-klip", hlsp: "coron-hlsp",
@@ -661,6 +661,16 @@ def test_unknown_exptype_beside_valid_members_only_warns(kit, invoke):
     assert any("'flat'" in line and "psf4_calints.fits" in line for line in warnings), \
         result.stderr
     assert os.path.exists(kit.out / "tiny_nircam_snr.fits")
+    # the one science member left, the three psf members (each of 3 integrations) stacked
+    # once each, the 'flat' member not used
+    assert sorted(os.listdir(kit.out)) == sorted(
+        ["targ1_c1001_psfalign.fits", "targ1_c1001_psfsub.fits", "tiny_nircam_psfstack.fits",
+         "tiny_nircam_i2d.fits", "tiny_nircam_snr.fits", "tiny_nircam_contrast.fits"])
+    with fits.open(kit.out / "tiny_nircam_psfstack.fits") as hdul:
+        assert list(hdul["REFS"].data["file"]) == [f"psf{i}_calints.fits" for i in (3, 4, 5)
+                                                   for _ in range(3)]
+    with fits.open(kit.out / "targ1_c1001_psfsub.fits") as hdul:
+        assert hdul["SCI"].header["KLMODES"] == "3"
 
 
 def test_zero_negative_nan_err_give_nan_snr(kit, invoke):
@@ -683,7 +693,17 @@ def test_zero_negative_nan_err_give_nan_snr(kit, invoke):
     assert np.isnan(snr[bad]).all()
     np.testing.assert_allclose(snr[~bad], img[~bad] / err[~bad], rtol=1e-5)
     with fits.open(con_path) as hdul:
-        assert "CONTRAST" in hdul
+        assert "CONTRAST" in hdul and "CRN_CONTRAST" in hdul
+        table = hdul["CRN_CONTRAST"].data
+    # the noise profile leaves the pixels without a usable ERR out: annuli 2 pixels wide
+    # about the frame centre (no star position given), sample standard deviation
+    assert len(table) >= 5 and np.all(np.diff(table["radius"]) == 2)
+    yy, xx = np.indices(img.shape)
+    radius = np.hypot(xx - 7.5, yy - 7.5)
+    for row in table:
+        ring = (radius >= row["radius"] - 1) & (radius < row["radius"] + 1) & ~bad
+        assert row["npix"] == ring.sum(), row
+        np.testing.assert_allclose(row["sigma"], np.std(img[ring], ddof=1), rtol=1e-5)
 
 
 def test_all_err_zero_gives_all_nan_snr(kit, invoke):
@@ -695,6 +715,7 @@ def test_all_err_zero_gives_all_nan_snr(kit, invoke):
     assert result.exit_code == 0, result.stderr
     with fits.open(kit.o("z_snr.fits")) as hdul:
         assert np.isnan(hdul["SCI"].data).all()
+        assert hdul["SCI"].data.shape == img.shape
 
 
 def test_one_nan_frame_among_good_ones(kit, invoke):

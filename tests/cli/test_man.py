@@ -5,8 +5,9 @@ import os
 import click
 
 from coron_cli.manpages import COMMANDS, render_all
+from tests.helpers import ROOT
 
-MAN = os.path.join(os.path.dirname(__file__), os.pardir, "man")
+MAN = os.path.join(ROOT, "man")
 
 
 def test_man_pages_up_to_date():
@@ -32,6 +33,7 @@ def test_man_pages_document_every_option():
     for name, module in COMMANDS:
         cli = importlib.import_module(module).cli
         page = pages[f"{name}.1"]
+        plain = " ".join(page.replace("\\-", "-").split())        # roff escapes undone
         for path, command in _commands(cli, name):
             if path != name:
                 assert path.replace("-", "\\-") in page, path
@@ -39,4 +41,10 @@ def test_man_pages_document_every_option():
                 if isinstance(p, click.Option) and not p.hidden:
                     flag = max(p.opts, key=len).replace("-", "\\-")
                     assert flag in page, (path, flag)
+                    # with its help text (its first words; the page rewraps the lines)
+                    assert p.help, (path, p.name)
+                    start = " ".join(p.help.split()[:4]).split("\b")[0].strip()
+                    assert start in plain, (path, p.name, start)
+                elif isinstance(p, click.Argument):
+                    assert p.human_readable_name in page, (path, p.name)
     assert "coron3 run" in pages["coron3.1"] and "coron3 demo" in pages["coron3.1"]

@@ -64,3 +64,15 @@ def test_make_science_leaves_no_temporary_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "registration vs truth" in r.stdout
     assert os.listdir(tmp_path) == []
+
+
+def test_calibrated_curve_matches_injected_planets(tmp_path):
+    """Small-size version of ``python -m coron_cli.evaluate --contrast-check aperture``."""
+    from coron_cli.evaluate import contrast_check
+
+    res = contrast_check("small", 0, str(tmp_path), truncate=[50], n_pa=4,
+                         groups_lod=((3.0, 8.0), (5.0, 10.0)))
+    ratios = np.array([r["ratio"] for r in res["rows"]])
+    assert len(ratios) == 4
+    assert (np.abs(ratios - 1) < 0.35).all(), ratios
+    assert abs(np.median(ratios) - 1) < 0.2, ratios

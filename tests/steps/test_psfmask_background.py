@@ -1,6 +1,7 @@
-"""Transmission maps (--psfmask) and background exposures (--background), unit to end to end."""
+"""Transmission maps and background exposures through the steps (klip, inject, hlsp,
+match_backgrounds, background, align, run_association on the real MIRI crop), and the
+KLIP step's outliers on real NIRCam data."""
 
-import json
 import os
 
 import numpy as np
@@ -9,49 +10,8 @@ from astropy.io import fits
 from numpy.testing import assert_allclose
 
 from coron_cli import core, steps
-from coron_cli.products import (Product, psfmask_beside, read_product, read_psfmask,
-                                transmission_for)
-from tests.conftest import gaussian_psf, sha256, write_exposure
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
-MIRI = os.path.join(DATA, "hd106906-miri")
-MIRI_ASN = os.path.join(MIRI, "jw01277-c1001_coron3_asn.json")
-
-
-# --------------------------------------------------------------------------- transmission maps
-
-def _write_map(path, tmap, extra_primary_image=None):
-    hdus = [fits.PrimaryHDU(extra_primary_image)]
-    hdus.append(fits.ImageHDU(np.asarray(tmap, np.float32), name="SCI"))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
-    return str(path)
-
-
-def test_psfmask_found_beside_exposure_plain_and_gzipped(tmp_path):
-    exp = write_exposure(tmp_path / "a_calints.fits", np.ones((1, 8, 8)))
-    assert psfmask_beside(exp) is None
-    m = _write_map(tmp_path / "a_calints_psfmask.fits", np.ones((8, 8)))
-    assert psfmask_beside(exp) == m
-    os.remove(m)
-    m2 = _write_map(tmp_path / "a_psfmask.fits", np.ones((8, 8)))
-    assert psfmask_beside(exp) == m2
-    crop = os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz")
-    assert psfmask_beside(crop).endswith("_calints_psfmask.fits.gz")
-
-
-def test_read_psfmask_takes_the_image_of_the_frame_size(tmp_path):
-    # like the real MIRI maps: a larger full map in the primary, the cut one in SCI
-    t = np.linspace(0, 1, 6 * 7).reshape(6, 7)
-    path = _write_map(tmp_path / "m.fits", t, extra_primary_image=np.ones((10, 12), np.float32))
-    assert_allclose(read_psfmask(path, (6, 7)), t, rtol=1e-6)
-    from coron_cli.errors import InputError
-
-    with pytest.raises(InputError, match="no transmission map of 8x8"):
-        read_psfmask(path, (8, 8))
-    bad = _write_map(tmp_path / "neg.fits", -t)
-    with pytest.raises(InputError, match="negative"):
-        read_psfmask(bad, (6, 7))
-    assert transmission_for("none", str(tmp_path / "x.fits"), (6, 7)) is None
+from coron_cli.products import Product, read_product, transmission_for
+from tests.helpers import AUMIC, MIRI, gaussian_psf, miri_copy, sha256
 
 
 def _klip_inputs(shape=(40, 40), nint=2, nref=6, seed=0):
@@ -67,6 +27,8 @@ def _klip_inputs(shape=(40, 40), nint=2, nref=6, seed=0):
                     sci_header=hdr.copy(), path="align")
     return science, align, c
 
+
+# --------------------------------------------------------------------------- transmission maps
 
 def test_klip_leaves_low_transmission_out_of_the_fit_and_carries_the_map():
     science, align, c = _klip_inputs()
@@ -87,7 +49,6 @@ def test_klip_leaves_low_transmission_out_of_the_fit_and_carries_the_map():
     assert_allclose(cut.sci, res[0], atol=1e-4)
     assert not np.allclose(cut.sci, plain.sci, atol=1e-4)
 
-
 def test_fake_sources_are_dimmed_by_the_transmission_and_throughput_stays_algorithmic():
     science, align, c = _klip_inputs(shape=(48, 48))
     psf = gaussian_psf((15, 15), 7, 7, sigma=1.2, halo=0)
@@ -100,7 +61,6 @@ def test_fake_sources_are_dimmed_by_the_transmission_and_throughput_stays_algori
     t_half = steps.throughput_table(inj_half, fwhm=2.5)["throughput"]
     t_one = steps.throughput_table(inj_one, fwhm=2.5)["throughput"]
     assert_allclose(t_half, t_one, rtol=1e-5)       # KLIP is linear: the ratio is the same
-
 
 def test_contrast_is_divided_by_the_transmission():
     rng = np.random.default_rng(3)
@@ -123,44 +83,11 @@ def test_contrast_is_divided_by_the_transmission():
 
 # --------------------------------------------------------------------------- backgrounds
 
-def test_combine_backgrounds_median_and_noise():
-    rng = np.random.default_rng(1)
-    frames = 10.0 + rng.normal(0, 1.0, (5, 20, 20))
-    frames[2, 5, 5] = 1e4                              # a cosmic ray in one frame
-    sky, err, n = core.combine_backgrounds(frames, np.ones_like(frames))
-    assert abs(sky[5, 5] - 10.0) < 3.0
-    assert (n == 5).all()
-    assert_allclose(err, np.sqrt(np.pi / 2) / np.sqrt(5))
-    pair, perr, _ = core.combine_backgrounds(frames[[1, 2]], np.ones((2, 20, 20)))
-    assert pair[5, 5] == frames[1, 5, 5]               # the lower of a discrepant pair
-    assert_allclose(pair[0, 0], frames[1:3, 0, 0].mean())
-
-
-@pytest.mark.parametrize("mode,keyword,sci_sky,bkg_sky,expect", [
-    ("auto", None, 14.0, 14.5, True),
-    ("auto", "COMPLETE", 14.0, 14.5, False),
-    ("auto", None, 0.1, 14.6, False),                  # removed already, no keyword
-    ("auto", None, 0.1, 0.05, True),                   # a background too faint to tell
-    ("subtract", "COMPLETE", 0.1, 14.6, True),
-    ("off", None, 14.0, 14.5, False),
-])
-def test_background_decision(mode, keyword, sci_sky, bkg_sky, expect):
-    sub, why = core.background_decision(mode, keyword=keyword, science_sky=sci_sky,
-                                        background_sky=bkg_sky, background_noise=0.2)
-    assert sub is expect and why
-
-
-def test_sky_level_ignores_the_star():
-    img = 3.0 + 1e4 * gaussian_psf((64, 64), 31.5, 31.5, sigma=3.0, halo=0)
-    assert abs(core.sky_level(img, center=(31.5, 31.5)) - 3.0) < 1e-3
-
-
 def _exposure(program, mjd, sky, shape=(16, 16), name="e"):
     hdr = fits.Header({"PROGRAM": program, "EXPSTART": mjd, "FILTER": "F1140C"})
     sci = np.full((1,) + shape, sky, np.float32)
     return Product(sci=sci, err=np.ones_like(sci), dq=np.zeros(sci.shape, np.uint32),
                    primary=hdr, path=name)
-
 
 def test_match_backgrounds_by_program_then_time():
     sci = [_exposure("01277", 60080.80, 0.1, name="sci")]
@@ -178,7 +105,6 @@ def test_match_backgrounds_by_program_then_time():
     s, r, _ = steps.match_backgrounds([b_sci, late], sci, refs2)
     assert [b.path for b in s] == ["bs"] and [b.path for b in r] == ["late"]
 
-
 def test_background_step_subtracts_once_with_noise_and_never_twice():
     exp = _exposure("1", 1.0, 14.0)
     bkgs = [_exposure("1", 1.1, 14.5, name=f"b{k}") for k in range(3)]
@@ -195,19 +121,6 @@ def test_background_step_subtracts_once_with_noise_and_never_twice():
     kept, why3 = steps.background_step(done, bkgs, steps.BackgroundConfig(mode="auto"))
     assert np.array_equal(kept.sci, done.sci) and "S_BKDSUB" in why3
 
-
-def _miri_copy(tmp_path, members=None):
-    """The MIRI crop's association in a temporary folder (symlinked members)."""
-    for name in os.listdir(MIRI):
-        if name.endswith(".gz"):
-            os.symlink(os.path.join(MIRI, name), tmp_path / name)
-    with open(MIRI_ASN) as fh:
-        asn = json.load(fh)
-    path = tmp_path / "asn.json"
-    path.write_text(json.dumps(asn))
-    return str(path)
-
-
 def test_miri_background_members_used_and_not_subtracted_twice(tmp_path):
     """The real MIRI set: its backgrounds read ~15 MJy/sr, its science ~0.1 (removed already,
     no S_BKDSUB): auto must say so and leave the science alone; subtract does subtract."""
@@ -215,7 +128,7 @@ def test_miri_background_members_used_and_not_subtracted_twice(tmp_path):
     from coron_cli.pipeline import run_association
     from coron_cli.steps import PipelineConfig
 
-    asn = _miri_copy(tmp_path)
+    asn = miri_copy(tmp_path)
     prod = read_asn(asn).products[0]
     assert len(prod.background) == 3 and len(prod.psf) == 9
     before = {p: sha256(p) for p in prod.science + prod.psf + prod.background}
@@ -237,76 +150,10 @@ def test_miri_background_members_used_and_not_subtracted_twice(tmp_path):
         assert st[0].header["BKGSUB"] is False
 
 
-# --------------------------------------------------------------------------- single tools
-
-def _invoke(runner, module, args):
-    import click
-
-    from coron_cli.cli.common import run
-
-    @click.command()
-    def wrapper():
-        run(module.cli, "coron-test", args)
-
-    return runner.invoke(wrapper, [], catch_exceptions=False)
-
-
-def test_single_tools_chain_with_backgrounds_equals_coron3_run(tmp_path, runner, monkeypatch):
-    """The MIRI crop by hand (stack --asn takes the reference backgrounds; align and klip get
-    the science's with --background) gives the psfsub coron3 run gives."""
-    from coron_cli.cli import align, klip, stack
-    from coron_cli.pipeline import run_association
-    from coron_cli.steps import PipelineConfig
-
-    asn = _miri_copy(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "run").mkdir()
-    run_association(asn, str(tmp_path / "run"),
-                    PipelineConfig.from_options(truncate=(9,), background="subtract"))
-    r = _invoke(runner, stack, ["--asn", asn, "--background", "subtract", "-o", "s.fits"])
-    assert r.exit_code == 0, r.stderr
-    sci = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
-    bkg = ["--background", "subtract",
-           "--background", "jw01277022001_02101_00001_mirimage_calints.fits.gz",
-           "--background", "jw01277022001_02101_00002_mirimage_calints.fits.gz"]
-    r = _invoke(runner, align, [sci, "s.fits", "-o", "a.fits"] + bkg)
-    assert r.exit_code == 0, r.stderr
-    r = _invoke(runner, klip, [sci, "a.fits", "-o", "k.fits", "--truncate", "9"] + bkg)
-    assert r.exit_code == 0, r.stderr
-    with fits.open("k.fits") as a, \
-            fits.open(tmp_path / "run" / "jw01277019001_04101_00001_mirimage_c1001_psfsub.fits") \
-            as b:
-        assert a[0].header["BKGSUB"] is True
-        assert_allclose(a["SCI"].data, b["SCI"].data, atol=1e-6)
-        assert_allclose(a["TRANSMIS"].data, b["TRANSMIS"].data)
-
-
-def test_bad_background_and_psfmask_options_exit_2(tmp_path, runner, monkeypatch):
-    from coron_cli.cli import align
-
-    _miri_copy(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    sci = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
-    ref = "jw01194015001_04101_00001_mirimage_calints.fits.gz"
-    r = _invoke(runner, align, [sci, ref, "--background", "auto", "--background", "off",
-                                "-o", "a.fits"])
-    assert r.exit_code == 2 and "--background" in r.stderr and not os.path.exists("a.fits")
-    wrong = _write_map(tmp_path / "wrong_psfmask.fits", np.ones((5, 5)))
-    r = _invoke(runner, align, [sci, ref, "--psfmask", wrong, "-o", "a.fits"])
-    assert r.exit_code == 2 and "wrong_psfmask.fits" in r.stderr and "48x48" in r.stderr
-    assert not os.path.exists("a.fits")
-    r = _invoke(runner, align, [sci, ref, "--background", "missing.fits", "-o", "a.fits"])
-    assert r.exit_code == 2 and "missing.fits" in r.stderr and not os.path.exists("a.fits")
-
-
 # --------------------------------------------------------------------------- outliers
-
-AUMIC = os.path.join(DATA, "aumic-f356w")
-
 
 def _aumic(name):
     return read_product(os.path.join(AUMIC, name), what="exposure")
-
 
 def test_one_integration_companions_are_never_flagged_and_cosmic_rays_are():
     """Real NIRCam one-integration science (AU Mic crop, F356W): fake companions of 10 to
@@ -351,7 +198,6 @@ def test_one_integration_companions_are_never_flagged_and_cosmic_rays_are():
     px, py = (int(round(v)) for v in pos[k])
     assert sub.sci[0, py - 1:py + 2, px - 1:px + 2].max() > 0.3 * amps[k] * err
 
-
 def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
     """Should the outlier search flag a companion's pixel (integrations that disagree), the
     psfsub gives it back its own value and clears its flags; a cosmic ray on the companion
@@ -383,6 +229,8 @@ def test_outliers_found_on_a_source_keep_their_values(monkeypatch):
     assert sub.sci[0, 21, 35] < 0.5 * ray[0, 21, 35]
 
 
+# --------------------------------------------------------------------------- align, zones
+
 def test_psfmask_weights_the_registration_like_a_mask():
     """--psfmask-weights: the transmission map weighs the registration fit exactly as the
     same map given as --mask does (the JWST stage's use of its PSFMASK)."""
@@ -402,9 +250,7 @@ def test_psfmask_weights_the_registration_like_a_mask():
     assert "fit_weights=psfmask" in history
 
 
-def test_zone_width_in_lambda_over_d_and_bad_values(tmp_path, runner, monkeypatch):
-    from coron_cli.cli import klip
-
+def test_zone_width_in_lambda_over_d_and_bad_values():
     sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
     # F1140C at 0.11"/px: lambda/D = 3.28 px
     assert_allclose(steps.zone_width_pix(sci, "2lod"), (2 * 3.28, 0.0), rtol=0.01)
@@ -417,32 +263,3 @@ def test_zone_width_in_lambda_over_d_and_bad_values(tmp_path, runner, monkeypatc
     for bad in ("-2", "lod", "abc", "0lod", "2lod@-1", "2lod@x"):
         with pytest.raises(ValueError):
             steps.parse_zone_width(bad)
-    _miri_copy(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    name = "jw01277019001_04101_00001_mirimage_calints.fits.gz"
-    r = _invoke(runner, klip, [name, name, "--zone-width", "2 lod x", "-o", "k.fits"])
-    assert r.exit_code == 2 and "--zone-width" in r.stderr and not os.path.exists("k.fits")
-
-
-def test_roll_without_a_wcs_is_the_aperture_angle():
-    """Without a celestial WCS the detector's angle on the sky is PA_APER (= ROLL_REF -
-    VPARITY * V3I_YANG), ~4.8 deg from ROLL_REF for MIRI. On the real MIRI header it
-    is 0.17 deg from the WCS route: the WCS's local angle at the star includes the
-    imager's distortion, which the aperture angle does not, so the WCS stays first."""
-    from coron_cli.products import roll_angle
-
-    sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
-    from_wcs, src = roll_angle(sci.sci_header, sci.primary)
-    assert src == "WCS"
-    nowcs = sci.sci_header.copy()
-    for key in [k for k in nowcs if k.startswith("CTYPE")]:
-        del nowcs[key]                                   # no celestial WCS any more
-    pa, src = roll_angle(nowcs, sci.primary)
-    assert src == "PA_APER" and abs(pa - nowcs["PA_APER"]) < 1e-12
-    assert abs((pa - from_wcs + 180) % 360 - 180) < 0.25
-    del nowcs["PA_APER"]
-    derived, src = roll_angle(nowcs, sci.primary)
-    assert src.startswith("ROLL_REF -")
-    assert abs(derived - (nowcs["ROLL_REF"] - nowcs["VPARITY"] * nowcs["V3I_YANG"])) < 1e-12
-    assert abs((derived - from_wcs + 180) % 360 - 180) < 0.25
-    assert abs(nowcs["ROLL_REF"] - from_wcs) > 4          # what the old fallback used

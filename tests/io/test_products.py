@@ -1,0 +1,103 @@
+"""products.py: FITS writing (the sliced DQ path writes exactly what astropy writes), the
+transmission map found and read beside an exposure, the roll angle from the headers."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from numpy.testing import assert_allclose
+
+from coron_cli import products
+from coron_cli.products import (Product, psfmask_beside, read_product, read_psfmask,
+                                transmission_for, write_product)
+from tests.helpers import MIRI, write_exposure, write_map
+
+
+def _product(rng, shape):
+    sci = rng.standard_normal(shape).astype(np.float32)
+    dq = rng.integers(0, 2 ** 32, shape, dtype=np.uint64).astype(np.uint32)
+    dq.flat[:4] = [0, 1, 2 ** 31, 2 ** 32 - 1]           # both ends and the sign bit
+    return Product(sci=sci, err=np.abs(sci), dq=dq, primary=fits.Header({"TARGNAME": "T"}),
+                   sci_header=fits.Header({"STARCENX": 1.5}),
+                   images={"KLSUB": (sci[:1], fits.Header({"KLMODES": "5"}))},
+                   tables={"SHIFTS": Table({"ref": np.arange(3), "f": ["a", "b", "c"]})})
+
+
+def test_sliced_dq_is_byte_for_byte_astropys(monkeypatch):
+    prod = _product(np.random.default_rng(1), (3, 7, 30, 33))
+    want = io.BytesIO()
+    products._hdulist(prod).writeto(want)
+    monkeypatch.setattr(products, "_DQ_STREAM_BYTES", 0)
+    monkeypatch.setattr(products, "_DQ_SLICE", 1000)     # several slices, the last one short
+    got = io.BytesIO()
+    products._write_fits(prod, got)
+    assert got.getvalue() == want.getvalue()
+
+
+def test_sliced_dq_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setattr(products, "_DQ_STREAM_BYTES", 0)
+    prod = _product(np.random.default_rng(2), (2, 5, 16, 16))
+    path = str(tmp_path / "x_psfalign.fits")
+    write_product(prod, path)
+    back = read_product(path, ndims=(4,))
+    assert back.dq.dtype == np.uint32 and np.array_equal(back.dq, prod.dq)
+    assert np.array_equal(back.sci, prod.sci)
+    with fits.open(path) as h:
+        assert [x.name for x in h] == ["PRIMARY", "SCI", "ERR", "DQ", "KLSUB", "SHIFTS", "ASDF"]
+
+
+# --------------------------------------------------------------------------- transmission maps
+
+def test_psfmask_found_beside_exposure_plain_and_gzipped(tmp_path):
+    exp = write_exposure(tmp_path / "a_calints.fits", np.ones((1, 8, 8)))
+    assert psfmask_beside(exp) is None
+    m = write_map(tmp_path / "a_calints_psfmask.fits", np.ones((8, 8)))
+    assert psfmask_beside(exp) == m
+    os.remove(m)
+    m2 = write_map(tmp_path / "a_psfmask.fits", np.ones((8, 8)))
+    assert psfmask_beside(exp) == m2
+    crop = os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz")
+    assert psfmask_beside(crop).endswith("_calints_psfmask.fits.gz")
+
+def test_read_psfmask_takes_the_image_of_the_frame_size(tmp_path):
+    # like the real MIRI maps: a larger full map in the primary, the cut one in SCI
+    t = np.linspace(0, 1, 6 * 7).reshape(6, 7)
+    path = write_map(tmp_path / "m.fits", t, extra_primary_image=np.ones((10, 12), np.float32))
+    assert_allclose(read_psfmask(path, (6, 7)), t, rtol=1e-6)
+    from coron_cli.errors import InputError
+
+    with pytest.raises(InputError, match="no transmission map of 8x8"):
+        read_psfmask(path, (8, 8))
+    bad = write_map(tmp_path / "neg.fits", -t)
+    with pytest.raises(InputError, match="negative"):
+        read_psfmask(bad, (6, 7))
+    assert transmission_for("none", str(tmp_path / "x.fits"), (6, 7)) is None
+
+
+# --------------------------------------------------------------------------- headers
+
+def test_roll_without_a_wcs_is_the_aperture_angle():
+    """Without a celestial WCS the detector's angle on the sky is PA_APER (= ROLL_REF -
+    VPARITY * V3I_YANG), ~4.8 deg from ROLL_REF for MIRI. On the real MIRI header it
+    is 0.17 deg from the WCS route: the WCS's local angle at the star includes the
+    imager's distortion, which the aperture angle does not, so the WCS stays first."""
+    from coron_cli.products import roll_angle
+
+    sci = read_product(os.path.join(MIRI, "jw01277019001_04101_00001_mirimage_calints.fits.gz"))
+    from_wcs, src = roll_angle(sci.sci_header, sci.primary)
+    assert src == "WCS"
+    nowcs = sci.sci_header.copy()
+    for key in [k for k in nowcs if k.startswith("CTYPE")]:
+        del nowcs[key]                                   # no celestial WCS any more
+    pa, src = roll_angle(nowcs, sci.primary)
+    assert src == "PA_APER" and abs(pa - nowcs["PA_APER"]) < 1e-12
+    assert abs((pa - from_wcs + 180) % 360 - 180) < 0.25
+    del nowcs["PA_APER"]
+    derived, src = roll_angle(nowcs, sci.primary)
+    assert src.startswith("ROLL_REF -")
+    assert abs(derived - (nowcs["ROLL_REF"] - nowcs["VPARITY"] * nowcs["V3I_YANG"])) < 1e-12
+    assert abs((derived - from_wcs + 180) % 360 - 180) < 0.25
+    assert abs(nowcs["ROLL_REF"] - from_wcs) > 4          # what the old fallback used
