@@ -537,12 +537,17 @@ def _unlink(path):
         pass
 
 
-def star_center(header, shape):
+def star_center(header, shape, primary=None):
     """Star position (x, y), 0-based, from STARCENX/Y, else CRPIX, else the frame centre.
 
     coron writes STARCENX/Y 0-based, with a comment saying so. Other tools
     (Winnie, spaceKLIP) copy CRPIX into them, 1-based: a STARCENX/Y pair
     without that comment and equal to CRPIX is read as 1-based.
+
+    An exposure's CRPIX is the aperture's reference point, where target
+    acquisition puts the star; a resampled image's (the JWST stage's i2d,
+    S_RESAMP = COMPLETE in `primary`) is only the output frame's reference:
+    there the star is TARG_RA/TARG_DEC (from `primary`) through the WCS.
 
     Returns
     -------
@@ -557,10 +562,31 @@ def star_center(header, shape):
             # written by another tool as a copy of CRPIX (Winnie/spaceKLIP): 1-based
             return (x - 1.0, y - 1.0), "STARCEN (1-based, = CRPIX)"
         return (x, y), "STARCEN"
+    target = _target_pixel(header, primary)
+    if target is not None:
+        return target, "TARG_RA/TARG_DEC through the WCS"
     if "CRPIX1" in header and "CRPIX2" in header:
         return (float(header["CRPIX1"]) - 1.0, float(header["CRPIX2"]) - 1.0), "CRPIX"
     ny, nx = shape[-2:]
     return ((nx - 1) / 2.0, (ny - 1) / 2.0), "frame centre"
+
+
+def _target_pixel(header, primary):
+    """TARG_RA/TARG_DEC through the celestial WCS of a resampled image, 0-based, or None."""
+    if primary is None or str(primary.get("S_RESAMP", "")).strip().upper() != "COMPLETE":
+        return None
+    try:
+        ra, dec = float(primary["TARG_RA"]), float(primary["TARG_DEC"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    w = _celestial_wcs(header)
+    if w is None:
+        return None
+    try:
+        x, y = w.all_world2pix([[ra, dec]], 0)[0]
+    except Exception:  # a WCS that cannot be inverted there
+        return None
+    return (float(x), float(y)) if np.isfinite(x) and np.isfinite(y) else None
 
 
 def star_cards(header, center, source=None):

@@ -93,7 +93,7 @@ def cli(image, output, contrast_output, noise_width, star_flux, psf_offaxis, sta
         from ..products import read_psfmask, star_center
         from ..steps import transmission_image
 
-        center, _ = star_center(img.sci_header, img.sci.shape)
+        center, _ = star_center(img.sci_header, img.sci.shape, img.primary)
         img.images["TRANSMIS"] = transmission_image(
             read_psfmask(psfmask, img.sci.shape[-2:]), center)
     with timed("hlsp"):

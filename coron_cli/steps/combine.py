@@ -69,7 +69,7 @@ def combine_step(psfsubs, config=None, *, params=None):
         if angle is None:
             log.warning("%s: no WCS and no ROLL_REF; assuming the image is north-up", p.path)
             angle = 0.0
-        center, _ = star_center(p.sci_header, p.sci.shape)
+        center, _ = star_center(p.sci_header, p.sci.shape, p.primary)
         imgs.append(core.north_up(img, angle, center, out_center=out_center, order=3))
         vars_.append(core.north_up(var, angle, center, out_center=out_center, order=1))
         t = product_transmission(p)
@@ -119,6 +119,6 @@ def _star_world(product):
     w = _celestial_wcs(product.sci_header)
     if w is None:
         return 0.0, 0.0
-    (cx, cy), _ = star_center(product.sci_header, product.sci.shape)
+    (cx, cy), _ = star_center(product.sci_header, product.sci.shape, product.primary)
     ra, dec = w.all_pix2world([[cx, cy]], 0)[0]
     return float(ra), float(dec)

@@ -76,7 +76,7 @@ def detect_step(image, snr, config=None, *, throughput=None, psf=None, params=No
     from astropy.table import Table
 
     img, _ = _mean_over_integrations(image)
-    center, _ = star_center(image.sci_header, img.shape)
+    center, _ = star_center(image.sci_header, img.shape, image.primary)
     config = config or DetectConfig()
     threshold, star_flux = config.threshold, config.star_flux
     star_flux_method = config.star_flux_method

@@ -79,7 +79,7 @@ def hlsp_step(image, config=None, *, throughput=None, params=None):
         raise InputError(image.path, "no finite pixel in SCI")
     if throughput is None:
         throughput = image.tables.get("THROUGHPUT")
-    center, src = star_center(image.sci_header, img.shape)
+    center, src = star_center(image.sci_header, img.shape, image.primary)
     fwhm = config.fwhm_pix
     if config.snr_method == "mawet":
         snr = core.snr_map_mawet(img, center, fwhm=fwhm)

@@ -182,7 +182,7 @@ def combine_injections(psfsubs, injections, bad_bits=None):
         _, var = _mean_over_integrations(p, bad_bits)
         angle, _ = roll_angle(p.sci_header, p.primary)
         angle = 0.0 if angle is None else angle
-        center, _ = star_center(p.sci_header, p.sci.shape)
+        center, _ = star_center(p.sci_header, p.sci.shape, p.primary)
 
         def rot(a, order):
             return core.north_up(a, angle, center, out_center=out_center, order=order)
