@@ -285,13 +285,20 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         var_s = None if var2 is None else var2[sl][:, :, perm]
         res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
-        for zone in plan:
-            res, k, mv = _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order,
-                                   truncs, pixels_per_mode)
-            res_s[..., zone[0]] = res
+        for job in plan:
+            if job[0] == "self":
+                zsub = job[1]
+                res, k, mv = _fit_zone(refs_s, sci_s, var_s, job[1:], order, nx, wts_s,
+                                       sky_order, truncs, pixels_per_mode)
+                done = [(zsub, res, mv)]
+            else:
+                done, k = _fit_shared(refs_s, sci_s, var_s, job[1], job[2], order, nx, wts_s,
+                                      sky_order, truncs, pixels_per_mode)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
-            if mv is not None:
-                mv_s[..., zone[0]] = mv
+            for zsub, res, mv in done:
+                res_s[..., zsub] = res
+                if mv is not None:
+                    mv_s[..., zsub] = mv
         residual[:, sl][..., perm] = res_s
         if mv_s is not None:
             mvar[:, sl][..., perm] = mv_s
@@ -349,23 +356,35 @@ def _zone_plan(zones, fit, fit_zones):
         One zone fitted on itself: no reordering needed.
     order : ndarray of int (npix,)
         Pixel order (stable sort by zone label).
-    plan : list of (zsub, zpix, take, zfit, zout)
-        Per zone: its slice of the ordered frame, the ordered pixels it
-        touches (its own, and those it is fitted on), how to take them (a
-        slice when contiguous), the fitted ones among them, and where its own
-        are among them (None when it is fitted on itself).
+    plan : list
+        ``("self", zsub, zpix, take, zfit, zout)`` per zone fitted on its own
+        pixels (or too few others): its slice of the ordered frame, the
+        ordered pixels it touches, how to take them (a slice when
+        contiguous), the fitted ones among them, and where its own are among
+        them (None when it is fitted on itself); ``("shared", opt, zsubs)``
+        per set of zones fitted on the same other pixels: those pixels
+        (ordered) and the zones' slices.
     """
     zflat = zones.ravel()
     single = fit_zones is None and np.unique(zflat).size == 1
     order = np.arange(zflat.size) if single else np.argsort(zflat, kind="stable")
     zsorted = zflat[order]
     fit_s = fit.ravel()[order]
-    plan = []
+    plan, shared = [], {}
     for label in np.unique(zflat[zflat >= 0]):
         a, b = np.searchsorted(zsorted, label), np.searchsorted(zsorted, label, side="right")
         region = None if fit_zones is None else fit_zones.get(int(label))
         if region is not None:
             opt = np.flatnonzero(np.asarray(region, bool).ravel()[order] & fit_s)
+            if opt.size >= 2:
+                # zones fitted on the same pixels share one decomposition (the whole
+                # frame for every zone inside the inner radius or cut by the edge)
+                key = opt.tobytes()
+                if key not in shared:
+                    shared[key] = ("shared", opt, [])
+                    plan.append(shared[key])
+                shared[key][2].append(slice(int(a), int(b)))
+                continue
             zpix = np.union1d(np.arange(a, b), opt)       # the pixels this zone touches
             zfit = np.searchsorted(zpix, opt)
             zout = np.searchsorted(zpix, np.arange(a, b))
@@ -378,7 +397,7 @@ def _zone_plan(zones, fit, fit_zones):
             zfit = np.arange(zpix.size)
         contiguous = zpix.size == zpix[-1] - zpix[0] + 1
         take = slice(int(zpix[0]), int(zpix[-1]) + 1) if contiguous else zpix
-        plan.append((slice(int(a), int(b)), zpix, take, zfit, zout))
+        plan.append(("self", slice(int(a), int(b)), zpix, take, zfit, zout))
     return single, order, plan
 
 
@@ -396,8 +415,7 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
         The variance the references' noise carries into the model (with `var_s`).
     """
     zsub, zpix, take, zfit, zout = zone
-    nref, ntr = refs_s.shape[1], truncs.size
-    ntg = sci_s.shape[1]
+    ntr, ntg = truncs.size, sci_s.shape[1]
     fit_all = zfit.size == zpix.size
     # the float64 copy of the references, centred in place: no further copies
     R = refs_s[:, :, take].astype(np.float64)
@@ -416,12 +434,53 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     if sky_order:
         sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
                              None if wts_s is None else wz)
+    B, k = _coefficients(Rf, tf, None if sky is None else sky[1:], truncs, pixels_per_mode)
+    model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
+    res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
+    if sky is not None:
+        P, Q, A = sky
+        rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
+        res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
+    if zout is not None:
+        res = res[..., zout]
+    mv = None
+    if var_s is not None:
+        Vr = var_s[:, :, zsub].astype(np.float64)
+        mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
+        # near-degenerate references (noiseless data) give huge cancelling
+        # coefficients: a variance beyond float32 is infinite for every purpose
+        np.minimum(mv, np.finfo(np.float32).max, out=mv)
+        mv = np.moveaxis(mv, 2, 0)
+    return np.moveaxis(res, 2, 0), k, mv
+
+
+def _coefficients(Rf, tf, sky, truncs, pixels_per_mode):
+    """KLIP's coefficients on the (weighted, centred) fit pixels of a zone.
+
+    Parameters
+    ----------
+    Rf : ndarray (c, nref, nfit)
+        The references on the fit pixels, mean removed (and weighted).
+    tf : ndarray (c, ntg, nfit)
+        The targets, likewise.
+    sky : (Q, A) or None
+        The sky terms (:func:`_sky_projector`): the data are projected on
+        their complement.
+
+    Returns
+    -------
+    B : ndarray (c, ntg * ntr, nref)
+        model = B @ references, per target and truncation.
+    k : ndarray of int (c, ntr)
+        The modes used.
+    """
+    nref, ntg, ntr = Rf.shape[1], tf.shape[1], truncs.size
     C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
     a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
     if sky is not None:
         # the same products for the data projected on the complement of the sky
         # terms (Q orthonormal), without forming the projected copies
-        P, Q, A = sky
+        Q, _ = sky
         RQ = Rf @ Q                                       # (c, nref, nterm)
         tQ = tf @ Q                                       # (c, ntg, nterm)
         C = C - RQ @ np.swapaxes(RQ, 1, 2)
@@ -437,24 +496,62 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
     if pixels_per_mode:
-        usable = np.minimum(usable, max(1, int(zfit.size / float(pixels_per_mode))))
+        usable = np.minimum(usable, max(1, int(Rf.shape[2] / float(pixels_per_mode))))
     k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
     keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
     W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)
-    B = W @ np.swapaxes(V, 1, 2)                          # (c, ntg * ntr, nref)
-    model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
-    res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
+    return W @ np.swapaxes(V, 1, 2), k                    # (c, ntg * ntr, nref)
+
+
+def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, truncs,
+                pixels_per_mode):
+    """KLIP of zones that are all fitted on the same pixels `opt` (ordered frame): one
+    decomposition, then each zone's own pixels modelled with it.
+
+    The same as fitting each zone on the union of its pixels and `opt`
+    (:func:`_fit_zone`), without the copies and products of `opt` per zone.
+
+    Returns
+    -------
+    done : list of (zsub, res, mv)
+        Per zone, as :func:`_fit_zone` returns them.
+    k : ndarray of int (c, ntr)
+    """
+    ntg, ntr = sci_s.shape[1], truncs.size
+    Rf = refs_s[:, :, opt].astype(np.float64)
+    tf = sci_s[:, :, opt].astype(np.float64)
+    rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
+    Rf -= rmean[:, :, None]
+    tf -= tmean[:, :, None]
+    wz = None if wts_s is None else wts_s[opt]
+    sky = None
+    if sky_order:
+        # the monomials over the fit pixels then every zone's, normalised on the former
+        own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
+        sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
+                             int(sky_order), wz)
+    B, k = _coefficients(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
+                         None if sky is None else sky[1:], truncs, pixels_per_mode)
+    coef = None
     if sky is not None:
-        rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
-        res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
-    if zout is not None:
-        res = res[..., zout]
-    mv = None
-    if var_s is not None:
-        Vr = var_s[:, :, zsub].astype(np.float64)
-        mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
-        # near-degenerate references (noiseless data) give huge cancelling
-        # coefficients: a variance beyond float32 is infinite for every purpose
-        np.minimum(mv, np.finfo(np.float32).max, out=mv)
-        mv = np.moveaxis(mv, 2, 0)
-    return np.moveaxis(res, 2, 0), k, mv
+        P, Q, A = sky
+        res = tf[:, :, None, :] - (B @ Rf).reshape(-1, ntg, ntr, opt.size)
+        coef = ((res if wz is None else res * wz) @ Q) @ A.T   # (c, ntg, ntr, nterm)
+        del res
+        at = opt.size
+    done = []
+    for zsub in zsubs:
+        n = zsub.stop - zsub.start
+        Rz = refs_s[:, :, zsub].astype(np.float64) - rmean[:, :, None]
+        tz = sci_s[:, :, zsub].astype(np.float64) - tmean[:, :, None]
+        res = tz[:, :, None, :] - (B @ Rz).reshape(-1, ntg, ntr, n)
+        if coef is not None:
+            res -= coef @ P[:, at:at + n]                  # the fitted sky
+            at += n
+        mv = None
+        if var_s is not None:
+            mv = ((B ** 2) @ var_s[:, :, zsub].astype(np.float64)).reshape(-1, ntg, ntr, n)
+            np.minimum(mv, np.finfo(np.float32).max, out=mv)
+            mv = np.moveaxis(mv, 2, 0)
+        done.append((zsub, np.moveaxis(res, 2, 0), mv))
+    return done, k
