@@ -107,8 +107,6 @@ def _clean_header(header):
 
 def _open(path):
     """Open a FITS file or stdin fully into memory; raise InputError on failure."""
-    from astropy.io import fits
-
     if path == "-":
         data = sys.stdin.buffer.read()
         if not data:
@@ -128,6 +126,8 @@ def _open(path):
             if fh.read(2) == _GZIP_MAGIC:
                 fh.seek(0)
                 source = io.BytesIO(_gunzip(fh.read(), path))
+    from astropy.io import fits           # after the checks: a missing file is reported at once
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -221,10 +221,10 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
         dimensions; ERR or DQ of another shape; DQ not integer; every pixel
         flagged.
     """
+    hdul = _open(path)
     from astropy.io import fits
     from astropy.table import Table
 
-    hdul = _open(path)
     try:
         sci_hdu = _find(hdul, "SCI")
         primary_header = hdul[0].header

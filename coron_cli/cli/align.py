@@ -50,7 +50,7 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method,
         transmission_for,
         write_product,
     )
-    from ..steps import AlignConfig, align_step
+    from ..steps.config import AlignConfig
     from .common import split_background, subtract_backgrounds
 
     config = AlignConfig(method=align_method, psfmask_weights=psfmask_weights,
@@ -66,6 +66,8 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method,
     weights = read_mask(mask)
     tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
     sci = subtract_backgrounds([sci], background, bad_bits)[0]
+    from ..steps import align_step        # imported once the inputs are read
+
     with timed("align"):
         product = align_step(sci, stack, config, mask=weights, transmission=tmap, asn_id=asn_id,
                              params={"science": science, "psfstack": psfstack})

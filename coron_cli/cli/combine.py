@@ -47,7 +47,7 @@ def cli(psfsub, output, noise_width, bad_bits, verbose, quiet, debug):
     setup_logging("coron-combine", verbose, quiet)
     from ..errors import InputError
     from ..products import exposure_root, read_product, write_product
-    from ..steps import CombineConfig, combine_step
+    from ..steps.config import CombineConfig
 
     config = CombineConfig(noise_width=noise_width, bad_bits=bad_bits)
     if not psfsub:
@@ -71,6 +71,8 @@ def cli(psfsub, output, noise_width, bad_bits, verbose, quiet, debug):
         logging.getLogger("coron").warning(
             "%s: THROUGHPUT table not combined (the fake planets are not in psfsub files); "
             "the i2d has none: coron3 run --contrast makes one", throughput[0])
+    from ..steps import combine_step      # imported once the inputs are read
+
     with timed("combine"):
         product = combine_step(products, config,
                                params={"inputs": [os.path.basename(p) for p in psfsub]})

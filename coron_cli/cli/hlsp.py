@@ -62,7 +62,7 @@ def cli(image, output, contrast_output, noise_width, star_flux, psf_offaxis, sta
         sibling_path,
         write_product,
     )
-    from ..steps import DetectConfig, HlspConfig, detect_step, hlsp_step
+    from ..steps.config import DetectConfig, HlspConfig
 
     if plot:
         from ..plots import require_matplotlib
@@ -96,6 +96,8 @@ def cli(image, output, contrast_output, noise_width, star_flux, psf_offaxis, sta
         center, _ = star_center(img.sci_header, img.sci.shape, img.primary)
         img.images["TRANSMIS"] = transmission_image(
             read_psfmask(psfmask, img.sci.shape[-2:]), center)
+    from ..steps import detect_step, hlsp_step          # imported once the inputs are read
+
     with timed("hlsp"):
         snr, contrast = hlsp_step(img, HlspConfig(
             noise_width=noise_width, star_flux=star_flux, star_flux_method=star_flux_method,

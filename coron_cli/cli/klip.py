@@ -91,7 +91,7 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
         transmission_for,
         write_product,
     )
-    from ..steps import InjectConfig, KlipConfig, klip_inject_step, klip_step
+    from ..steps.config import InjectConfig, KlipConfig
     from .common import split_background, subtract_backgrounds
 
     config = KlipConfig(truncate=truncate, zones=zones, zone_width=zone_width,
@@ -114,6 +114,8 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
     tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
     sci = subtract_backgrounds([sci], background, bad_bits)[0]
     kw = {"transmission": tmap, "params": {"science": science, "psfalign": psfalign}}
+    from ..steps import klip_inject_step, klip_step     # imported once the inputs are read
+
     with timed("klip"):
         if contrast:
             product, _ = klip_inject_step(sci, refs, psf, config, InjectConfig(fwhm=fwhm), **kw)

@@ -41,7 +41,7 @@ def cli(psf, asn_path, output, asn_id, bad_bits, background, verbose, quiet, deb
     from ..asn import read_asn
     from ..errors import InputError
     from ..products import exposure_root, read_product, write_product
-    from ..steps import BackgroundConfig, StackConfig, match_backgrounds, stack_step
+    from ..steps.config import BackgroundConfig, StackConfig
     from .common import split_background, subtract_backgrounds
 
     config = StackConfig(bad_bits=bad_bits)
@@ -66,6 +66,8 @@ def cli(psf, asn_path, output, asn_id, bad_bits, background, verbose, quiet, deb
         check_output(out, members)
         with timed("stack"):
             exposures = [read_product(p, what="reference exposure") for p in members]
+            from ..steps import match_backgrounds, stack_step   # once the inputs are read
+
             if files:
                 exposures = subtract_backgrounds(exposures, background, bad_bits)
             elif prod is not None and prod.background:
