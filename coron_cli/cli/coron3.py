@@ -3,6 +3,7 @@
 import click
 
 from . import options
+from .batch import batch_command
 from .common import (
     parse_exclude,
     read_mask,
@@ -240,6 +241,9 @@ def demo_cmd(outdir, size, seed, truncate, noise_width, verbose, quiet, debug):
         click.echo(f"{i:>6} {r['sep_lod']:>8.2f} {r['pa']:>7.1f} {r['contrast']:>9.1e} "
                    f"{r['x']:>7.2f} {r['y']:>7.2f} {r['snr_map']:>8.1f} "
                    f"{r['snr_aperture']:>7.1f}")
+
+
+cli.add_command(batch_command(run_cmd))
 
 
 def main():
