@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 DEMO_DIR ?= demo_out
 DATA   ?= ../shared/realdata
 
-.PHONY: demo test test-jwst man bench science panel realcheck clean install
+.PHONY: demo test test-jwst man bench bench-jwst science panel realcheck clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ test-jwst:
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench.py
+
+# coron3 run and the chained tools against the JWST pipeline's coron3 steps on the same
+# files; jwst==3.0.0 goes into benchmarks/.venv-jwst (made on first use, never a
+# dependency of coron). BENCH_JWST_ARGS=--quick for a smoke run.
+BENCH_JWST_ARGS ?=
+bench-jwst: $(VENV)/.installed
+	$(BIN)/python benchmarks/vs_jwst.py $(BENCH_JWST_ARGS)
 
 science: $(VENV)/.installed
 	$(BIN)/python -m coron_cli.evaluate --size medium
