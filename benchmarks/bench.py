@@ -458,6 +458,7 @@ def write_dataset(folder, npix, nint, nref, seed, source="sim"):
                                 name=name), os.path.join(folder, name))
         members.append({"exptype": "psf", "expname": name})
     asn = {"asn_rule": "CORON", "asn_type": "coron", "asn_id": "c1001",
+           "asn_pool": "bench_pool",                # the JWST pipeline's loader wants one
            "products": [{"prodtype": "coroncmb", "name": "bench_nircam_f444w",
                          "members": members}]}
     asn_path = os.path.join(folder, "bench_asn.json")
