@@ -16,6 +16,7 @@ COMMANDS = (
     ("coron-klip", "coron_cli.cli.klip"),
     ("coron-hlsp", "coron_cli.cli.hlsp"),
     ("coron-combine", "coron_cli.cli.combine"),
+    ("coron-select", "coron_cli.cli.select"),
     ("coron3", "coron_cli.cli.coron3"),
 )
 

@@ -5,18 +5,21 @@ single tools, and the old spellings still work, with a warning."""
 import click
 import pytest
 
-from coron_cli.cli import align, combine, coron3, hlsp, klip, options, stack
+from coron_cli.cli import align, combine, coron3, hlsp, klip, options, select, stack
 from coron_cli.steps import config as c
 
 TOOLS = {"coron-stack": stack.cli, "coron-align": align.cli, "coron-klip": klip.cli,
          "coron-combine": combine.cli, "coron-hlsp": hlsp.cli,
          "coron3 run": coron3.cli.commands["run"], "coron3 check": coron3.cli.commands["check"],
-         "coron3 demo": coron3.cli.commands["demo"]}
+         "coron3 demo": coron3.cli.commands["demo"], "coron-select": select.cli,
+         "coron3 batch": coron3.cli.commands["batch"]}
 
 #: one name, two readings, documented in cli/options.py: the single tools take background
-#: files (and a mode), coron3 run only the mode (its files come from the association);
-#: coron3 demo writes into its own default folder
-DIFFERENT_DEFAULT = {("background", "coron3 run"), ("outdir", "coron3 demo")}
+#: files (and a mode), coron3 run and batch only the mode (the files come from the
+#: associations); coron3 demo writes into its own default folder; coron-select's output
+#: (the association it writes) is required
+DIFFERENT_DEFAULT = {("background", "coron3 run"), ("background", "coron3 batch"),
+                     ("outdir", "coron3 demo"), ("output", "coron-select")}
 
 
 def _options(command):

@@ -1,0 +1,482 @@
+"""coron-select: rank the frames of a reference library against science exposures.
+
+The library side of ``coron-select``: the library's files (:func:`find_library`), the
+header checks that make a frame a candidate (:func:`file_info`, :func:`same_setup`),
+the science vectors (:func:`science_vectors`), the scores computed blockwise on dask
+arrays, one block per library file (:func:`score_library`), the ranking and the
+selection (:func:`select_frames`), and the association and score table written
+(:func:`write_selection`). :func:`run_select` does all of it on a local cluster or a
+dask.distributed scheduler.
+
+dask is imported only when a selection runs (:func:`require_dask`); this module imports
+without it. The numerics are in :mod:`coron_cli.core.select`.
+"""
+
+import glob
+import json
+import logging
+import os
+
+import numpy as np
+
+from .errors import CoronError, InputError
+
+__all__ = [
+    "LIBRARY_PATTERN",
+    "SETUP_KEYS",
+    "file_info",
+    "find_library",
+    "output_root",
+    "require_dask",
+    "run_select",
+    "same_setup",
+    "science_vectors",
+    "score_library",
+    "select_frames",
+    "write_selection",
+]
+
+log = logging.getLogger("coron")
+
+#: the header keywords a candidate must share with the science (those the science has)
+SETUP_KEYS = ("INSTRUME", "CORONMSK", "FILTER", "SUBARRAY")
+#: the files of a library folder
+LIBRARY_PATTERN = "*_calints.fits"
+#: the one-line reason given when dask is not installed
+DASK_HINT = "needs dask, the optional 'dask' extra: pip install 'coron[dask]'"
+
+
+def require_dask():
+    """dask.distributed, or a one-line InputError (exit 2) naming the extra."""
+    try:
+        import dask
+        import dask.array  # noqa: F401
+        import distributed
+    except ImportError:
+        raise InputError(None, DASK_HINT) from None
+    return distributed
+
+
+# --------------------------------------------------------------------------- which files
+
+def find_library(items):
+    """The library files that `--library` values name, in order, each once.
+
+    Each item is a FITS file, a glob (quoted), a folder (its ``*_calints.fits``,
+    sorted) or a list file (``@list.txt``, or any ``.txt`` file: one path, glob
+    or folder a line, relative to the list's folder, ``#`` comments).
+
+    Raises
+    ------
+    InputError
+        An item naming no file, or no item.
+    """
+    found = []
+    for item in items:
+        item = str(item)
+        if item.startswith("@"):
+            found += _from_list(item[1:], item)
+        elif item.endswith(".txt") and os.path.isfile(item):
+            found += _from_list(item, item)
+        else:
+            found += _expand(item)
+    if not found:
+        raise InputError("--library", "no reference file given (files, globs, folders or "
+                                      "@list.txt)")
+    out, seen = [], set()
+    for path in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
+
+
+def _expand(item, source=None):
+    where = f"{source}: {item}" if source else item
+    if os.path.isdir(item):
+        paths = sorted(p for p in glob.glob(os.path.join(glob.escape(item), LIBRARY_PATTERN))
+                       if os.path.isfile(p))
+        if not paths:
+            raise InputError(where, f"folder holds no reference file ({LIBRARY_PATTERN})")
+        return paths
+    if os.path.exists(item):
+        return [item]
+    if glob.has_magic(item):
+        paths = []
+        for match in sorted(glob.glob(item)):
+            paths += _expand(match, source) if os.path.isdir(match) else [match]
+        if not paths:
+            raise InputError(where, "matches no file")
+        return paths
+    raise InputError(where, "no such file")
+
+
+def _from_list(path, name):
+    if not path:
+        raise InputError(name, "expected @FILE, a file listing reference files")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not a list of files") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the list ({getattr(exc, 'strerror', None) or exc})"
+                         ) from None
+    folder = os.path.dirname(path)
+    out = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        out += _expand(os.path.join(folder, os.path.expanduser(line)), source=path)
+    if not out:
+        raise InputError(path, "lists no file")
+    return out
+
+
+# --------------------------------------------------------------------------- headers
+
+def _setup(primary, sci_header):
+    out = {}
+    for key in SETUP_KEYS:
+        value = primary.get(key, sci_header.get(key))
+        if value is not None:
+            out[key] = str(value).strip().upper()
+    return out
+
+
+def file_info(path):
+    """What the headers of one exposure say, without reading its data (a worker's task).
+
+    Returns
+    -------
+    dict
+        ``path``, ``setup`` ({keyword: value} of :data:`SETUP_KEYS` present),
+        ``nint``, ``shape`` (ny, nx), ``star`` (x, y, 0-based: STARCENX/Y,
+        else CRPIX...), ``error`` (one line, or None: then the others may be
+        missing). Never raises.
+    """
+    from .products import star_center
+
+    out = {"path": path, "error": None}
+    if not os.path.exists(path):
+        out["error"] = "no such file"
+        return out
+    if os.path.isdir(path):
+        out["error"] = "is a directory, not a FITS file"
+        return out
+    try:
+        from astropy.io import fits
+
+        with fits.open(path, memmap=False) as hdul:
+            primary = hdul[0].header
+            sci = None
+            for hdu in hdul:
+                if hdu.name.upper() == "SCI":
+                    sci = hdu.header
+                    break
+            if sci is None:
+                sci = primary if primary.get("NAXIS", 0) >= 2 else None
+            if sci is None:
+                out["error"] = "no SCI data"
+                return out
+            naxis = int(sci.get("NAXIS", 0))
+            dims = [int(sci.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1)]
+            header = fits.Header(sci)
+            primary = fits.Header(primary)
+    except Exception as exc:  # noqa: BLE001 - astropy raises assorted errors on garbage
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        out["error"] = f"not a readable FITS file ({text})"
+        return out
+    while len(dims) > 3 and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) not in (2, 3) or min(dims) < 1:
+        out["error"] = f"SCI of shape {tuple(dims)}: an exposure must be 2-D or 3-D"
+        return out
+    nint = dims[0] if len(dims) == 3 else 1
+    shape = tuple(dims[-2:])
+    out.update(setup=_setup(primary, header), nint=nint, shape=shape,
+               star=tuple(float(v) for v in star_center(header, shape, primary)[0]))
+    return out
+
+
+def same_setup(science, info):
+    """'' when `info` (:func:`file_info`) may be a reference of `science` (same setup
+    keywords the science has, same frame size), else why not, in a few words."""
+    for key, value in science["setup"].items():
+        other = info["setup"].get(key)
+        if other != value:
+            return f"{key} {other or 'missing'} (science {value})"
+    if tuple(info["shape"]) != tuple(science["shape"]):
+        ny, nx = info["shape"]
+        return f"{nx}x{ny} frames (science {science['shape'][1]}x{science['shape'][0]})"
+    return ""
+
+
+# --------------------------------------------------------------------------- the numbers
+
+class _FileError(Exception):
+    """A worker's failure to read a file: (path, message), picklable."""
+
+
+def _frames(path, bad_bits):
+    """The SCI frames (nint, ny, nx) of a file, flagged pixels NaN."""
+    from .products import read_product
+
+    exp = read_product(path, what="reference exposure")
+    sci = exp.sci.astype(np.float64)
+    if exp.dq is not None and bad_bits:
+        sci[(exp.dq & np.uint32(bad_bits)) != 0] = np.nan
+    return exp, sci
+
+
+def _library_block(path, nint, star, target, region, bad_bits):
+    """The normalised vectors (nint, npix) of one library file (a worker's task)."""
+    from .core.select import normalise, shift_to
+
+    try:
+        _, sci = _frames(path, bad_bits)
+    except CoronError as exc:
+        raise _FileError(exc.source or path, exc.message) from None
+    if sci.shape[0] != nint or sci.shape[-2:] != region.shape:
+        raise _FileError(path, f"SCI shape {sci.shape} differs from what its header says")
+    return normalise(shift_to(sci, star, target), region)
+
+
+def science_vectors(infos, target, region, bad_bits=1):
+    """(n_science, npix): each science exposure's mean frame (over integrations, NaN
+    pixels left out), moved to `target` and normalised in `region`."""
+    from .core.select import normalise, shift_to
+
+    out = []
+    for info in infos:
+        _, sci = _frames(info["path"], bad_bits)
+        moved = shift_to(sci, info["star"], target)
+        good = np.isfinite(moved)
+        n = good.sum(axis=0)
+        mean = np.divide(np.where(good, moved, 0.0).sum(axis=0), n,
+                         out=np.full(n.shape, np.nan), where=n > 0)
+        out.append(normalise(mean, region)[0])
+    return np.array(out)
+
+
+def score_library(client, infos, science, target, region, bad_bits=1):
+    """Scores (n_frames, n_science) of the frames of `infos` (library files, in order;
+    their integrations in order) against the `science` vectors.
+
+    Computed as a dask array product: one block per file, read and prepared by
+    a worker, so that memory is bounded by the largest file; the blocks
+    depend only on the files, never on the number of workers, so neither do
+    the scores.
+    """
+    import dask
+    import dask.array as da
+
+    blocks = []
+    for info in infos:
+        task = dask.delayed(_library_block, pure=True)(
+            os.path.abspath(info["path"]), info["nint"], info["star"], target, region, bad_bits,
+            dask_key_name=f"coron-select-{len(blocks)}-{os.path.basename(info['path'])}")
+        blocks.append(da.from_delayed(task, shape=(info["nint"], int(region.sum())),
+                                      dtype=np.float64))
+    if not blocks:
+        return np.zeros((0, len(science)))
+    library = da.concatenate(blocks, axis=0)
+    scores = library @ da.from_array(np.ascontiguousarray(science.T), chunks=-1)
+    try:
+        return np.clip(np.asarray(client.compute(scores).result()), -1.0, 1.0)
+    except _FileError as exc:
+        path, message = exc.args if len(exc.args) == 2 else (None, str(exc))
+        raise InputError(path, message) from None
+
+
+def select_frames(scores, frames, top):
+    """Rank and pick: for each science column of `scores`, the frames best first and
+    the best `top` selected.
+
+    Parameters
+    ----------
+    scores : ndarray (n_frames, n_science)
+    frames : list of (file, integration)
+    top : int
+
+    Returns
+    -------
+    rank : ndarray (n_frames, n_science) of int
+        1 = best, per science exposure.
+    selected : ndarray (n_frames, n_science) of bool
+    files : list of str
+        The files holding a selected frame, best first (by their best rank over
+        the science exposures, then their best score, then their name).
+    """
+    from .core.select import rank_frames
+
+    names = [f for f, _ in frames]
+    ints = [i for _, i in frames]
+    order = rank_frames(scores, names, ints)
+    rank = np.zeros(scores.shape, np.int64)
+    for j, idx in enumerate(order):
+        rank[idx, j] = np.arange(1, len(idx) + 1)
+    selected = rank <= top
+    best = {}
+    for k, (name, _) in enumerate(frames):
+        for j in range(scores.shape[1]):
+            if selected[k, j]:
+                key = (int(rank[k, j]), -float(scores[k, j]), name)
+                best[name] = min(best.get(name, key), key)
+    files = sorted(best, key=lambda f: best[f])
+    return rank, selected, files
+
+
+# --------------------------------------------------------------------------- the outputs
+
+def output_root(path):
+    """'out/jw1_select_asn.json' -> 'out/jw1_select' (what the score table is named after)."""
+    folder, name = os.path.split(path)
+    for ext in ("_asn.json", ".json"):
+        if name.endswith(ext) and len(name) > len(ext):
+            name = name[: -len(ext)]
+            break
+    return os.path.join(folder, name)
+
+
+def _member(path, folder):
+    full = os.path.abspath(path)
+    try:
+        return os.path.relpath(full, folder)
+    except ValueError:  # another drive (Windows)
+        return full
+
+
+def write_selection(output, science, files, table, asn_id=None):
+    """Write the association `output` (science members, then the selected files as psf
+    members, best first; relative to its folder) and ``<root>_refscores.fits``
+    (table REFSCORES) and ``.ecsv``. Returns the paths written."""
+    from astropy.io import fits
+
+    from .products import atomic_output, write_ecsv
+
+    root = output_root(output)
+    name = os.path.basename(root) or "select"
+    folder = os.path.dirname(os.path.abspath(output))
+    asn = {"asn_type": "coron3", "asn_id": asn_id or name, "asn_pool": "coron-select",
+           "products": [{"name": name, "members":
+                         [{"expname": _member(p, folder), "exptype": "science"} for p in science]
+                         + [{"expname": _member(p, folder), "exptype": "psf"} for p in files]}]}
+    with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(asn, fh, indent=2)
+        fh.write("\n")
+    fits_path, ecsv_path = root + "_refscores.fits", root + "_refscores.ecsv"
+    hdu = fits.table_to_hdu(table)
+    hdu.name = "REFSCORES"
+    with atomic_output(fits_path) as tmp:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+    write_ecsv(table, ecsv_path)
+    return [output, fits_path, ecsv_path]
+
+
+# --------------------------------------------------------------------------- the whole
+
+def _check_infos(infos):
+    for info in infos:
+        if info["error"]:
+            raise InputError(info["path"], info["error"])
+
+
+def run_select(science, library, output, *, top=20, inner=8.0, outer=None, bad_bits=1,
+               workers=None, scheduler=None, asn_id=None, debug=False):
+    """Select the best `top` frames of `library` (files) for every `science` exposure,
+    on a local cluster of `workers` processes or the `scheduler`, and write them.
+
+    Returns
+    -------
+    dict
+        ``files`` (psf members, best first), ``table`` (the scores),
+        ``outputs`` (paths written), ``candidates``, ``excluded`` (frames),
+        ``excluded_files``, ``workers``.
+    """
+    from astropy.table import Table
+
+    from .batch import _local_cluster, _remote_client
+    from .core.select import largest_radius, region_mask
+
+    require_dask()
+    sci_infos = [file_info(p) for p in science]
+    _check_infos(sci_infos)
+    first = sci_infos[0]
+    for info in sci_infos[1:]:
+        why = same_setup(first, info)
+        if why:
+            raise InputError(info["path"], f"has {why}: every science exposure must have "
+                                           f"the set-up of {first['path']}")
+    target = first["star"]
+    if outer is None:
+        outer = largest_radius(first["shape"], target)
+    region = region_mask(first["shape"], target, inner, outer)
+    if region.sum() < 2:
+        raise InputError("--inner", f"no pixel between radii {inner:g} and {outer:g} about "
+                                    f"the star at ({target[0]:.1f}, {target[1]:.1f})")
+    sci_vecs = science_vectors(sci_infos, target, region, bad_bits)
+
+    itself = {os.path.realpath(p) for p in science}
+    n_given = len(library)
+    library = [p for p in library if os.path.realpath(p) not in itself]
+    if n_given > len(library):
+        log.info("%d science exposure(s) of the library left out: never their own reference",
+                 n_given - len(library))
+    if not library:
+        raise InputError("--library", "holds no file but the science exposures")
+    cm = (_remote_client(scheduler, debug=debug) if scheduler is not None
+          else _local_cluster(max(1, workers or 1), debug=debug))
+    with cm as client:
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        abs_paths = [os.path.abspath(p) for p in library]
+        infos = client.gather(client.map(file_info, abs_paths, pure=False))
+        for info, path in zip(infos, library):
+            info["path"] = path
+        _check_infos(infos)
+        candidates, excluded_files, excluded = [], [], 0
+        for info in infos:
+            why = same_setup(first, info)
+            if why:
+                excluded_files.append((info["path"], why))
+                excluded += info["nint"]
+                log.info("%s: not a candidate: %s", info["path"], why)
+            else:
+                candidates.append(info)
+        if not candidates:
+            raise InputError("--library", f"no frame has the set-up of {first['path']} "
+                                          f"({len(infos)} file(s) left out)")
+        if excluded_files:
+            log.warning("%d frame(s) of %d file(s) left out: another set-up or frame size "
+                        "(-v names them)", excluded, len(excluded_files))
+        log.info("%d candidate frame(s) in %d file(s) on %d worker(s)",
+                 sum(i["nint"] for i in candidates), len(candidates), n_workers)
+        scores = score_library(client, candidates, sci_vecs, target, region, bad_bits)
+
+    frames = [(i["path"], k) for i in candidates for k in range(i["nint"])]
+    rank, selected, files = select_frames(scores, frames, top)
+    rows = []
+    for j, sci in enumerate(science):
+        order = np.argsort(rank[:, j], kind="stable")
+        for k in order:
+            rows.append((frames[k][0], frames[k][1], sci, float(scores[k, j]),
+                         int(rank[k, j]), bool(selected[k, j])))
+    table = Table(rows=rows, names=("file", "integration", "science", "score", "rank",
+                                            "selected"),
+                  dtype=(str, np.int32, str, np.float64, np.int32, bool))
+    table.meta.update({"TOPN": int(top), "INNER": float(inner), "OUTER": float(outer),
+                       "NCANDID": len(frames), "NEXCLUDE": int(excluded),
+                       "NEXCLFIL": len(excluded_files), "NSELFIL": len(files)})
+    outputs = write_selection(output, science, files, table, asn_id=asn_id)
+    n_sel = int(selected.any(axis=1).sum())
+    log.info("%d frame(s) selected in %d file(s): %s", n_sel, len(files), output)
+    in_files = sum(i["nint"] for i in candidates if i["path"] in set(files))
+    if in_files > n_sel:
+        log.info("the association's %d psf file(s) hold %d frame(s), %d not selected",
+                 len(files), in_files, in_files - n_sel)
+    return {"files": files, "table": table, "outputs": outputs, "candidates": len(frames),
+            "excluded": excluded, "excluded_files": len(excluded_files), "workers": n_workers}

@@ -1,0 +1,68 @@
+"""core.select: the region, the shift, Pearson scores against analytic cases, the ranking."""
+
+import numpy as np
+import pytest
+
+from coron_cli.core.select import (
+    correlate,
+    largest_radius,
+    normalise,
+    rank_frames,
+    region_mask,
+    shift_to,
+)
+from tests.helpers import gaussian_psf
+
+
+def test_region_is_the_annulus_about_the_star():
+    m = region_mask((32, 32), (15.5, 15.5), inner=4, outer=None)
+    assert largest_radius((32, 32), (15.5, 15.5)) == 16.0
+    y, x = np.indices((32, 32))
+    r = np.hypot(x - 15.5, y - 15.5)
+    np.testing.assert_array_equal(m, (r >= 4) & (r <= 16))
+    assert not m[15, 15] and m[15, 2] and not m[0, 0]
+
+
+def test_pearson_against_analytic_cases():
+    rng = np.random.default_rng(1)
+    sci = gaussian_psf((32, 32), 16, 16) + 0.1 * rng.normal(size=(32, 32))
+    region = region_mask(sci.shape, (16, 16), inner=3)
+    s = normalise(sci, region)
+    frames = np.array([sci, -sci, 3 * sci + 7, rng.normal(size=(32, 32))])
+    scores = correlate(s, normalise(frames, region))[:, 0]
+    assert scores[0] == pytest.approx(1.0, abs=1e-12)
+    assert scores[1] == pytest.approx(-1.0, abs=1e-12)
+    assert scores[2] == pytest.approx(1.0, abs=1e-12)      # gain and offset do not count
+    assert abs(scores[3]) < 0.15                            # noise: ~1/sqrt(npix)
+    ref = np.corrcoef(sci[region], frames[3][region])[0, 1]
+    assert scores[3] == pytest.approx(ref, abs=1e-12)       # exactly numpy's Pearson
+
+
+def test_constant_and_nan_frames():
+    region = region_mask((16, 16), (8, 8), inner=2)
+    v = normalise(np.array([np.ones((16, 16)), np.full((16, 16), np.nan)]), region)
+    assert np.all(v == 0)
+    f = gaussian_psf((16, 16), 8, 8)
+    f[3, 3] = np.nan
+    assert np.all(np.isfinite(normalise(f, region)))
+
+
+def test_integer_shift_is_exact_and_subpixel_matches():
+    f = gaussian_psf((32, 32), 14, 15)
+    moved = shift_to(f, (14, 15), (16, 16))
+    np.testing.assert_allclose(moved[2:-2, 2:-2], gaussian_psf((32, 32), 16, 16)[2:-2, 2:-2],
+                               atol=1e-12)
+    assert np.isnan(moved[0, 5]) and np.isnan(moved[5, 1]) and np.isfinite(moved[1, 2])
+    region = region_mask((32, 32), (16, 16), inner=3, outer=12)
+    sub = shift_to(gaussian_psf((32, 32), 15.6, 16.3, sigma=3), (15.6, 16.3), (16, 16))
+    score = correlate(normalise(gaussian_psf((32, 32), 16, 16, sigma=3), region),
+                      normalise(sub, region))[0, 0]
+    assert score > 0.99
+
+
+def test_ranking_is_by_score_then_name_then_integration():
+    scores = np.array([[0.5], [0.9], [0.5], [np.nan], [0.5]])
+    names = ["b", "a", "a", "a", "a"]
+    ints = [0, 0, 2, 1, 1]
+    order = rank_frames(scores, names, ints)[0]
+    assert list(order) == [1, 4, 2, 0, 3]
