@@ -20,6 +20,7 @@ import time
 import traceback
 
 from .errors import ConfigError, CoronError, InputError
+from .paths import find_files
 
 __all__ = ["DASK_HINT", "require_dask", "find_asns", "batch_outdirs", "run_one", "run_batch",
            "summary_table", "planned_temporaries"]
@@ -33,103 +34,28 @@ DASK_HINT = "needs dask, the optional 'dask' extra: pip install 'coron[dask]'"
 ASN_PATTERN = "*_asn.json"
 
 
-def require_dask():
-    """dask.distributed, or a one-line InputError (exit 2) naming the extra."""
+def require_dask(source="coron3 batch"):
+    """dask.distributed (dask.array loaded too), or a one-line InputError (exit 2) naming
+    the extra, about `source` (the command)."""
     try:
-        import dask  # noqa: F401
+        import dask
+        import dask.array  # noqa: F401
         import distributed
     except ImportError:
-        raise InputError("coron3 batch", DASK_HINT) from None
+        raise InputError(source, DASK_HINT) from None
     return distributed
 
 
 # --------------------------------------------------------------------------- which ASNs
 
 def find_asns(items):
-    """The association files that command-line arguments name, in order, each once.
-
-    Each item is a path, a glob (``data/*_asn.json``, quoted so that the shell
-    leaves it), a folder (its ``*_asn.json`` files, sorted) or a list file
-    (``@list.txt``, or any ``.txt`` file): one path, glob or folder a line,
-    relative ones taken from the list file's folder, blank lines and lines
-    starting with ``#`` skipped. The same file named twice is run once.
-
-    Returns
-    -------
-    list of str
-        The paths as given (or joined to a list file's folder).
-
-    Raises
-    ------
-    InputError
-        An item that names no association: a missing file, a glob matching
-        nothing, a folder without ``*_asn.json``, an empty list; or no item.
-    """
-    found = []
-    for item in items:
-        item = str(item)
-        if item.startswith("@"):
-            found += _from_list(item[1:], item)
-        elif item.endswith(".txt") and os.path.isfile(item):
-            found += _from_list(item, item)
-        else:
-            found += _expand(item)
-    if not found:
-        raise InputError(None, "no association given (ASN files, globs, folders or @list.txt)")
-    out, seen = [], set()
-    for path in found:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            out.append(path)
-    return out
-
-
-def _expand(item, source=None):
-    """The association files of one path, glob or folder (`source`: the list naming it)."""
-    where = f"{source}: {item}" if source else item
-    if os.path.isdir(item):
-        paths = sorted(p for p in glob.glob(os.path.join(glob.escape(item), ASN_PATTERN))
-                       if os.path.isfile(p))
-        if not paths:
-            raise InputError(where, f"folder holds no association ({ASN_PATTERN})")
-        return paths
-    if os.path.exists(item):
-        return [item]
-    if glob.has_magic(item):
-        paths = []
-        for match in sorted(glob.glob(item)):
-            paths += _expand(match, source) if os.path.isdir(match) else [match]
-        if not paths:
-            raise InputError(where, "matches no file")
-        return paths
-    raise InputError(where, "no such file")
-
-
-def _from_list(path, name):
-    """The association files a list file names (one path, glob or folder a line)."""
-    if not path:
-        raise InputError(name, "expected @FILE, a file listing associations")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a list of associations") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the list ({getattr(exc, 'strerror', None) or exc})"
-                         ) from None
-    folder = os.path.dirname(path)
-    out = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        out += _expand(os.path.join(folder, os.path.expanduser(line)), source=path)
-    if not out:
-        raise InputError(path, "lists no association")
-    return out
+    """The association files that command-line arguments name, in order, each once:
+    paths, globs, folders (their ``*_asn.json``) and list files, as
+    :func:`coron_cli.paths.find_files` reads them. InputError for an item naming
+    no association, or no item."""
+    return find_files(items, ASN_PATTERN, noun="association", plural="associations",
+                      none_given="no association given (ASN files, globs, folders or "
+                                 "@list.txt)")
 
 
 def batch_outdirs(asns, outdir):

@@ -12,7 +12,6 @@ dask is imported only when a selection runs (:func:`require_dask`); this module 
 without it. The numerics are in :mod:`coron_cli.core.select`.
 """
 
-import glob
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import os
 import numpy as np
 
 from .errors import CoronError, InputError
+from .paths import find_files
 
 __all__ = [
     "LIBRARY_PATTERN",
@@ -42,19 +42,14 @@ log = logging.getLogger("coron")
 SETUP_KEYS = ("INSTRUME", "CORONMSK", "FILTER", "SUBARRAY")
 #: the files of a library folder
 LIBRARY_PATTERN = "*_calints.fits"
-#: the one-line reason given when dask is not installed
-DASK_HINT = "needs dask, the optional 'dask' extra: pip install 'coron[dask]'"
 
 
 def require_dask():
-    """dask.distributed, or a one-line InputError (exit 2) naming the extra."""
-    try:
-        import dask
-        import dask.array  # noqa: F401
-        import distributed
-    except ImportError:
-        raise InputError(None, DASK_HINT) from None
-    return distributed
+    """dask.distributed, or a one-line InputError (exit 2) naming the extra
+    (:func:`coron_cli.batch.require_dask`)."""
+    from .batch import require_dask as require
+
+    return require(None)
 
 
 # --------------------------------------------------------------------------- which files
@@ -71,70 +66,9 @@ def find_library(items):
     InputError
         An item naming no file, or no item.
     """
-    found = []
-    for item in items:
-        item = str(item)
-        if item.startswith("@"):
-            found += _from_list(item[1:], item)
-        elif item.endswith(".txt") and os.path.isfile(item):
-            found += _from_list(item, item)
-        else:
-            found += _expand(item)
-    if not found:
-        raise InputError("--library", "no reference file given (files, globs, folders or "
-                                      "@list.txt)")
-    out, seen = [], set()
-    for path in found:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            out.append(path)
-    return out
-
-
-def _expand(item, source=None):
-    where = f"{source}: {item}" if source else item
-    if os.path.isdir(item):
-        paths = sorted(p for p in glob.glob(os.path.join(glob.escape(item), LIBRARY_PATTERN))
-                       if os.path.isfile(p))
-        if not paths:
-            raise InputError(where, f"folder holds no reference file ({LIBRARY_PATTERN})")
-        return paths
-    if os.path.exists(item):
-        return [item]
-    if glob.has_magic(item):
-        paths = []
-        for match in sorted(glob.glob(item)):
-            paths += _expand(match, source) if os.path.isdir(match) else [match]
-        if not paths:
-            raise InputError(where, "matches no file")
-        return paths
-    raise InputError(where, "no such file")
-
-
-def _from_list(path, name):
-    if not path:
-        raise InputError(name, "expected @FILE, a file listing reference files")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not a list of files") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the list ({getattr(exc, 'strerror', None) or exc})"
-                         ) from None
-    folder = os.path.dirname(path)
-    out = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        out += _expand(os.path.join(folder, os.path.expanduser(line)), source=path)
-    if not out:
-        raise InputError(path, "lists no file")
-    return out
+    return find_files(items, LIBRARY_PATTERN, noun="reference file", plural="reference files",
+                      none_given="no reference file given (files, globs, folders or "
+                                 "@list.txt)", none_source="--library")
 
 
 # --------------------------------------------------------------------------- headers

@@ -198,18 +198,8 @@ def _echo_summary(paths, results, names, outdirs, elapsed, summary_table, interr
 def _echo_json(paths, results, outdirs, config, outdir, scheduler, cluster, elapsed):
     import json
 
-    import numpy as np
-
     from .. import __version__
-
-    def plain(obj):
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj)
-        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    from .common import json_plain as plain
 
     asns = []
     for p in paths:

@@ -24,7 +24,7 @@ from ..errors import (
 )
 
 __all__ = ["run", "setup_logging", "check_output", "timed", "parse_exclude", "step_progress",
-           "resolve_star_flux", "read_mask", "Terminated"]
+           "resolve_star_flux", "read_mask", "json_plain", "Terminated"]
 
 log = logging.getLogger("coron")
 
@@ -350,6 +350,20 @@ def resolve_star_flux(star_flux, psf_offaxis, method="peak", fwhm=None, *, need_
         psf = offaxis_image(product)
         star_flux = offaxis_flux(product, method=method, fwhm=fwhm)
     return star_flux, psf
+
+
+def json_plain(obj):
+    """``json.dumps(default=...)`` for what a summary holds besides plain types: numpy
+    scalars and arrays, sets."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def read_mask(path):

@@ -133,18 +133,8 @@ def run_cmd(asn, outdir, align_method, mask, max_shift, psfmask, psfmask_weights
 def _echo_json(summary, elapsed):
     import json
 
-    import numpy as np
-
     from .. import __version__
-
-    def plain(obj):
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj)
-        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    from .common import json_plain as plain
 
     out = {"tool": "coron3 run", "coron_version": __version__, **summary,
            "elapsed": round(elapsed, 3)}
