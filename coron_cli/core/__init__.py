@@ -43,7 +43,7 @@ _EXPORTS = {
     "registration": ("align_references", "apply_gain", "bound_shifts", "dither_groups",
                      "dither_model_shifts", "dither_positions", "fit_offsets", "shift_dq",
                      "shift_gain", "shift_images", "shift_stack", "shift_variance"),
-    "robust": ("frame_noise", "robust_sigma"),
+    "robust": ("frame_noise", "nanmedian", "robust_sigma"),
     "stack": ("stack_cubes",),
 }
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .optics import _airy_intensity
-from .robust import robust_sigma
+from .robust import nanmedian, robust_sigma
 
 __all__ = ["DO_NOT_USE", "OUTLIER", "SHARPEST_FWHM_PIX", "SharpnessBound", "bad_pixel_mask",
            "find_outliers", "repair_bad_pixels", "restore_source_pixels", "sharpness_bound"]
@@ -36,7 +36,11 @@ def bad_pixel_mask(data, dq=None, *, bad_bits=DO_NOT_USE):
     """
     bad = ~np.isfinite(data)
     if dq is not None and bad_bits:
-        bad |= (np.asarray(dq).astype(np.int64, copy=False) & int(bad_bits)) != 0
+        dq = np.asarray(dq)
+        if dq.dtype.kind == "u" and int(bad_bits) <= np.iinfo(dq.dtype).max:
+            bad |= (dq & dq.dtype.type(bad_bits)) != 0          # no int64 copy
+        else:
+            bad |= (dq.astype(np.int64, copy=False) & int(bad_bits)) != 0
     return bad
 
 
@@ -98,7 +102,7 @@ def repair_bad_pixels(images, bad, *, max_radius=8, groups=None):
         vals = np.where(good[kk, yy, xx], flat[kk, yy, xx], np.nan).reshape(k.size, -1)
         ok = np.isfinite(vals).any(axis=1)
         if ok.any():
-            med = np.nanmedian(vals[ok], axis=1)
+            med = nanmedian(vals[ok], 1)
             flat[k[ok], y[ok], x[ok]] = med
         todo = (k[~ok], y[~ok], x[~ok])
         radius *= 2
@@ -137,7 +141,7 @@ def _repair_across(flat, bad, groups):
             ok = np.isfinite(vals).any(axis=0)
             if not ok.any():
                 continue
-            med = np.nanmedian(vals[:, ok], axis=0)
+            med = nanmedian(vals[:, ok], 0)
             flat[idx[r], y[ok], x[ok]] = med * norm[r]
             bad[idx[r], y[ok], x[ok]] = False
 
@@ -602,7 +606,7 @@ def find_outliers(cube, bad=None, *, err=None, nsigma=6.0, rel=0.03, jitter=0.05
     out = np.zeros(cube.shape, bool)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
-        med = np.nanmedian(work, axis=0)
+        med = nanmedian(work, 0)
         filled_med = np.nan_to_num(med)
         local = ndimage.maximum_filter(np.abs(filled_med), size=3, mode="nearest")
         # a shift of the scene by `jitter` pixels changes a pixel by up to this

@@ -4,11 +4,41 @@ import warnings
 
 import numpy as np
 
-__all__ = ["robust_sigma", "frame_noise"]
+__all__ = ["robust_sigma", "frame_noise", "nanmedian"]
 
 #: Ratio of the standard deviation of a normal distribution to its median
 #: absolute deviation, 1 / Phi^-1(3/4) (to the four decimals used throughout).
 MAD_TO_SIGMA = 1.4826
+
+
+#: below this many values per median, numpy's nanmedian goes through masked arrays (slow)
+_SORT_BELOW = 600
+
+
+def nanmedian(values, axis, keepdims=False):
+    """The median of the non-NaN values along `axis` (an int or a tuple), NaN where
+    there is none (without a warning): what ``np.nanmedian`` gives, bit for bit.
+
+    For short reductions (the integrations of a cube at every pixel), where
+    numpy takes a slow masked-array path, the values are sorted (NaN last)
+    and the middle of the finite count taken: several times faster. Long
+    ones go to ``np.nanmedian``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    axes = tuple(a % v.ndim for a in ((axis,) if np.ndim(axis) == 0 else axis))
+    length = int(np.prod([v.shape[a] for a in axes])) if axes else 1
+    if length >= _SORT_BELOW or v.size == 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmedian(v, axis=axes, keepdims=keepdims)
+    kept = [a for a in range(v.ndim) if a not in axes]
+    w = np.transpose(v, kept + list(axes)).reshape([v.shape[a] for a in kept] + [length])
+    n = (~np.isnan(w)).sum(axis=-1)
+    w = np.sort(w, axis=-1)
+    lo = np.take_along_axis(w, (np.maximum(n - 1, 0) // 2)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(w, np.minimum(n // 2, length - 1)[..., None], -1)[..., 0]
+    out = np.where(n > 0, (lo + hi) / 2.0, np.nan)
+    return np.expand_dims(out, axes) if keepdims else out
 
 
 def robust_sigma(values, axis=None):
@@ -40,10 +70,8 @@ def robust_sigma(values, axis=None):
             return float("nan")
         return float(MAD_TO_SIGMA * np.median(np.abs(v - np.median(v))))
     v = np.where(np.isfinite(v), v, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
-        med = np.nanmedian(v, axis=axis, keepdims=True)
-        return MAD_TO_SIGMA * np.nanmedian(np.abs(v - med), axis=axis)
+    med = nanmedian(v, axis, keepdims=True)          # all-NaN slices give NaN
+    return MAD_TO_SIGMA * nanmedian(np.abs(v - med), axis)
 
 
 def frame_noise(sci):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import weakref
 
 import numpy as np
 
@@ -203,10 +204,31 @@ def _stack_dithers(psfstack):
     return pos, groups, keys
 
 
+#: repaired stacks by their SCI array (weakly held): the pipeline aligns one stack onto
+#: every science exposure, and the repair need not be made again for each
+_REPAIRED = weakref.WeakKeyDictionary()
+
+
 def _repair_stack(psfstack, bad_bits):
+    """The stack's SCI with its bad pixels repaired (read-only; made once per SCI array,
+    DQ array and bits)."""
+    key = (id(psfstack.dq), int(bad_bits))
+    try:
+        cached = _REPAIRED.get(psfstack.sci, {})
+    except TypeError:                               # not weak-referenceable
+        cached = None
+    if cached and key in cached and cached[key][0]() is psfstack.dq:
+        return cached[key][1]
     bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
     _check_not_all_bad(psfstack, bad)
-    return core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
+    out = core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
+    out.setflags(write=False)
+    if cached is not None and psfstack.dq is not None:
+        try:
+            _REPAIRED.setdefault(psfstack.sci, {})[key] = (weakref.ref(psfstack.dq), out)
+        except TypeError:
+            pass
+    return out
 
 
 def _stack_groups(psfstack):

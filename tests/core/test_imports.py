@@ -30,7 +30,7 @@ PUBLIC = {
     "psf_envelope", "psf_flux", "refine_peaks", "repair_bad_pixels", "restore_source_pixels",
     "sharpness_bound", "shift_gain", "shift_images", "shift_stack", "shift_variance", "sky_level",
     "snr_image", "snr_map_mawet", "source_ratios", "stack_cubes", "student_t_factor", "value_at",
-    "robust_sigma",
+    "robust_sigma", "nanmedian",
     # moved from the steps (issue 13): numerics on arrays belong in core
     "frame_noise", "mean_frames", "position_angle", "shift_dq", "sky_offsets",
 }

@@ -84,3 +84,25 @@ def test_outliers_found_in_single_frame_but_not_star_core():
     hit = find_outliers(img[None], err=np.ones((1, 40, 40)))
     assert hit[0, 5, 30]
     assert not hit[0, 17:23, 17:23].any()
+
+
+@pytest.mark.parametrize("axis", [0, 1, (1, 2), (0, 2)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_nanmedian_equals_numpy_bit_for_bit(axis, keepdims):
+    """The sort-based median of short reductions is numpy's, NaN and all-NaN slices
+    included (even and odd counts)."""
+    import warnings
+
+    from coron_cli.core import nanmedian
+
+    rng = np.random.default_rng(11)
+    v = rng.normal(size=(7, 6, 5))
+    v[rng.random(v.shape) < 0.2] = np.nan
+    v[:, 0, 0] = np.nan
+    v[0, :, 1] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmedian(v, axis=axis, keepdims=keepdims)
+    got = nanmedian(v, axis, keepdims=keepdims)
+    assert got.shape == want.shape
+    assert np.array_equal(got, want, equal_nan=True)
