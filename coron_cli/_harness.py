@@ -210,7 +210,7 @@ def classical_rdi_i2d(asn_path, run_dir):
     subs, bkg_sci = [], None
     for sci_path in prod.science:
         root = exposure_root(sci_path) + (f"_{asn.asn_id}" if asn.asn_id else "")
-        ali = read_product(os.path.join(run_dir, f"{root}_psfalign.fits"), ndims=(4,))
+        ali = read_product(os.path.join(run_dir, f"{root}_psfalign.fits"), ndims=(3, 4))
         sci = read_product(sci_path)
         if ali.primary.get("BKGSUB") and getattr(prod, "background", None):
             if bkg_sci is None:

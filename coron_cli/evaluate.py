@@ -86,14 +86,19 @@ def classical_rdi(science, psfalign, *, noise_width=2):
     """
     sci, err, dq, _ = steps.prepare_science(science)
     sh = psfalign.tables["SHIFTS"]
-    nint, nref = psfalign.sci.shape[:2]
+    refs, ref_err = psfalign.sci, psfalign.err
+    if refs.ndim == 3:
+        # aligned once per exposure (--align-per exposure): the same for every integration
+        refs = np.broadcast_to(refs[None], (sci.shape[0],) + refs.shape)
+        ref_err = np.broadcast_to(ref_err[None], refs.shape)
+    nint, nref = refs.shape[:2]
     scale = np.zeros((nint, nref))
     scale[np.asarray(sh["sci_int"]), np.asarray(sh["ref"])] = np.asarray(sh["scale"])
-    model = np.einsum("ij,ijyx->iyx", scale, psfalign.sci.astype(np.float64)) / nref
+    model = np.einsum("ij,ijyx->iyx", scale, refs.astype(np.float64)) / nref
     res = sci - model
     center, _ = star_center(psfalign.sci_header, sci.shape)
     var = err.astype(np.float64) ** 2 + np.einsum(
-        "ij,ijyx->iyx", scale ** 2, psfalign.err.astype(np.float64) ** 2) / nref ** 2
+        "ij,ijyx->iyx", scale ** 2, ref_err.astype(np.float64) ** 2) / nref ** 2
     out_err = core.calibrate_error(res, np.sqrt(var), center, width=noise_width)
     hdr = science.sci_header.copy()
     star_cards(hdr, center)
@@ -166,7 +171,7 @@ def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), zones=1, zone_s
     for k, e in enumerate(sci_exps):
         stem = e.name.replace("_calints.fits", "")
         sub = read_product(os.path.join(prod_dir, f"{stem}_c1001_psfsub.fits"))
-        ali = read_product(os.path.join(prod_dir, f"{stem}_c1001_psfalign.fits"), ndims=(4,))
+        ali = read_product(os.path.join(prod_dir, f"{stem}_c1001_psfalign.fits"), ndims=(3, 4))
         sci = read_product(os.path.join(outdir, e.name))
         crdi = classical_rdi(sci, ali)
         crdi_subs.append(crdi)
@@ -202,7 +207,7 @@ def evaluate(size="medium", seed=0, outdir=None, truncate=(50,), zones=1, zone_s
     twin_crdi = []
     for t in ds.twin:
         stem = t.name.replace("_calints.fits", "")
-        ali = read_product(os.path.join(twin_dir, f"{stem}_c1001_psfalign.fits"), ndims=(4,))
+        ali = read_product(os.path.join(twin_dir, f"{stem}_c1001_psfalign.fits"), ndims=(3, 4))
         twin_crdi.append(classical_rdi(read_product(os.path.join(outdir, t.name)), ali))
     noise = {"coron": twin, "crdi": steps.combine_step(twin_crdi)}
     for n, p in enumerate(truth["planets"]):

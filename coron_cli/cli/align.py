@@ -15,12 +15,14 @@ from .common import check_output, check_stdin_once, read_mask, run, setup_loggin
 @options.psfmask
 @options.psfmask_weights
 @options.registration
+@options.align_per
 @options.max_shift
 @options.bad_bits
 @options.background_files
 @options.asn_id
 @options.common
-def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method, max_shift,
+def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method, align_per,
+        max_shift,
         bad_bits, background, asn_id, verbose, quiet, debug):
     """Align every reference slice onto every science integration.
 
@@ -33,7 +35,8 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method,
     them measure by how much, and every shift is corrected (see
     --align-method). A shift more than --max-shift pixels from the headers'
     star positions is rejected, with a warning naming the exposure. Writes a psfalign product:
-    SCI/ERR/DQ of shape (nints_sci, nrefs, ny, nx) and a SHIFTS table
+    SCI/ERR/DQ of shape (nints_sci, nrefs, ny, nx) (with --align-per exposure,
+    registered once on the mean of the integrations: (nrefs, ny, nx)) and a SHIFTS table
     (sci_int, ref, dx, dy, scale, method; dx, dy = science centre minus
     reference centre, in pixels). --background subtracts the science's
     background exposures first (give the same to coron-klip).
@@ -54,7 +57,7 @@ def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method,
     from .common import split_background, subtract_backgrounds
 
     config = AlignConfig(method=align_method, psfmask_weights=psfmask_weights,
-                         max_shift=max_shift, bad_bits=bad_bits)
+                         max_shift=max_shift, per=align_per, bad_bits=bad_bits)
     _, bkg_files = split_background(background)
     check_stdin_once([science, psfstack, mask] + bkg_files)
     sci = read_product(science, what="science exposure")

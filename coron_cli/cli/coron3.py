@@ -40,6 +40,7 @@ def _klip_options(func):
 @click.argument("asn", metavar="ASN", type=click.Path())
 @options.outdir("Folder for the products (created when missing).")
 @options.registration
+@options.align_per
 @options.mask
 @options.max_shift
 @options.psfmask
@@ -57,7 +58,7 @@ def _klip_options(func):
               help="Print a JSON summary on standard output: the products written (kind, "
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
-def run_cmd(asn, outdir, align_method, mask, max_shift, psfmask, psfmask_weights,
+def run_cmd(asn, outdir, align_method, align_per, mask, max_shift, psfmask, psfmask_weights,
             min_transmission, sky_order, background, truncate, zones, zone_width, zone_sectors,
             zone_fit, exclude, protect, weights, noise_width, bad_bits, star_flux, psf_offaxis,
             star_flux_method, fwhm, contrast, snr_method, detect, inner_radius, table_format,
@@ -114,7 +115,7 @@ def run_cmd(asn, outdir, align_method, mask, max_shift, psfmask, psfmask_weights
                                        need_psf=contrast)
     config = PipelineConfig.from_options(
         bad_bits=bad_bits, background=background, align_method=align_method,
-        psfmask_weights=psfmask_weights, max_shift=max_shift, truncate=truncate, zones=zones,
+        align_per=align_per, psfmask_weights=psfmask_weights, max_shift=max_shift, truncate=truncate, zones=zones,
         zone_width=zone_width, zone_sectors=zone_sectors, zone_fit=zone_fit,
         exclude=parse_exclude(exclude), protect=protect, weights=weights,
         min_transmission=min_transmission, sky_order=sky_order, noise_width=noise_width,

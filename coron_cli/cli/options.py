@@ -15,6 +15,7 @@ flag                      meaning                                              t
 --background              background exposures (files, in the single tools)    stack, align,
                           and what to do with them (auto/subtract/off)         klip, coron3
 --align-method            registration method (auto, dither, fourier)          align, coron3
+--align-per               registered on each integration or once per exposure  align, coron3
 --mask, --max-shift       registration weights; bound on the shifts            align, coron3
 --psfmask                 the coronagraph's transmission map                   align, klip,
                                                                                hlsp, coron3
@@ -117,7 +118,7 @@ class Group(click.Group):
 __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude", "protect",
            "fit_weights", "noise_width", "max_shift", "asn_id", "Command", "Group", "RENAMED",
            "FLAGS", "flag_for", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
-           "detect", "plot", "table_format", "mask", "registration", "outdir", "psfmask",
+           "detect", "plot", "table_format", "mask", "registration", "align_per", "outdir", "psfmask",
            "psfmask_weights", "min_transmission", "sky_order", "background_files",
            "background_mode", "BACKGROUND_MODES"]
 
@@ -285,6 +286,16 @@ registration = click.option(
          "fits a science integration better than a rigid shift (a warning names an "
          "exposure that rejects it). Shifts more than --max-shift pixels from the headers' "
          "star positions are rejected.")
+
+align_per = click.option(
+    "--align-per", "align_per", type=click.Choice(["integration", "exposure"]),
+    default=AlignConfig.per, show_default=True,
+    help="What the references are registered on: every science integration (a 4-D "
+         "psfalign, nint x nref frames) or, with 'exposure', the mean of the integrations, "
+         "once (a 3-D psfalign as the JWST stage writes, and one KL decomposition for all "
+         "integrations: much faster with many integrations; the star does not move within "
+         "an exposure by more than the pointing jitter).")
+
 
 def outdir(help_text):
     """-d/--outdir DIR (coron3 run, coron3 check)."""

@@ -151,8 +151,12 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         4 dimensions, every integration has `ntarget` images that share its
         references and decomposition (e.g. injected fake sources, whose
         KLIP is cheap once the basis exists).
-    references : ndarray of shape (nint, nref, ny, nx)
-        For each integration its own aligned references (finite).
+    references : ndarray of shape (nint, nref, ny, nx) or (1, nref, ny, nx)
+        For each integration its own aligned references (finite); with a
+        first axis of 1, the same references for every integration (aligned
+        once per exposure): one decomposition per zone serves them all, and
+        the integrations are projected together (the results equal those of
+        the references repeated for every integration).
     truncations : sequence of int
         Numbers of KL modes kept; all come from one decomposition per zone
         and integration. Values above the number of usable modes use all of
@@ -167,7 +171,7 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         Non-negative weight of every pixel in the basis and the fit (see
         Notes), typically the inverse of the noise variance; None weighs
         all pixels alike (classic KLIP). A zero weight acts like `fit_mask`.
-    reference_variance : ndarray of shape (nint, nref, ny, nx), optional
+    reference_variance : ndarray of the shape of `references`, optional
         Variance of the aligned references, propagated to the model.
     sky_order : int
         Polynomial order of a sky fitted in every zone together with the KL
@@ -242,9 +246,15 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     """
     sci = np.asarray(science)
     refs = np.asarray(references)
-    if sci.ndim not in (3, 4) or refs.ndim != 4 or refs.shape[0] != sci.shape[0] \
+    if sci.ndim not in (3, 4) or refs.ndim != 4 or refs.shape[0] not in (sci.shape[0], 1) \
             or refs.shape[2:] != sci.shape[-2:]:
         raise ValueError(f"science {sci.shape} and references {refs.shape} do not match")
+    if refs.shape[0] == 1 and sci.shape[0] > 1:
+        return _klip_shared_references(
+            sci, refs, truncations=truncations, zones=zones, fit_mask=fit_mask,
+            fit_weights=fit_weights, reference_variance=reference_variance,
+            sky_order=sky_order, pixels_per_mode=pixels_per_mode, fit_zones=fit_zones,
+            max_bytes=max_bytes)
     nint, nref, ny, nx = refs.shape
     ntg = sci.shape[1] if sci.ndim == 4 else 1
     truncs = np.asarray(list(truncations), dtype=int)
@@ -309,6 +319,22 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     if mvar is not None:
         mvar = mvar.reshape(shape)
     return residual, mvar, nmodes
+
+
+def _klip_shared_references(sci, refs, **kw):
+    """:func:`klip_subtract` of (nint, [ntarget,] ny, nx) science with one set of references
+    (1, nref, ny, nx) for all: the integrations become the targets of a single
+    integration, so every zone is decomposed once."""
+    nint = sci.shape[0]
+    lead = sci.shape[1:-2]
+    flat = sci.reshape((1, -1) + sci.shape[-2:])
+    residual, mvar, nmodes = klip_subtract(flat, refs, **kw)
+    ntr = residual.shape[0]
+    shape = (ntr, nint) + lead + sci.shape[-2:]
+    residual = residual.reshape(shape)
+    if mvar is not None:
+        mvar = mvar.reshape(shape)
+    return residual, mvar, np.repeat(nmodes, nint, axis=1)
 
 
 def annulus_fit_zones(zones, center, *, margin, gap=0.0):

@@ -77,18 +77,32 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     params : dict, optional
         Further provenance (the input names).
 
+    With the configuration's `per` "exposure", the references are registered
+    once, on the mean of the science integrations (repaired), instead of on
+    each: within an exposure the star does not move by more than the
+    pointing jitter (a few thousandths of a pixel), and the mean is the
+    sharper target. The psfalign is then 3-D (nref, ny, nx), as the JWST
+    stage writes it, and KLIP decomposes the references once for all the
+    integrations.
+
     Returns
     -------
     Product
-        SCI/ERR/DQ of shape (nint, nref, ny, nx) and a SHIFTS table (sci_int,
-        ref, dx, dy, scale, method for each pair); the science star position
-        in STARCENX/STARCENY; ALIGNMTH lists the methods used and ALGAINij
-        the gain applied.
+        SCI/ERR/DQ of shape (nint, nref, ny, nx) (per integration) or (nref,
+        ny, nx) (per exposure) and a SHIFTS table (sci_int, ref, dx, dy,
+        scale, method for each pair; per exposure every integration has the
+        same row); the science star position in STARCENX/STARCENY; ALIGNMTH
+        lists the methods used, ALIGNPER what was registered on, and
+        ALGAINij the gain applied.
     """
     config = config or AlignConfig()
     _frame_check(science, psfstack, psfstack.path)
     mask, weights_from = _fit_weights(science, mask, transmission, config)
     sci, _, _, _ = prepare_science(science, bad_bits=config.bad_bits)
+    nint_science = sci.shape[0]
+    if config.per == "exposure":
+        # one registration on the mean of the integrations (repaired), for all of them
+        sci = sci.mean(axis=0, keepdims=True)
     refs = _repair_stack(psfstack, config.bad_bits)
     dith = _stack_dithers(psfstack) if config.method in ("auto", "dither") else None
     if config.method == "dither" and (dith is None or
@@ -128,7 +142,11 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     del var
     np.sqrt(err, out=err)
     dq = core.shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
-    return _psfalign_product(science, aligned, err, dq, (dx, dy, scale, how.astype(str)), gain,
+    shifts = (dx, dy, scale, how.astype(str))
+    if config.per == "exposure":
+        aligned, err, dq = aligned[0], err[0], dq[0]
+        shifts = tuple(np.repeat(a, nint_science, axis=0) for a in shifts)
+    return _psfalign_product(science, aligned, err, dq, shifts, gain,
                              config, {**(params or {}), "mask": "none" if mask is None else
                                       "yes", "fit_weights": weights_from}, asn_id)
 
@@ -229,6 +247,8 @@ def _psfalign_product(science, aligned, err, dq, shifts, gain, config, params, a
     header = science.sci_header.copy()
     star_cards(header, (cx, cy), src)
     header["ALIGNMTH"] = (used_how, "registration methods used (SHIFTS method column)")
+    header["ALIGNPER"] = (config.per.upper(), "references registered on each science "
+                                              "INTEGRATION, or once per EXPOSURE")
     if gain is not None:
         for (a, b), v in np.ndenumerate(gain):
             header[f"ALGAIN{a + 1}{b + 1}"] = (float(v), "rigid-fit shift gain behind the mask")
@@ -236,11 +256,15 @@ def _psfalign_product(science, aligned, err, dq, shifts, gain, config, params, a
     primary = science.primary.copy()
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")
+    if config.per == "exposure":
+        # a 3-D psfalign: what coron-klip (and the JWST stage's klip) take as aligned
+        primary["S_PSFALI"] = ("COMPLETE", "PSF references aligned")
+    onto = "the mean of" if config.per == "exposure" else "each of"
     primary = add_provenance(primary, "coron-align", params, history=[
-        f"aligned {nref} references to {nint} integrations ({used_how}); median |shift| "
+        f"aligned {nref} references onto {onto} {nint} integrations ({used_how}); median |shift| "
         f"{np.median(np.hypot(dx, dy)):.3f} px, median scale {np.median(scale):.4f}"])
-    log.info("aligned %d references onto %d integrations (median shift %.3f px; %s)",
-             nref, nint, float(np.median(np.hypot(dx, dy))), used_how)
+    log.info("aligned %d references onto %s %d integrations (median shift %.3f px; %s)",
+             nref, onto, nint, float(np.median(np.hypot(dx, dy))), used_how)
     return Product(sci=aligned, err=err, dq=dq, primary=primary, sci_header=header,
                    tables={"SHIFTS": table}, path="psfalign")
 

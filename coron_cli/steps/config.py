@@ -145,10 +145,12 @@ class AlignConfig(Config):
     method: str = "auto"
     psfmask_weights: bool = defaults.PSFMASK_WEIGHTS
     max_shift: float = defaults.MAX_SHIFT
+    per: str = defaults.ALIGN_PER
     bad_bits: int = BAD_BITS
 
     def _check(self):
         self._choice("method", ("auto", "dither", "fourier"))
+        self._choice("per", ("integration", "exposure"))
         self._set("psfmask_weights", bool(self.psfmask_weights))
         self._number("max_shift", low=0)
         self._number("bad_bits", low=0, integer=True)
@@ -351,7 +353,7 @@ class PipelineConfig(Config):
         "stack": {"bad_bits": "bad_bits"},
         "background": {"background": "mode", "bad_bits": "bad_bits"},
         "align": {"align_method": "method", "psfmask_weights": "psfmask_weights",
-                  "max_shift": "max_shift", "bad_bits": "bad_bits"},
+                  "max_shift": "max_shift", "align_per": "per", "bad_bits": "bad_bits"},
         "klip": {k: k for k in ("truncate", "zones", "zone_width", "zone_sectors", "zone_fit",
                                 "exclude", "protect", "weights", "min_transmission",
                                 "sky_order", "noise_width", "bad_bits")},

@@ -398,12 +398,14 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
 
 
 def _every_integration(science, psfalign):
-    """A 3-D psfalign (nref, ny, nx), references aligned once (as the JWST stage writes it
-    since jwst 1.16: aligned on the first science integration), as the 4-D one of
-    coron-align: the same references for every integration (a view, no copy)."""
+    """A 3-D psfalign (nref, ny, nx), references aligned once (coron-align --align-per
+    exposure, or the JWST stage since jwst 1.16: aligned on the first science
+    integration), as a 4-D one of a single layer (1, nref, ny, nx) that serves every
+    integration (a view, no copy): KLIP decomposes it once for all."""
     if psfalign.sci.ndim != 3 or science.sci.ndim != 3:
         return psfalign
-    if str(psfalign.primary.get("S_PSFALI", "")).strip().upper() != "COMPLETE":
+    once = str(psfalign.sci_header.get("ALIGNPER", "")).strip().upper() == "EXPOSURE"
+    if not once and str(psfalign.primary.get("S_PSFALI", "")).strip().upper() != "COMPLETE":
         raise InputError(psfalign.path, "SCI is 3-D without S_PSFALI = COMPLETE: a stack of "
                                         "references not aligned (a psfstack?); give a "
                                         "psfalign, 4-D from coron-align or the JWST stage's "
@@ -416,8 +418,7 @@ def _every_integration(science, psfalign):
              psfalign.path, nint)
 
     def every(a):
-        return None if a is None else np.broadcast_to(np.asarray(a)[None],
-                                                      (nint,) + np.shape(a))
+        return None if a is None else np.asarray(a)[None]
 
     return replace(psfalign, sci=every(refs), err=every(psfalign.err), dq=every(psfalign.dq))
 
@@ -429,7 +430,7 @@ def _check_klip_inputs(science, psfalign):
                                         f"or 3-D (nref, ny, nx), not {psfalign.sci.ndim}-D")
     _frame_check(science, psfalign, psfalign.path)
     nint = science.sci.shape[0]
-    if psfalign.sci.shape[0] != nint:
+    if psfalign.sci.shape[0] not in (nint, 1):
         raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
                                         f"the science exposure {science.path} has {nint}")
     return nint, psfalign.sci.shape[1]

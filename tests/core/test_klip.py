@@ -291,3 +291,25 @@ def test_fit_zones_separate_the_fit_from_the_subtraction():
         b, _, _ = klip_subtract(sci, refs, truncations=[6], zones=z, fit_zones=fz)
         kept[name] = (a - b)[0, 0][src > 1].sum() / src[src > 1].sum()
     assert kept["around"] > 0.97 and kept["self"] < kept["around"]
+
+
+@pytest.mark.parametrize("targets", [False, True])
+@pytest.mark.parametrize("zoned", [False, True])
+def test_one_reference_set_for_every_integration_equals_it_repeated(targets, zoned):
+    """References with a first axis of 1 (aligned once per exposure) give what the same
+    references repeated for every integration give: one decomposition serves all."""
+    rng = np.random.default_rng(5)
+    nint, nref, shape = 4, 9, (24, 24)
+    refs = rng.normal(size=(1, nref) + shape) + 2.0
+    sci = rng.normal(size=(nint, 3) + shape if targets else (nint,) + shape)
+    var = rng.uniform(0.5, 2.0, size=refs.shape)
+    zones = annulus_zones(shape, (11.5, 11.5), annuli=3) if zoned else None
+    kw = dict(truncations=[2, 5], zones=zones, sky_order=1)
+    one, mv1, k1 = klip_subtract(sci, refs, reference_variance=var, **kw)
+    rep = np.repeat(refs, nint, axis=0)
+    many, mvn, kn = klip_subtract(sci, rep, reference_variance=np.repeat(var, nint, axis=0),
+                                  **kw)
+    assert one.shape == many.shape == (2,) + sci.shape
+    assert_allclose(one, many, rtol=1e-5, atol=1e-5)
+    assert_allclose(mv1, mvn, rtol=1e-5)
+    assert np.array_equal(k1, kn) and k1.shape == (2, nint)

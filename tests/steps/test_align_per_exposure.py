@@ -1,0 +1,82 @@
+"""--align-per exposure: the references registered once, on the mean of the science
+integrations; a 3-D psfalign that coron-klip and coron3 run use for every integration."""
+
+import numpy as np
+from astropy.io import fits
+
+from coron_cli import steps
+from coron_cli.pipeline import run_association
+from coron_cli.products import read_product
+from coron_cli.steps import AlignConfig, PipelineConfig
+from tests.helpers import invoke
+
+
+def _inputs(folder):
+    from coron_cli.asn import read_asn
+
+    asn = read_asn(str(folder / "tiny_asn.json"))
+    prod = asn.products[0]
+    stack = steps.stack_step([read_product(p) for p in prod.psf])
+    return read_product(prod.science[0]), stack
+
+
+def test_registered_once_on_the_mean_of_the_integrations(small_asn):
+    sci, stack = _inputs(small_asn.parent)
+    once = steps.align_step(sci, stack, AlignConfig(per="exposure", method="fourier"))
+    each = steps.align_step(sci, stack, AlignConfig(method="fourier"))
+    nint, nref = sci.sci.shape[0], stack.sci.shape[0]
+    assert once.sci.shape == stack.sci.shape and once.err.shape == once.dq.shape == once.sci.shape
+    assert each.sci.shape == (nint,) + stack.sci.shape
+    assert once.sci_header["ALIGNPER"] == "EXPOSURE" and each.sci_header["ALIGNPER"] == \
+        "INTEGRATION"
+    assert once.primary["S_PSFALI"] == "COMPLETE"
+    t = once.tables["SHIFTS"]
+    assert len(t) == nint * nref
+    dx = np.asarray(t["dx"]).reshape(nint, nref)
+    assert (dx == dx[:1]).all()                   # every integration: the same shifts
+    # the shift of the mean is about the mean of the per-integration shifts
+    dxe = np.asarray(each.tables["SHIFTS"]["dx"]).reshape(nint, nref)
+    assert np.abs(dx[0] - dxe.mean(axis=0)).max() < 0.02
+
+
+def test_klip_uses_the_one_alignment_for_every_integration(small_asn):
+    """KLIP with the 3-D psfalign equals KLIP with it repeated for every integration."""
+    from dataclasses import replace
+
+    sci, stack = _inputs(small_asn.parent)
+    once = steps.align_step(sci, stack, AlignConfig(per="exposure"))
+    nint = sci.sci.shape[0]
+
+    def rep(a):
+        return np.repeat(np.asarray(a)[None], nint, axis=0)
+
+    four = replace(once, sci=rep(once.sci), err=rep(once.err), dq=rep(once.dq))
+    conf = steps.KlipConfig(truncate=(2,))
+    a, b = steps.klip_step(sci, once, conf), steps.klip_step(sci, four, conf)
+    np.testing.assert_allclose(a.sci, b.sci, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(a.err, b.err, rtol=1e-5)
+
+
+def test_coron3_run_and_the_chained_tools_agree(small_asn, tmp_path, runner):
+    from coron_cli.cli import align, klip, stack
+
+    folder = small_asn.parent
+    out = tmp_path / "run"
+    run_association(str(small_asn), str(out), PipelineConfig.from_options(
+        align_per="exposure", truncate=[2]))
+    ali = out / "targ1_c1001_psfalign.fits"
+    with fits.open(ali) as h:
+        assert h["SCI"].data.ndim == 3 and h["SCI"].header["ALIGNPER"] == "EXPOSURE"
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    r = invoke(runner, stack, ["--asn", str(small_asn), "-o", str(chain / "s_psfstack.fits")])
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, align, [str(folder / "targ1_calints.fits"), str(chain / "s_psfstack.fits"),
+                               "--align-per", "exposure", "-o", str(chain / "a_psfalign.fits")])
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, klip, [str(folder / "targ1_calints.fits"), str(chain / "a_psfalign.fits"),
+                              "-k", "2", "-o", str(chain / "a_psfsub.fits")])
+    assert r.exit_code == 0, r.output
+    with fits.open(out / "targ1_c1001_psfsub.fits") as a, \
+            fits.open(chain / "a_psfsub.fits") as b:
+        np.testing.assert_allclose(a["SCI"].data, b["SCI"].data, rtol=1e-5, atol=1e-5)
