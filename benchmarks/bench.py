@@ -782,7 +782,7 @@ def worker_main(spec):
         run = lambda: steps.align_step(sci, stack, asn_id="c1001")  # noqa: E731
     elif step == "klip":
         sci = read_product(asn.science[0], what="science exposure")
-        aligned = read_product(os.path.join(out, f"{roots[0]}_psfalign.fits"), ndims=(4,))
+        aligned = read_product(os.path.join(out, f"{roots[0]}_psfalign.fits"), ndims=(3, 4))
         run = lambda: steps.klip_step(sci, aligned, steps.KlipConfig(truncate=spec["truncs"]))  # noqa: E731
     elif step == "combine":
         subs = []

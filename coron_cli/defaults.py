@@ -35,4 +35,4 @@ MAX_SHIFT = 1.0
 #: What the references are registered on: "integration" (every science integration, a
 #: 4-D psfalign) or "exposure" (the mean of the exposure's integrations, once: a 3-D
 #: psfalign, as the JWST stage writes it, and one KL decomposition per zone for all).
-ALIGN_PER = "integration"
+ALIGN_PER = "exposure"

@@ -24,22 +24,27 @@ from .common import check_output, check_stdin_once, read_mask, run, setup_loggin
 def cli(science, psfstack, output, mask, psfmask, psfmask_weights, align_method, align_per,
         max_shift,
         bad_bits, background, asn_id, verbose, quiet, debug):
-    """Align every reference slice onto every science integration.
+    """Align every reference slice onto a science exposure.
 
     Measures, in float64, the offset of the star in every reference slice
-    relative to every science integration, and the flux scale, then shifts
-    the references with the Fourier shift theorem. Every pair gets a rigid
+    relative to the science star, and the flux scale, then shifts the
+    references with the Fourier shift theorem. By default the target is the
+    mean of the science integrations, registered once (--align-per
+    exposure): the star does not move within an exposure by more than the
+    pointing jitter. With --align-per integration every integration gets
+    its own registration. Every pair gets a rigid
     shift fit; behind a coronagraph that fit over-reads the star's offset
     (the image does not move rigidly), so when references of one star and
     visit were dithered (XOFFSET/YOFFSET in their headers) the fits between
     them measure by how much, and every shift is corrected (see
     --align-method). A shift more than --max-shift pixels from the headers'
-    star positions is rejected, with a warning naming the exposure. Writes a psfalign product:
-    SCI/ERR/DQ of shape (nints_sci, nrefs, ny, nx) (with --align-per exposure,
-    registered once on the mean of the integrations: (nrefs, ny, nx)) and a SHIFTS table
-    (sci_int, ref, dx, dy, scale, method; dx, dy = science centre minus
-    reference centre, in pixels). --background subtracts the science's
-    background exposures first (give the same to coron-klip).
+    star positions is rejected, with a warning naming the exposure. Writes a
+    psfalign product: SCI/ERR/DQ of shape (nrefs, ny, nx), as the JWST stage
+    writes it (with --align-per integration: (nints_sci, nrefs, ny, nx)),
+    and a SHIFTS table (sci_int, ref, dx, dy, scale, method, a row per
+    integration and reference; dx, dy = science centre minus reference
+    centre, in pixels). --background subtracts the science's background
+    exposures first (give the same to coron-klip).
 
     \b
     Examples:

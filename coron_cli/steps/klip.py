@@ -411,6 +411,13 @@ def _every_integration(science, psfalign):
                                         "psfalign, 4-D from coron-align or the JWST stage's "
                                         "3-D one")
     nint = science.sci.shape[0]
+    shifts = (psfalign.tables or {}).get("SHIFTS")
+    if shifts is not None and "sci_int" in shifts.colnames and len(shifts):
+        made_for = int(np.max(shifts["sci_int"])) + 1
+        if made_for != nint:
+            raise InputError(psfalign.path, f"was aligned for an exposure of {made_for} "
+                                            f"integrations (SHIFTS) but the science exposure "
+                                            f"{science.path} has {nint}")
     refs = np.asarray(psfalign.sci)
     if not np.isfinite(refs).all():
         refs = core.repair_bad_pixels(refs, ~np.isfinite(refs))

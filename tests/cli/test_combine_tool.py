@@ -193,8 +193,8 @@ def _bad_cases(tmp_path, psfsubs):
         ("an exposure, not a psfsub", [good, "targ2_calints.fits"], "targ2_calints.fits",
          "not a psfsub"),
         ("a psfstack", ["tiny_psfstack.fits", good], "tiny_psfstack.fits", "coron-stack"),
-        ("a 4-D psfalign", [good, "targ2_c1001_psfalign.fits"], "targ2_c1001_psfalign.fits",
-         "4-D"),
+        ("a psfalign", [good, "targ2_c1001_psfalign.fits"], "targ2_c1001_psfalign.fits",
+         "psfsub"),
         ("frames of another size", [good, small], "small_psfsub.fits", "30x30"),
         ("two inputs from stdin", ["-", "-"], "-", "standard input"),
     ]

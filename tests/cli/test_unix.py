@@ -236,8 +236,10 @@ def _run_with_fsize_limit(small_asn, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     before = _hashes(tmp_path)
-    # the psfstack (~125 kB) fits under the limit, the first psfalign (~335 kB) does not
-    p = subprocess.run([_tool("coron3"), "run", str(small_asn), "-d", str(out)],
+    # the psfstack (~125 kB) fits under the limit, the first psfalign (~335 kB, aligned on
+    # every integration) does not
+    p = subprocess.run([_tool("coron3"), "run", str(small_asn), "-d", str(out),
+                        "--align-per", "integration"],
                        capture_output=True, text=True, env=ENV, timeout=120,
                        preexec_fn=_limit_file_size(200_000))
     return p, out, before

@@ -26,7 +26,7 @@ CHAIN = {"S_PSFSTK", "S_PSFALI", "S_KLIP"}
 #: kind -> (DATAMODL, the cal steps marked COMPLETE)
 EXPECTED = {
     "psfstack": ("CubeModel", {"S_PSFSTK"}),
-    "psfalign": ("QuadModel", {"S_PSFSTK", "S_PSFALI"}),
+    "psfalign": ("CubeModel", {"S_PSFSTK", "S_PSFALI"}),
     "psfsub": ("CubeModel", CHAIN),
     "i2d": ("ImageModel", CHAIN | {"S_RESAMP"}),
     "snr": ("ImageModel", CHAIN | {"S_RESAMP"}),

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.jwst
 #: kind -> (model, the cal steps marked COMPLETE)
 MODELS = {
     "psfstack": ("CubeModel", {"stack_psfs"}),
-    "psfalign": ("QuadModel", {"stack_psfs", "align_psfs"}),
+    "psfalign": ("CubeModel", {"stack_psfs", "align_psfs"}),
     "psfsub": ("CubeModel", {"stack_psfs", "align_psfs", "klip"}),
     "i2d": ("ImageModel", {"stack_psfs", "align_psfs", "klip", "resample"}),
     "snr": ("ImageModel", {"stack_psfs", "align_psfs", "klip", "resample"}),

@@ -52,15 +52,13 @@ def test_klip_step_on_coron_psfstack(crop_products, science):
 
 
 def test_klip_step_on_coron_aligned_references(crop_products, science):
-    """JWST 3's klip takes 3-D references aligned once; coron's _psfalign holds a layer of
-    them for each science integration (QuadModel): each layer is such a cube."""
+    """JWST 3's klip takes 3-D references aligned once; so is coron's _psfalign (aligned
+    once per exposure by default: a CubeModel), taken as it is."""
     from jwst.coron import KlipStep
 
-    with datamodels.open(crop_products["aumic"]["paths"]["psfalign"][0]) as quad:
-        assert isinstance(quad, datamodels.QuadModel)
-        layer = datamodels.CubeModel(data=quad.data[0], err=quad.err[0], dq=quad.dq[0])
-        layer.update(quad)
-    result = KlipStep.call(science, layer, truncate=5)
+    with datamodels.open(crop_products["aumic"]["paths"]["psfalign"][0]) as cube:
+        assert isinstance(cube, datamodels.CubeModel)
+        result = KlipStep.call(science, cube, truncate=5)
     assert result.meta.cal_step.klip == "COMPLETE"
     with datamodels.open(science) as sci:
         assert np.isfinite(result.data).all()
@@ -116,9 +114,9 @@ def test_coron_tools_take_the_stage_s_psfstack_and_3d_psfalign(crop_products, sc
         stack.update(ours)
         stack.meta.cal_step.stack_psfs = "COMPLETE"
         stack.save(str(tmp_path / "jw_psfstack.fits"))
-    with datamodels.open(crop_products["aumic"]["paths"]["psfalign"][0]) as quad:
-        aligned = datamodels.CubeModel(data=quad.data[0], err=quad.err[0], dq=quad.dq[0])
-        aligned.update(quad)
+    with datamodels.open(crop_products["aumic"]["paths"]["psfalign"][0]) as ours:
+        aligned = datamodels.CubeModel(data=ours.data, err=ours.err, dq=ours.dq)
+        aligned.update(ours)
         aligned.meta.cal_step.align_psfs = "COMPLETE"
         aligned.save(str(tmp_path / "jw_psfalign.fits"))
     r = _tool("coron-align", science, "jw_psfstack.fits", "-o", "ours_psfalign.fits",

@@ -23,7 +23,7 @@ def _inputs(folder):
 def test_registered_once_on_the_mean_of_the_integrations(small_asn):
     sci, stack = _inputs(small_asn.parent)
     once = steps.align_step(sci, stack, AlignConfig(per="exposure", method="fourier"))
-    each = steps.align_step(sci, stack, AlignConfig(method="fourier"))
+    each = steps.align_step(sci, stack, AlignConfig(per="integration", method="fourier"))
     nint, nref = sci.sci.shape[0], stack.sci.shape[0]
     assert once.sci.shape == stack.sci.shape and once.err.shape == once.dq.shape == once.sci.shape
     assert each.sci.shape == (nint,) + stack.sci.shape
