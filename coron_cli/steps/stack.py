@@ -100,10 +100,10 @@ def take_integrations(product, integrations):
         bad = idx[(idx < 0) | (idx >= nint)]
         raise InputError(product.path, f"has no integration {int(bad[0]) if bad.size else ''} "
                                        f"({nint} integration(s), numbered from 0)")
-    images = {name: (data[idx] if np.ndim(data) >= 3 and np.shape(data)[0] == nint else data,
-                     header)
+    images = {name: (data[idx] if np.ndim(data) >= 3 and np.shape(data)[0] == nint
+                     else np.array(data), header.copy())
               for name, (data, header) in (product.images or {}).items()}
-    tables = {name: (t[idx] if name == "INT_TIMES" and len(t) == nint else t)
+    tables = {name: (t[idx] if name == "INT_TIMES" and len(t) == nint else t.copy())
               for name, t in (product.tables or {}).items()}
     primary = product.primary.copy()
     if "NINTS" in primary:
