@@ -9,7 +9,8 @@ BIN    := $(VENV)/bin
 DEMO_DIR ?= demo_out
 DATA   ?= ../shared/realdata
 
-.PHONY: demo test test-jwst man bench bench-jwst science panel realcheck clean install
+.PHONY: demo test test-jwst man bench bench-jwst science select-science panel realcheck clean \
+        install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,12 @@ bench-jwst: $(VENV)/.installed
 
 science: $(VENV)/.installed
 	$(BIN)/python -m coron_cli.evaluate --size medium
+
+# coron-select --top N against the whole library and N random frames, on simulated
+# libraries (benchmarks/select_science.py; SELECT_SCIENCE_ARGS=--quick for a smoke run)
+SELECT_SCIENCE_ARGS ?=
+select-science: $(VENV)/.installed
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/select_science.py $(SELECT_SCIENCE_ARGS)
 
 panel: $(VENV)/.installed
 	$(BIN)/python -m coron_cli.panel --data $(DATA)

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 from .errors import InputError
 
-__all__ = ["Association", "AsnProduct", "read_asn", "parse_asn"]
+__all__ = ["INTEGRATIONS_KEY", "AsnProduct", "Association", "check_integrations", "parse_asn",
+           "read_asn"]
+
+#: coron's own member key: the integrations (0-based) of a psf member that are used
+INTEGRATIONS_KEY = "integrations"
 
 
 @dataclass
@@ -20,12 +24,24 @@ class AsnProduct:
     science, psf, background : list of str
         Member paths, in order: relative names resolved against the ASN
         file's folder ('..' allowed), absolute ones as given.
+    integrations : dict of str to tuple of int
+        For the psf members that carry coron's ``"integrations"`` key, their
+        path -> the integrations used (0-based, increasing); a psf member
+        not in it uses all of its integrations.
+    expnames : dict of str to str
+        Every member's path -> its expname as written (for messages).
     """
 
     name: str
     science: list = field(default_factory=list)
     psf: list = field(default_factory=list)
     background: list = field(default_factory=list)
+    integrations: dict = field(default_factory=dict)
+    expnames: dict = field(default_factory=dict)
+
+    def integrations_of(self, path):
+        """The integrations of member `path` to use (a tuple), or None for all."""
+        return self.integrations.get(path)
 
 
 @dataclass
@@ -139,12 +155,70 @@ def parse_asn(data, *, path="<asn>", check_files=True):
             if check_files:
                 _require(os.path.exists(full), path, f"member {expname!r} not found ({full})")
                 _require(os.path.isfile(full), path, f"member {expname!r} is not a file")
+            if INTEGRATIONS_KEY in member:
+                _require(kind == "psf", path,
+                         f"{where} member {expname!r}: '{INTEGRATIONS_KEY}' is for psf members "
+                         f"only (coron uses every integration of a {kind} exposure)")
+                entry.integrations[full] = _parse_integrations(
+                    member[INTEGRATIONS_KEY], path, f"{where} member {expname!r}")
+            entry.expnames[full] = expname
             {"science": entry.science, "psf": entry.psf,
              "background": entry.background}[kind].append(full)
         _require(entry.science, path, f"{where} has no science members")
         _require(entry.psf, path, f"{where} has no psf members")
         out.append(entry)
     return Association(path=path, asn_id=asn_id, products=out, warnings=warn)
+
+
+def _parse_integrations(value, path, where):
+    """A member's ``"integrations"``: a non-empty list of distinct integers >= 0, returned
+    as an increasing tuple (the order of the file)."""
+    _require(isinstance(value, list), path,
+             f"{where}: '{INTEGRATIONS_KEY}' must be a list of integration numbers "
+             f"(0-based), not {_short_json(value)}")
+    _require(len(value) > 0, path,
+             f"{where}: '{INTEGRATIONS_KEY}' is empty (leave the member out instead)")
+    seen = set()
+    for v in value:
+        _require(isinstance(v, int) and not isinstance(v, bool) and v >= 0, path,
+                 f"{where}: '{INTEGRATIONS_KEY}' must hold integers >= 0 (0-based), "
+                 f"not {_short_json(v)}")
+        _require(v not in seen, path, f"{where}: integration {v} is listed twice")
+        seen.add(v)
+    return tuple(sorted(seen))
+
+
+def _short_json(value):
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_integrations(asn, product, member, nint):
+    """Require the integrations an association names for psf `member` (a path of
+    `product`) to exist in a file of `nint` integrations.
+
+    Returns
+    -------
+    tuple of int or None
+        The integrations to use (None: all).
+
+    Raises
+    ------
+    InputError
+        Naming the association and the member.
+    """
+    ints = product.integrations_of(member)
+    if ints is None:
+        return None
+    if ints[-1] >= nint:
+        name = product.expnames.get(member, member)
+        raise InputError(asn.path, f"product {product.name!r} member {name!r}: integration "
+                                   f"{ints[-1]} does not exist (the file has {nint}, numbered "
+                                   "from 0)")
+    return ints
 
 
 def _safe_name(name):

@@ -11,7 +11,7 @@ import os
 import time
 
 from . import core, steps
-from .asn import read_asn
+from .asn import check_integrations, read_asn
 from .errors import OutputError
 from .products import (
     exposure_product_name,
@@ -145,13 +145,18 @@ def check_association(asn_path, outdir=".", *, bad_bits=1):
                             ("background exposure", prod.background)):
             for path in paths:
                 exp = read_product(path, what=what)
+                nint = exp.sci.shape[0]
+                ints = check_integrations(asn, prod, path, nint) if what.startswith("ref") \
+                    else None
+                exp = steps.take_integrations(exp, ints)
                 _check_not_all_bad(exp, core.bad_pixel_mask(exp.sci, exp.dq, bad_bits=bad_bits))
                 ny, nx = exp.sci.shape[-2:]
                 if first is None:
                     first = (path, exp.sci.shape)
                 check_same_frames(*first, path, exp.sci.shape)
-                log.info("%s: %s, %d integration(s) of %dx%d pixels", path, what,
-                         exp.sci.shape[0], nx, ny)
+                log.info("%s: %s, %s of %dx%d pixels", path, what,
+                         f"{nint} integration(s)" if ints is None else
+                         f"{len(ints)} of its {nint} integration(s)", nx, ny)
                 del exp
     return asn, plan(asn, outdir)
 
@@ -305,7 +310,15 @@ def _stack(prod, asn, config):
 
     Returns (the science's backgrounds, the psfstack).
     """
-    refs = [read_product(p, what="reference exposure") for p in prod.psf]
+    refs, ints = [], []
+    for p in prod.psf:  # each cut to the integrations the association names, if it does
+        ref = read_product(p, what="reference exposure")
+        ints.append(check_integrations(asn, prod, p, ref.sci.shape[0]))
+        refs.append(steps.take_integrations(ref, ints[-1]))
+        if ints[-1] is not None:
+            log.info("%s: %d of its %d integration(s) used", os.path.basename(p),
+                     len(ints[-1]), ref.sci.shape[0])
+        del ref
     bkg_sci = []
     if prod.background:
         bkgs = [_light(read_product(p, what="background exposure")) for p in prod.background]
@@ -324,7 +337,8 @@ def _stack(prod, asn, config):
                 log.info("%d reference exposure(s): %s%s", len(whys), whys[0],
                          " (first of them)" if len(whys) > 1 else "")
     stack = steps.stack_step(refs, config.stack, asn_id=asn.asn_id,
-                             params={"inputs": [os.path.basename(p) for p in prod.psf]})
+                             params={"inputs": [os.path.basename(p) for p in prod.psf]},
+                             integrations=ints)
     return bkg_sci, stack
 
 

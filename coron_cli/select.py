@@ -227,15 +227,18 @@ def score_library(client, infos, science, target, region, bad_bits=1):
         raise InputError(path, message) from None
 
 
-def select_frames(scores, frames, top):
+def select_frames(scores, frames, top=None, threshold=None):
     """Rank and pick: for each science column of `scores`, the frames best first and
-    the best `top` selected.
+    those selected: the best `top`, or those scoring `threshold` or more, or, with
+    both, the best `top` among those.
 
     Parameters
     ----------
     scores : ndarray (n_frames, n_science)
     frames : list of (file, integration)
-    top : int
+    top : int or None
+    threshold : float or None
+        At least one of `top` and `threshold` must be given.
 
     Returns
     -------
@@ -245,24 +248,40 @@ def select_frames(scores, frames, top):
     files : list of str
         The files holding a selected frame, best first (by their best rank over
         the science exposures, then their best score, then their name).
+    integrations : dict of str to list of int
+        For each of `files`, its integrations selected for any science
+        exposure, increasing.
     """
     from .core.select import rank_frames
 
+    if top is None and threshold is None:
+        raise ValueError("select_frames: give top, threshold or both")
     names = [f for f, _ in frames]
     ints = [i for _, i in frames]
     order = rank_frames(scores, names, ints)
     rank = np.zeros(scores.shape, np.int64)
     for j, idx in enumerate(order):
         rank[idx, j] = np.arange(1, len(idx) + 1)
-    selected = rank <= top
-    best = {}
-    for k, (name, _) in enumerate(frames):
+    selected = np.ones(scores.shape, bool)
+    if threshold is not None:
+        with np.errstate(invalid="ignore"):
+            selected &= np.asarray(scores, np.float64) >= float(threshold)
+    if top is not None:
+        # the best `top` of those the threshold keeps: their rank among them
+        kept_rank = np.zeros(scores.shape, np.int64)
+        for j, idx in enumerate(order):
+            keep = selected[idx, j]
+            kept_rank[idx[keep], j] = np.arange(1, int(keep.sum()) + 1)
+        selected &= (kept_rank >= 1) & (kept_rank <= top)
+    best, chosen = {}, {}
+    for k, (name, integration) in enumerate(frames):
         for j in range(scores.shape[1]):
             if selected[k, j]:
                 key = (int(rank[k, j]), -float(scores[k, j]), name)
                 best[name] = min(best.get(name, key), key)
+                chosen.setdefault(name, set()).add(int(integration))
     files = sorted(best, key=lambda f: best[f])
-    return rank, selected, files
+    return rank, selected, files, {f: sorted(chosen[f]) for f in files}
 
 
 # --------------------------------------------------------------------------- the outputs
@@ -285,21 +304,30 @@ def _member(path, folder):
         return full
 
 
-def write_selection(output, science, files, table, asn_id=None):
+def write_selection(output, science, files, table, asn_id=None, integrations=None):
     """Write the association `output` (science members, then the selected files as psf
-    members, best first; relative to its folder) and ``<root>_refscores.fits``
-    (table REFSCORES) and ``.ecsv``. Returns the paths written."""
+    members, best first; relative to its folder; each psf member with its selected
+    ``"integrations"`` when `integrations` (file -> list) names them) and
+    ``<root>_refscores.fits`` (table REFSCORES) and ``.ecsv``. Returns the paths
+    written."""
     from astropy.io import fits
 
+    from .asn import INTEGRATIONS_KEY
     from .products import atomic_output, write_ecsv
 
     root = output_root(output)
     name = os.path.basename(root) or "select"
     folder = os.path.dirname(os.path.abspath(output))
+    psf = []
+    for p in files:
+        member = {"expname": _member(p, folder), "exptype": "psf"}
+        if integrations and integrations.get(p) is not None:
+            member[INTEGRATIONS_KEY] = [int(i) for i in integrations[p]]
+        psf.append(member)
     asn = {"asn_type": "coron3", "asn_id": asn_id or name, "asn_pool": "coron-select",
            "products": [{"name": name, "members":
                          [{"expname": _member(p, folder), "exptype": "science"} for p in science]
-                         + [{"expname": _member(p, folder), "exptype": "psf"} for p in files]}]}
+                         + psf}]}
     with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(asn, fh, indent=2)
         fh.write("\n")
@@ -320,17 +348,27 @@ def _check_infos(infos):
             raise InputError(info["path"], info["error"])
 
 
-def run_select(science, library, output, *, top=20, inner=8.0, outer=None, bad_bits=1,
-               workers=None, scheduler=None, asn_id=None, debug=False):
-    """Select the best `top` frames of `library` (files) for every `science` exposure,
-    on a local cluster of `workers` processes or the `scheduler`, and write them.
+def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, outer=None,
+               bad_bits=1, workers=None, scheduler=None, asn_id=None, debug=False):
+    """Select the best `top` frames of `library` (files) for every `science` exposure
+    (or those scoring `threshold` or more, or the best `top` of those; `top` None: no
+    limit on the number), on a local cluster of `workers` processes or the
+    `scheduler`, and write them: the association names the files holding them and,
+    as each psf member's ``"integrations"``, the frames of it selected for any
+    science exposure.
 
     Returns
     -------
     dict
-        ``files`` (psf members, best first), ``table`` (the scores),
-        ``outputs`` (paths written), ``candidates``, ``excluded`` (frames),
-        ``excluded_files``, ``workers``.
+        ``files`` (psf members, best first), ``integrations`` (file -> its
+        selected integrations), ``selected`` (frames), ``table`` (the
+        scores), ``outputs`` (paths written), ``candidates``, ``excluded``
+        (frames), ``excluded_files``, ``workers``.
+
+    Raises
+    ------
+    InputError
+        ... and ``--threshold`` when no frame scores that much (nothing written).
     """
     from astropy.table import Table
 
@@ -392,7 +430,15 @@ def run_select(science, library, output, *, top=20, inner=8.0, outer=None, bad_b
         scores = score_library(client, candidates, sci_vecs, target, region, bad_bits)
 
     frames = [(i["path"], k) for i in candidates for k in range(i["nint"])]
-    rank, selected, files = select_frames(scores, frames, top)
+    rank, selected, files, integrations = select_frames(scores, frames, top, threshold)
+    if not files:  # only a threshold can select nothing
+        best = np.nanmax(scores) if np.isfinite(scores).any() else float("nan")
+        raise InputError("--threshold", f"no frame scores {threshold:g} or more (the best "
+                                        f"scores {best:.4f})")
+    for j, sci in enumerate(science):
+        if threshold is not None and not selected[:, j].any():
+            log.warning("%s: no frame scores %g or more (the association's references are "
+                        "those of the other science exposures)", sci, threshold)
     rows = []
     for j, sci in enumerate(science):
         order = np.argsort(rank[:, j], kind="stable")
@@ -402,15 +448,20 @@ def run_select(science, library, output, *, top=20, inner=8.0, outer=None, bad_b
     table = Table(rows=rows, names=("file", "integration", "science", "score", "rank",
                                             "selected"),
                   dtype=(str, np.int32, str, np.float64, np.int32, bool))
-    table.meta.update({"TOPN": int(top), "INNER": float(inner), "OUTER": float(outer),
-                       "NCANDID": len(frames), "NEXCLUDE": int(excluded),
-                       "NEXCLFIL": len(excluded_files), "NSELFIL": len(files)})
-    outputs = write_selection(output, science, files, table, asn_id=asn_id)
     n_sel = int(selected.any(axis=1).sum())
-    log.info("%d frame(s) selected in %d file(s): %s", n_sel, len(files), output)
+    if top is not None:
+        table.meta["TOPN"] = int(top)
+    if threshold is not None:
+        table.meta["THRESH"] = float(threshold)
+    table.meta.update({"INNER": float(inner), "OUTER": float(outer),
+                       "NCANDID": len(frames), "NEXCLUDE": int(excluded),
+                       "NEXCLFIL": len(excluded_files), "NSELFIL": len(files),
+                       "NSELECT": n_sel})
+    outputs = write_selection(output, science, files, table, asn_id=asn_id,
+                              integrations=integrations)
     in_files = sum(i["nint"] for i in candidates if i["path"] in set(files))
-    if in_files > n_sel:
-        log.info("the association's %d psf file(s) hold %d frame(s), %d not selected",
-                 len(files), in_files, in_files - n_sel)
-    return {"files": files, "table": table, "outputs": outputs, "candidates": len(frames),
-            "excluded": excluded, "excluded_files": len(excluded_files), "workers": n_workers}
+    log.info("%d frame(s) selected in %d file(s) (which hold %d): %s", n_sel, len(files),
+             in_files, output)
+    return {"files": files, "integrations": integrations, "selected": n_sel, "table": table,
+            "outputs": outputs, "candidates": len(frames), "excluded": excluded,
+            "excluded_files": len(excluded_files), "workers": n_workers}

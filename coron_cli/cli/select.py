@@ -20,8 +20,12 @@ log = logging.getLogger("coron")
               type=click.Path(),
               help="The association to write; the scores go to <root>_refscores.fits and "
                    ".ecsv beside it (root: the name without _asn.json or .json).")
-@click.option("-n", "--top", type=click.IntRange(min=1), default=20, show_default=True,
-              metavar="N", help="Frames kept per science exposure.")
+@click.option("-n", "--top", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Frames kept per science exposure, the best first [default: 20, or no "
+                   "limit with --threshold].")
+@click.option("--threshold", type=click.FloatRange(min=-1.0, max=1.0), default=None,
+              metavar="S", help="Keep the frames scoring S or more (a correlation, -1 to 1); "
+                                "with --top, the best N of those.")
 @click.option("--inner", type=click.FloatRange(min=0), default=8.0, show_default=True,
               metavar="PIX", help="Radius of the star's core left out of the correlation.")
 @click.option("--outer", type=click.FloatRange(min=0), default=None, metavar="PIX",
@@ -36,8 +40,8 @@ log = logging.getLogger("coron")
 @options.bad_bits
 @options.asn_id
 @options.common
-def cli(science, library, output, top, inner, outer, scheduler, workers, bad_bits, asn_id,
-        verbose, quiet, debug):
+def cli(science, library, output, top, threshold, inner, outer, scheduler, workers, bad_bits,
+        asn_id, verbose, quiet, debug):
     """Rank the frames of a reference library against science exposures and write a
     CORON association of the best.
 
@@ -47,23 +51,27 @@ def cli(science, library, output, top, inner, outer, scheduler, workers, bad_bit
     of its integrations): both moved so that the stars (STARCENX/Y, else
     CRPIX) coincide, the score is the Pearson correlation of the two images
     between --inner and --outer pixels from the star. The --top best frames
-    of each science exposure are kept; the files holding them, best first,
-    become the psf members of the association (a file is used whole by
-    'coron3 run'). Frames of another set-up are left out and counted. A
-    science exposure is never its own reference.
+    of each science exposure are kept (or those scoring --threshold or more,
+    or, with both, the best --top of those); the files holding them, best
+    first, become the psf members of the association, each with the
+    integrations selected (for any science exposure) as its "integrations"
+    list, which 'coron3 run' follows (the JWST pipeline ignores the key and
+    would use every integration). Frames of another set-up are left out and
+    counted. A science exposure is never its own reference.
 
     The scores are computed on dask, one block per library file, on a local
     cluster of --workers processes or on --scheduler; they do not depend on
     the number of workers (ties go to the file name, then the integration).
     Writes ASN.json and <root>_refscores.fits (table REFSCORES: file,
     integration, science, score, rank, selected) and .ecsv. Exit status 0,
-    or 2 with one line naming the problem (a bad file, no candidate, dask
-    not installed: pip install 'coron[dask]').
+    or 2 with one line naming the problem (a bad file, no candidate, no
+    frame above --threshold, dask not installed: pip install 'coron[dask]').
 
     \b
     Examples:
       coron-select jw1_calints.fits --library refs/ -o jw1_select_asn.json
       coron-select sci/*_calints.fits -L @library.txt --top 30 --workers 4 -o sel_asn.json
+      coron-select jw1_calints.fits -L refs/ --threshold 0.9 -o jw1_select_asn.json
       coron3 check sel_asn.json && coron3 run sel_asn.json -d products
     """
     setup_logging("coron-select", verbose, quiet)
@@ -76,12 +84,15 @@ def cli(science, library, output, top, inner, outer, scheduler, workers, bad_bit
         raise click.UsageError("-o must name a file (the score table goes beside it)")
     paths = find_library(library)
     check_output(output, list(science) + paths)
+    if top is None and threshold is None:
+        top = 20
     with timed("selection"):
-        result = run_select(list(science), paths, output, top=top, inner=inner, outer=outer,
-                            bad_bits=bad_bits, workers=workers, scheduler=scheduler,
-                            asn_id=asn_id, debug=debug)
-    log.info("%d candidate frame(s), %d left out (another set-up); %d psf file(s) in %s",
-             result["candidates"], result["excluded"], len(result["files"]), output)
+        result = run_select(list(science), paths, output, top=top, threshold=threshold,
+                            inner=inner, outer=outer, bad_bits=bad_bits, workers=workers,
+                            scheduler=scheduler, asn_id=asn_id, debug=debug)
+    log.info("%d candidate frame(s), %d left out (another set-up); %d frame(s) of %d psf "
+             "file(s) in %s", result["candidates"], result["excluded"], result["selected"],
+             len(result["files"]), output)
 
 
 def main():

@@ -11,7 +11,8 @@ from .common import check_output, check_stdin_once, run, setup_logging, timed
 @click.command(name="coron-stack", cls=options.Command, no_args_is_help=True)
 @click.argument("psf", nargs=-1, metavar="PSF...")
 @click.option("--asn", "asn_path", default=None, metavar="FILE",
-              help="Take the psf members of this association instead of PSF arguments; "
+              help="Take the psf members of this association instead of PSF arguments (only "
+                   "the integrations a member lists under \"integrations\", when it does); "
                    "writes <product>_psfstack.fits for each of its products.")
 @options.output("Output file (default: <root>_psfstack.fits in the current folder, root being "
                 "the ASN product name or the first PSF's name).")
@@ -66,7 +67,15 @@ def cli(psf, asn_path, output, asn_id, bad_bits, background, verbose, quiet, deb
         check_output(out, members)
         with timed("stack"):
             exposures = [read_product(p, what="reference exposure") for p in members]
-            from ..steps import match_backgrounds, stack_step   # once the inputs are read
+            from ..steps import match_backgrounds, stack_step, take_integrations
+
+            ints = [None] * len(members)
+            if prod is not None:   # the integrations the association names, if it does
+                from ..asn import check_integrations
+
+                ints = [check_integrations(asn, prod, p, e.sci.shape[0])
+                        for p, e in zip(members, exposures)]
+                exposures = [take_integrations(e, i) for e, i in zip(exposures, ints)]
 
             if files:
                 exposures = subtract_backgrounds(exposures, background, bad_bits)
@@ -79,7 +88,8 @@ def cli(psf, asn_path, output, asn_id, bad_bits, background, verbose, quiet, deb
                 bconf = BackgroundConfig(mode=mode, bad_bits=bad_bits)
                 exposures = [background_step(e, for_refs, bconf)[0] for e in exposures]
             product = stack_step(exposures, config, asn_id=job_id,
-                                 params={"inputs": [os.path.basename(m) for m in members]})
+                                 params={"inputs": [os.path.basename(m) for m in members]},
+                                 integrations=ints)
             write_product(product, out)
 
 

@@ -27,6 +27,7 @@ import importlib
 _WHERE = {
     "prepare_science": "stack",
     "stack_step": "stack",
+    "take_integrations": "stack",
     "match_backgrounds": "background",
     "background_step": "background",
     "align_step": "align",
@@ -97,6 +98,7 @@ __all__ = [
     "product_transmission",
     "resolve_sky_order",
     "stack_step",
+    "take_integrations",
     "throughput_table",
     "transmission_image",
     "zone_width_pix",

@@ -79,7 +79,43 @@ def _find_outliers(product, bad, err):
     return core.find_outliers(product.sci, bad, err=err, psf_fwhm=fwhm)
 
 
-def stack_step(exposures, config=None, *, asn_id=None, params=None):
+def take_integrations(product, integrations):
+    """The exposure `product` cut to some of its integrations (a new Product; the
+    input is not changed).
+
+    SCI, ERR and DQ keep the integrations listed (0-based, in their order);
+    so do the extra images (VAR_*) and the INT_TIMES table when they have one
+    layer or row per integration; NINTS is updated. `integrations` None
+    returns `product` itself.
+
+    Raises
+    ------
+    InputError
+        An integration the exposure does not have (naming its file).
+    """
+    if integrations is None:
+        return product
+    nint = product.sci.shape[0]
+    idx = np.asarray(integrations, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= nint:
+        bad = idx[(idx < 0) | (idx >= nint)]
+        raise InputError(product.path, f"has no integration {int(bad[0]) if bad.size else ''} "
+                                       f"({nint} integration(s), numbered from 0)")
+    images = {name: (data[idx] if np.ndim(data) >= 3 and np.shape(data)[0] == nint
+                     else np.array(data), header.copy())
+              for name, (data, header) in (product.images or {}).items()}
+    tables = {name: (t[idx] if name == "INT_TIMES" and len(t) == nint else t.copy())
+              for name, t in (product.tables or {}).items()}
+    primary = product.primary.copy()
+    if "NINTS" in primary:
+        primary["NINTS"] = int(idx.size)
+    return Product(sci=product.sci[idx], err=None if product.err is None else product.err[idx],
+                   dq=None if product.dq is None else product.dq[idx], primary=primary,
+                   sci_header=product.sci_header.copy(), tables=tables, images=images,
+                   path=product.path)
+
+
+def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations=None):
     """Concatenate reference exposures into a psfstack product.
 
     Outliers are searched for within each exposure (its integrations see the
@@ -95,6 +131,11 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None):
         Association id, written as ASN_ID.
     params : dict, optional
         Further provenance (the input names).
+    integrations : list, optional
+        For each exposure, None, or the numbers (0-based) in its file of the
+        integrations it holds, when it was cut to some of them
+        (:func:`take_integrations`, an association's ``"integrations"``):
+        the REFS table's ``integration`` column and the HISTORY say them.
 
     Returns
     -------
@@ -108,6 +149,16 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None):
     bad_bits = config.bad_bits
     if not exposures:
         raise InputError(None, "no reference exposures to stack")
+    if integrations is None:
+        integrations = [None] * len(exposures)
+    if len(integrations) != len(exposures):
+        raise ValueError("integrations: one entry per exposure")
+    labels = []
+    for e, ints in zip(exposures, integrations):
+        if ints is not None and len(ints) != e.sci.shape[0]:
+            raise ValueError(f"{e.path}: {len(ints)} integration numbers for "
+                             f"{e.sci.shape[0]} integration(s)")
+        labels.append(np.arange(e.sci.shape[0]) if ints is None else np.asarray(ints, int))
     first = exposures[0]
     for e in exposures[1:]:
         _frame_check(first, e, e.path)
@@ -135,7 +186,8 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None):
     refs = Table()
     refs["slice"] = np.arange(sci.shape[0], dtype=np.int32)
     refs["file"] = [rows[i][0] for i in index[:, 0]]
-    refs["integration"] = index[:, 1].astype(np.int32)
+    refs["integration"] = np.array([labels[i][k] for i, k in index], dtype=np.int32)
+    refs["integration"].description = "integration (0-based) in its file"
     refs["starcenx"] = np.array([rows[i][2] for i in index[:, 0]])
     refs["starceny"] = np.array([rows[i][3] for i in index[:, 0]])
     refs["xoffset"] = np.array([rows[i][4] for i in index[:, 0]])
@@ -151,13 +203,22 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None):
     primary["NINTS"] = (sci.shape[0], "reference slices in the stack")
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")
-    primary = add_provenance(primary, "coron-stack", params, history=[
-        f"stacked {len(exposures)} exposures, {sci.shape[0]} slices; "
-        f"{nout} outlier pixels flagged"] + [f"ref: {r[0]}" for r in rows])
+    summary = f"stacked {len(exposures)} exposures, {sci.shape[0]} slices; "
+    history = [summary + f"{nout} outlier pixels flagged"]
+    history += [f"ref: {r[0]}" + ("" if ints is None else f" (integrations {_int_list(ints)} only)")
+                for r, ints in zip(rows, integrations)]
+    primary = add_provenance(primary, "coron-stack", params, history=history)
     log.info("stacked %d exposures into %d slices (%d outliers flagged)",
              len(exposures), sci.shape[0], nout)
     return Product(sci=sci, err=err, dq=dq, primary=primary,
                    sci_header=first.sci_header.copy(), tables={"REFS": refs}, path="psfstack")
+
+
+def _int_list(ints):
+    """'0,2,5' (at most 20 numbers, then '...')."""
+    ints = [int(i) for i in ints]
+    text = ",".join(str(i) for i in ints[:20])
+    return text + (",..." if len(ints) > 20 else "")
 
 
 def _dither_offset(exposure):

@@ -1,7 +1,8 @@
 """coron-select: on a synthetic library of small frames (copies of the science PSF with a
 little noise, other PSFs, frames of another set-up), the matching frames are picked, the
 result is the same with 1 and 2 workers, the other set-ups are left out and counted, the
-association passes 'coron3 check'; bad input, missing dask."""
+association passes 'coron3 check'; the frames selected are named as each psf member's
+"integrations" (--top, --threshold, both); bad input, missing dask."""
 
 import json
 import os
@@ -124,6 +125,60 @@ def test_the_matching_frames_are_picked(selections, library):
     assert np.all(t[~t["selected"]]["score"] < chosen["score"].min())
     assert list(t["rank"]) == list(range(1, len(t) + 1))
     assert len(t) == 4 * 2 + 10 * 3        # the candidates only
+
+
+def _psf_members(asn_path):
+    with open(asn_path) as fh:
+        members = json.load(fh)["products"][0]["members"]
+    return {os.path.basename(m["expname"]): m.get("integrations")
+            for m in members if m["exptype"] == "psf"}
+
+
+def test_every_psf_member_names_its_selected_integrations(selections):
+    sel = selections[1]
+    t = Table.read(sel["folder"] / "sel_refscores.ecsv")
+    chosen = t[t["selected"]]
+    want = {}
+    for f, i in zip(chosen["file"], chosen["integration"]):
+        want.setdefault(os.path.basename(f), []).append(int(i))
+    assert _psf_members(sel["asn"]) == {f: sorted(v) for f, v in want.items()}
+
+
+@pytest.mark.parametrize("args, n", [(["--top", 3], 3), (["--threshold", 0.9], 8),
+                                     (["--threshold", 0.9, "--top", 5], 5)])
+def test_top_and_threshold_select_frames_not_files(library, tmp_path, args, n):
+    asn = tmp_path / "part_asn.json"
+    r = invoke(_runner(), select_cli, [library["science"], "-L", library["lib"], *args,
+                                       "-o", asn], prog="coron-select")
+    assert r.exit_code == 0, r.stderr
+    t = Table.read(tmp_path / "part_refscores.ecsv")
+    chosen = t[t["selected"]]
+    assert len(chosen) == n
+    assert list(chosen["rank"]) == list(range(1, n + 1))     # the best ones
+    if "--threshold" in args:
+        assert np.all(chosen["score"] >= 0.9)
+        assert t.meta["THRESH"] == 0.9
+    members = _psf_members(asn)
+    assert sum(len(v) for v in members.values()) == n
+    assert {(f, i) for f, v in members.items() for i in v} == \
+        {(os.path.basename(f), int(i)) for f, i in zip(chosen["file"], chosen["integration"])}
+    if n == 3:   # two-integration files: one of them is used in part
+        assert sorted(len(v) for v in members.values()) == [1, 2]
+        r = invoke(_runner(), coron3, ["check", asn, "-d", tmp_path / "out", "-v"],
+                   prog="coron3")
+        assert r.exit_code == 0, r.stderr
+        assert "1 of its 2 integration(s)" in r.stderr
+
+
+def test_a_threshold_no_frame_reaches_is_one_line(library, tmp_path):
+    r = invoke(_runner(), select_cli, [library["science"], "-L", library["lib"],
+                                       "--threshold", 1, "-o", tmp_path / "a.json"],
+               prog="coron-select")
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("coron-select: error: --threshold: no frame scores 1 or more "
+                                "(the best scores 0.9")
+    assert not (tmp_path / "a.json").exists()
 
 
 def test_other_setups_are_left_out_and_counted(selections):

@@ -145,6 +145,10 @@ CASES = {
     "stack_step": ("stack_step", lambda d: (
         (d["refs"], steps.StackConfig()), {"asn_id": d["asn_id"],
                                            "params": {"inputs": ["a", "b"]}})),
+    "stack_step-integrations": ("stack_step", lambda d: (
+        ([steps.take_integrations(d["refs"][0], [0, 2])] + d["refs"][1:],),
+        {"integrations": [[0, 2]] + [None] * (len(d["refs"]) - 1)})),
+    "take_integrations": ("take_integrations", lambda d: ((d["refs"][1], [2, 0]), {})),
     "match_backgrounds": ("match_backgrounds", lambda d: (
         (d["bkgs"], d["scis"], d["refs"]), {})),
     "background_step-subtract": ("background_step", lambda d: (
