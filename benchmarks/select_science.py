@@ -126,7 +126,16 @@ def other_epochs(ds, seed, composition, nint):
         rng_n = np.random.default_rng([seed, _TAG, 2, e])
         rng_bad = np.random.default_rng([seed, _TAG, 3, e])
         rng_c = np.random.default_rng([seed, _TAG, 4, e])
-        delta = S._powerlaw_opd(rng, opt, 1, 3.0, ep["wfe_nm"])[0]
+        if composition.get("drift") == "segments":
+            # half the drift's variance in the segments' pistons (their own stream, so the
+            # other draws stay those of the low-order model): speckles at a few lambda/D
+            rng_s = np.random.default_rng([seed, _TAG, 5, e])
+            pist = rng_s.normal(0.0, 1.0, 18)
+            seg = np.where(opt.seg_index >= 0, pist[np.maximum(opt.seg_index, 0)], 0.0)
+            seg = S._normalise(opt, seg[None], ep["wfe_nm"] / np.sqrt(2.0))[0]
+            delta = S._powerlaw_opd(rng, opt, 1, 3.0, ep["wfe_nm"] / np.sqrt(2.0))[0] + seg
+        else:
+            delta = S._powerlaw_opd(rng, opt, 1, 3.0, ep["wfe_nm"])[0]
         pix, hdr_off = dither_offsets(ep["dither"], "NIRCAM", opt.pixscale)
         npt = len(pix)
         opd = S._visit_opd(rng, opt, static + delta, npt * nint)
@@ -163,7 +172,7 @@ def other_epochs(ds, seed, composition, nint):
     return out
 
 
-def make_data(seed, size, quick, folder):
+def make_data(seed, size, quick, folder, drift="low-order"):
     """Write the science (``sci/``) and the library (``library/``) of a seed.
 
     Returns a dict: science paths, library paths, near-time paths, truth, composition.
@@ -174,6 +183,7 @@ def make_data(seed, size, quick, folder):
     from coron_cli.simulate import SIZES, simulate_dataset
 
     comp = draw_composition(seed, quick)
+    comp["drift"] = drift
     nint = 2
     setup = Setup(name="select-science", coronagraph="nircam-round", science_rolls=2,
                   roll_delta_deg=10.0, nints=nint,
@@ -253,7 +263,7 @@ def one_seed(seed, args, workroot):
     t0 = time.perf_counter()
     folder = os.path.join(workroot, f"seed{seed}")
     os.makedirs(folder)
-    data = make_data(seed, args.size, args.quick, folder)
+    data = make_data(seed, args.size, args.quick, folder, args.drift)
     comp, truth = data["composition"], data["truth"]
     nint = comp["nint"]
     progress(f"seed {seed}: {len(comp['near_dithers'])} near-time star(s), {comp['near_frames']} "
@@ -314,7 +324,8 @@ def format_table(results, args):
     lines = []
     top = args.top
     lines.append(f"coron-select science check: {args.size} simulation, NIRCam round mask, two "
-                 f"rolls; coron3 run defaults; best = coron-select --top {top}")
+                 f"rolls; other epochs' drift {getattr(args, 'drift', 'low-order')}; coron3 "
+                 f"run defaults; best = coron-select --top {top}")
     lines.append("SNR: aperture t-test (Mawet et al. 2014) at each companion's true position "
                  "in the i2d")
     lines.append("")
@@ -388,6 +399,11 @@ def main(argv=None):
     ap.add_argument("--workdir", default=None, help="folder for the data and products "
                                                    "[a temporary folder, removed]")
     ap.add_argument("--keep", action="store_true", help="keep each seed's files")
+    ap.add_argument("--drift", default="low-order", choices=("low-order", "segments"),
+                    help="how the other epochs' wavefront differs from the science's: the "
+                         "simulator's low-order power law, or half of it in segment pistons "
+                         "(JWST's segments drift between wavefront controls; their speckles "
+                         "fall at a few lambda/D)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results")
     args = ap.parse_args(argv)
     args.size = args.size or ("small" if args.quick else "medium")
