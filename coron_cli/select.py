@@ -192,7 +192,7 @@ def _sci_dq(path):
                         or dq.dtype.kind not in "iu" or sci.ndim not in (2, 3) \
                         or dq.shape != sci.shape or sci.size == 0:
                     return None
-                sci = sci.astype(np.float64 if sci.dtype.itemsize > 4 else np.float32)
+                sci = _native(sci, np.float64 if sci.dtype.itemsize > 4 else np.float32)
                 dq = dq.astype(np.uint32, copy=False)
                 primary = _clean_header(hdul[0].header)
                 sci_header = _clean_header(sci_hdu.header)
@@ -206,10 +206,20 @@ def _sci_dq(path):
     return Product(sci=sci, dq=dq, primary=primary, sci_header=sci_header, path=path)
 
 
+def _native(data, dtype):
+    """`data` as `dtype` in this machine's byte order: FITS's big-endian floats (read
+    into a buffer of their own, the file closed after) swapped in place when they may
+    be (no second copy of the frames), else converted."""
+    if data.dtype == np.dtype(dtype).newbyteorder(">") and data.flags.writeable \
+            and data.flags.c_contiguous and np.little_endian:
+        return data.byteswap(inplace=True).view(dtype)
+    return data.astype(dtype)
+
+
 def _frames(path, bad_bits):
     """The exposure (SCI, DQ and the headers; ERR and the tables are not read) and
     its SCI frames (nint, ny, nx), float32 (float64 when so stored), the pixels
-    flagged with `bad_bits` in DQ NaN (the exposure's SCI left as read).
+    flagged with `bad_bits` in DQ NaN: the exposure's SCI itself (no copy).
 
     Raises
     ------
@@ -224,10 +234,7 @@ def _frames(path, bad_bits):
         exp = read_product(path, what="reference exposure")
     sci = exp.sci
     if exp.dq is not None and bad_bits:
-        bad = (exp.dq & np.uint32(bad_bits)) != 0
-        sci = np.where(bad, sci.dtype.type(np.nan), sci)
-    else:
-        sci = sci.copy()
+        sci[(exp.dq & np.uint32(bad_bits)) != 0] = np.nan
     return exp, sci
 
 

@@ -158,6 +158,10 @@ def normalise(frames, region):
     return _unit_rows(frames[:, np.asarray(region, bool)].astype(np.float64, copy=False))
 
 
+#: frames a pass of :func:`region_vectors` works on (its scratch arrays: a few MB)
+_CHUNK = 4
+
+
 def region_vectors(frames, star, target, region):
     """``normalise(shift_to(frames, star, target), region)`` for frames (n, ny, nx),
     computed for the pixels of `region` only: the same values to rounding (the
@@ -180,25 +184,38 @@ def region_vectors(frames, star, target, region):
     cx, tx, x0, x1 = _axis_plan(nx, dx)
     cy, ty, y0, y1 = _axis_plan(ny, dy)
     inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    everywhere = bool(inside.all())
     flat = frames.reshape(n, ny * nx)
     src = (ys[inside] + cy) * nx + (xs[inside] + cx)
+    out = np.empty((n, ys.size)) if everywhere else np.full((n, ys.size), np.nan)
+    # a few frames at a time through scratch arrays made once: the same arithmetic,
+    # a few MB of memory touched instead of several copies of the whole stack
+    c = max(1, min(n, _CHUNK))
+    pick = np.empty((c, src.size), frames.dtype)
+    top, bottom, scratch = (np.empty((c, src.size)) for _ in range(3))
 
-    def row(index):                     # (1 - tx) a + tx b along x, as shift_to
+    def row(sub, index, dest, m):       # (1 - tx) a + tx b along x, as shift_to
+        np.take(sub, index, axis=1, out=pick[:m], mode="clip")
         if tx > 0:
-            part = np.multiply(np.take(flat, index, axis=1), 1.0 - tx, dtype=np.float64)
-            part += np.multiply(np.take(flat, index + 1, axis=1), tx, dtype=np.float64)
-            return part
-        return np.take(flat, index, axis=1).astype(np.float64)
+            np.multiply(pick[:m], 1.0 - tx, out=dest, dtype=np.float64)
+            np.take(sub, index + 1, axis=1, out=pick[:m], mode="clip")
+            dest += np.multiply(pick[:m], tx, out=scratch[:m], dtype=np.float64)
+        else:
+            np.copyto(dest, pick[:m])
 
-    v = row(src)
-    if ty > 0:                          # then (1 - ty) top + ty bottom, as shift_to
-        v *= 1.0 - ty
-        v += ty * row(src + nx)
-    if not inside.all():
-        full = np.full((n, ys.size), np.nan)
-        full[:, inside] = v
-        v = full
-    return _unit_rows(v)
+    for i in range(0, n, c):
+        m = min(c, n - i)
+        sub = flat[i:i + m]
+        dest = out[i:i + m] if everywhere else top[:m]
+        row(sub, src, dest, m)
+        if ty > 0:                      # then (1 - ty) top + ty bottom, as shift_to
+            dest *= 1.0 - ty
+            row(sub, src + nx, bottom[:m], m)
+            bottom[:m] *= ty
+            dest += bottom[:m]
+        if not everywhere:
+            out[i:i + m, inside] = dest
+    return _unit_rows(out)
 
 
 def _unit_rows(v):
