@@ -245,7 +245,7 @@ def _library_block(path, nint, star, target, shared, bad_bits):
     `shared` is (region, science vectors (n_science, npix)), sent to every
     worker once.
     """
-    from .core.select import correlate, region_vectors
+    from .core.select import region_scores
 
     region, science = shared
     try:
@@ -254,7 +254,7 @@ def _library_block(path, nint, star, target, shared, bad_bits):
         raise _FileError(exc.source or path, exc.message) from None
     if sci.shape[0] != nint or sci.shape[-2:] != region.shape:
         raise _FileError(path, f"SCI shape {sci.shape} differs from what its header says")
-    return correlate(science, region_vectors(sci, star, target, region))
+    return region_scores(sci, star, target, region, science)
 
 
 def science_vectors(infos, target, region, bad_bits=1):

@@ -5,8 +5,8 @@ the star, :func:`region_mask`), a frame moved so that its star sits where the sc
 star is (:func:`shift_to`), frames turned into zero-mean unit vectors over the region
 (:func:`normalise`), so that a dot product of two of them is the Pearson correlation of
 the two images there (:func:`correlate`), both at once for the region's pixels only
-(:func:`region_vectors`, what a library file costs), and the deterministic ranking of
-the frames (:func:`rank_frames`).
+(:func:`region_vectors`; :func:`region_scores` keeps only the scores: what a library
+file costs), and the deterministic ranking of the frames (:func:`rank_frames`).
 
 A stack of frames that share a star position (the integrations of one exposure) moves
 at once, by slices of the whole stack in float64 (no loop over frames or pixels).
@@ -20,6 +20,7 @@ __all__ = [
     "normalise",
     "rank_frames",
     "region_mask",
+    "region_scores",
     "region_vectors",
     "shift_to",
 ]
@@ -158,7 +159,8 @@ def normalise(frames, region):
     return _unit_rows(frames[:, np.asarray(region, bool)].astype(np.float64, copy=False))
 
 
-#: frames a pass of :func:`region_vectors` works on (its scratch arrays: a few MB)
+#: frames a pass of :func:`region_vectors` and :func:`region_scores` works on (their
+#: scratch arrays: a few MB)
 _CHUNK = 4
 
 
@@ -174,6 +176,34 @@ def region_vectors(frames, star, target, region):
     they are, the arithmetic is float64).
     """
     frames = np.asarray(frames)
+    out = np.empty((1 if frames.ndim == 2 else len(frames), int(np.count_nonzero(region))))
+    for i, chunk in _moved_chunks(frames, star, target, region):
+        out[i:i + len(chunk)] = chunk
+    return _unit_rows(out)
+
+
+def region_scores(frames, star, target, region, science):
+    """``correlate(science, region_vectors(frames, star, target, region))``: the scores
+    (n, n_science) of frames (n, ny, nx) against `science` vectors (from
+    :func:`normalise`), a few frames at a time, so that only the scores are kept
+    (the same values as those two, to rounding).
+    """
+    science = np.atleast_2d(np.asarray(science, np.float64))
+    frames = np.asarray(frames)
+    out = np.empty((1 if frames.ndim == 2 else len(frames), len(science)))
+    for i, chunk in _moved_chunks(frames, star, target, region):
+        out[i:i + len(chunk)] = correlate(science, _unit_rows(chunk))
+    return out
+
+
+def _moved_chunks(frames, star, target, region):
+    """(first frame, its pixels of `region` moved as :func:`shift_to` moves them, float64
+    (m, npix), NaN where their source is outside the frame) for a few frames at a time.
+
+    Each chunk is a scratch array, made once and overwritten by the next: a
+    few MB of memory touched however many the frames.
+    """
+    frames = np.asarray(frames)
     if frames.ndim == 2:
         frames = frames[None]
     if frames.dtype.kind != "f":
@@ -185,14 +215,13 @@ def region_vectors(frames, star, target, region):
     cy, ty, y0, y1 = _axis_plan(ny, dy)
     inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
     everywhere = bool(inside.all())
+    outside = np.flatnonzero(~inside)
     flat = frames.reshape(n, ny * nx)
     src = (ys[inside] + cy) * nx + (xs[inside] + cx)
-    out = np.empty((n, ys.size)) if everywhere else np.full((n, ys.size), np.nan)
-    # a few frames at a time through scratch arrays made once: the same arithmetic,
-    # a few MB of memory touched instead of several copies of the whole stack
     c = max(1, min(n, _CHUNK))
     pick = np.empty((c, src.size), frames.dtype)
     top, bottom, scratch = (np.empty((c, src.size)) for _ in range(3))
+    full = top if everywhere else np.empty((c, ys.size))
 
     def row(sub, index, dest, m):       # (1 - tx) a + tx b along x, as shift_to
         np.take(sub, index, axis=1, out=pick[:m], mode="clip")
@@ -206,7 +235,7 @@ def region_vectors(frames, star, target, region):
     for i in range(0, n, c):
         m = min(c, n - i)
         sub = flat[i:i + m]
-        dest = out[i:i + m] if everywhere else top[:m]
+        dest = top[:m]
         row(sub, src, dest, m)
         if ty > 0:                      # then (1 - ty) top + ty bottom, as shift_to
             dest *= 1.0 - ty
@@ -214,8 +243,9 @@ def region_vectors(frames, star, target, region):
             bottom[:m] *= ty
             dest += bottom[:m]
         if not everywhere:
-            out[i:i + m, inside] = dest
-    return _unit_rows(out)
+            full[:m, inside] = dest
+            full[:m, outside] = np.nan
+        yield i, full[:m]
 
 
 def _unit_rows(v):

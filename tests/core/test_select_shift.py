@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from coron_cli.core.select import normalise, region_mask, region_vectors, shift_to
+from coron_cli.core.select import (
+    correlate,
+    normalise,
+    region_mask,
+    region_scores,
+    region_vectors,
+    shift_to,
+)
 
 
 def ndimage_reference(frames, star, target):
@@ -118,3 +125,19 @@ def test_region_vectors_are_normalise_of_shift_to(stack, d):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14)
     norms = np.linalg.norm(got, axis=1)
     assert np.all((np.abs(norms - 1) < 1e-12) | (norms == 0))
+
+
+@pytest.mark.parametrize("d", SHIFTS)
+def test_region_scores_are_the_scores_of_region_vectors(stack, d):
+    star = (20.0, 18.0)
+    target = (star[0] + d[0], star[1] + d[1])
+    region = region_mask(stack.shape, target, inner=3.0, outer=25.0)
+    rng = np.random.default_rng(2)
+    science = normalise(rng.normal(size=(3,) + stack.shape[1:]), region)
+    got = region_scores(stack, star, target, region, science)
+    ref = correlate(science, region_vectors(stack, star, target, region))
+    assert got.shape == (stack.shape[0], 3)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-14)
+    one = region_scores(stack[4], star, target, region, science[0])
+    np.testing.assert_allclose(one, ref[4:5, :1], rtol=0, atol=1e-14)
+    assert region_scores(stack[:0], star, target, region, science).shape == (0, 3)
