@@ -237,7 +237,8 @@ def run_tree(cmd, *, env=None, cwd=None, timeout=None, interval=0.05):
     worker processes are children of the client, which runs the nannies).
 
     Returns dict: wall, rc, stdout, stderr, timed_out, client (bytes), workers (list of
-    bytes, one per worker process), others ({role: bytes}), load (1-min load average
+    bytes, one per worker process), others ({role: bytes}), procs (each process seen:
+    pid, role, peak, command line), load (1-min load average
     at the start and at the end), other_cpus and own_cpus (CPUs kept busy on average
     by the other processes of the machine and by this benchmark with its children:
     /proc/stat and getrusage, bench.LoadMeter).
@@ -247,7 +248,7 @@ def run_tree(cmd, *, env=None, cwd=None, timeout=None, interval=0.05):
         meter = bench.LoadMeter()
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
-        peaks, roles = {}, {}
+        peaks, roles, cmds = {}, {}, {}
         timed_out = False
         while p.poll() is None:
             for pid in [p.pid] + _children(p.pid):
@@ -256,7 +257,8 @@ def run_tree(cmd, *, env=None, cwd=None, timeout=None, interval=0.05):
                     continue
                 peaks[pid] = max(peaks.get(pid, 0), hwm)
                 if pid not in roles:
-                    roles[pid] = "client" if pid == p.pid else _role(_cmdline(pid))
+                    cmds[pid] = _cmdline(pid)
+                    roles[pid] = "client" if pid == p.pid else _role(cmds[pid])
             if timeout and time.perf_counter() - t0 > timeout:
                 timed_out = True
                 p.kill()
@@ -279,6 +281,8 @@ def run_tree(cmd, *, env=None, cwd=None, timeout=None, interval=0.05):
         elif role != "client":
             result["others"][role] = max(result["others"].get(role, 0), peaks[pid])
     result["workers"].sort(reverse=True)
+    result["procs"] = [{"pid": pid, "role": roles[pid], "peak": peaks[pid],
+                        "cmd": cmds[pid][:200]} for pid in roles]
     return result
 
 
