@@ -9,8 +9,8 @@ BIN    := $(VENV)/bin
 DEMO_DIR ?= demo_out
 DATA   ?= ../shared/realdata
 
-.PHONY: demo test test-jwst man bench bench-jwst science select-science panel realcheck clean \
-        install
+.PHONY: demo test test-jwst man bench bench-jwst bench-scale science select-science panel \
+        realcheck clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ bench: $(VENV)/.installed
 BENCH_JWST_ARGS ?=
 bench-jwst: $(VENV)/.installed
 	$(BIN)/python benchmarks/vs_jwst.py $(BENCH_JWST_ARGS)
+
+# coron3 batch with 1 and 2 workers on 16 medium associations, coron-select on libraries
+# of 500, 2,000 and 10,000 frames of 320x320 (12 GB of files at most, removed as it goes),
+# pyKLIP's PSFLibrary beside it in benchmarks/.venv-pyklip (made on first use, never a
+# dependency of coron). BENCH_SCALE_ARGS=--quick for a smoke run (~1 min).
+BENCH_SCALE_ARGS ?=
+bench-scale: $(VENV)/.installed
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/scale.py $(BENCH_SCALE_ARGS)
 
 science: $(VENV)/.installed
 	$(BIN)/python -m coron_cli.evaluate --size medium

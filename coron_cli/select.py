@@ -156,28 +156,105 @@ class _FileError(Exception):
     """A worker's failure to read a file: (path, message), picklable."""
 
 
+def _sci_dq(path):
+    """The SCI and DQ of a plain (uncompressed) FITS file with SCI and DQ image
+    extensions, read without the rest (ERR, tables): a Product holding only
+    them and the headers. None when the file is anything else, or anything is
+    amiss (read_product then reads it, or says in one line what is wrong)."""
+    import warnings
+
+    from astropy.io import fits
+
+    from .products import Product, _clean_header
+
+    if path == "-" or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"\x1f\x8b":        # gzip: read_product inflates it
+                return None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                found = {}
+                for hdu in hdul[1:]:
+                    name = hdu.name.upper()
+                    if name in ("SCI", "DQ") and name not in found:
+                        found[name] = hdu
+                        if len(found) == 2:
+                            break
+                sci_hdu, dq_hdu = found.get("SCI"), found.get("DQ")
+                if not isinstance(sci_hdu, fits.ImageHDU) or \
+                        not isinstance(dq_hdu, fits.ImageHDU):
+                    return None
+                sci, dq = sci_hdu.data, dq_hdu.data
+                if sci is None or dq is None or sci.dtype.kind != "f" \
+                        or dq.dtype.kind not in "iu" or sci.ndim not in (2, 3) \
+                        or dq.shape != sci.shape or sci.size == 0:
+                    return None
+                sci = _native(sci, np.float64 if sci.dtype.itemsize > 4 else np.float32)
+                dq = dq.astype(np.uint32, copy=False)
+                primary = _clean_header(hdul[0].header)
+                sci_header = _clean_header(sci_hdu.header)
+        if any(k in str(w.message).lower() for w in caught
+               for k in ("truncat", "unexpected end")):
+            return None
+    except Exception:  # noqa: BLE001 - astropy raises assorted errors on garbage
+        return None
+    if sci.ndim == 2:
+        sci, dq = sci[None], dq[None]
+    return Product(sci=sci, dq=dq, primary=primary, sci_header=sci_header, path=path)
+
+
+def _native(data, dtype):
+    """`data` as `dtype` in this machine's byte order: FITS's big-endian floats (read
+    into a buffer of their own, the file closed after) swapped in place when they may
+    be (no second copy of the frames), else converted."""
+    if data.dtype == np.dtype(dtype).newbyteorder(">") and data.flags.writeable \
+            and data.flags.c_contiguous and np.little_endian:
+        return data.byteswap(inplace=True).view(dtype)
+    return data.astype(dtype)
+
+
 def _frames(path, bad_bits):
-    """The SCI frames (nint, ny, nx) of a file, flagged pixels NaN."""
+    """The exposure (SCI, DQ and the headers; ERR and the tables are not read) and
+    its SCI frames (nint, ny, nx), float32 (float64 when so stored), the pixels
+    flagged with `bad_bits` in DQ NaN: the exposure's SCI itself (no copy).
+
+    Raises
+    ------
+    InputError
+        What :func:`coron_cli.products.read_product` says of a file that
+        is not a plain FITS file with SCI and DQ image extensions.
+    """
     from .products import read_product
 
-    exp = read_product(path, what="reference exposure")
-    sci = exp.sci.astype(np.float64)
+    exp = _sci_dq(path)
+    if exp is None:
+        exp = read_product(path, what="reference exposure")
+    sci = exp.sci
     if exp.dq is not None and bad_bits:
         sci[(exp.dq & np.uint32(bad_bits)) != 0] = np.nan
     return exp, sci
 
 
-def _library_block(path, nint, star, target, region, bad_bits):
-    """The normalised vectors (nint, npix) of one library file (a worker's task)."""
-    from .core.select import normalise, shift_to
+def _library_block(path, nint, star, target, shared, bad_bits):
+    """The scores (nint, n_science) of the frames of one library file (a worker's task):
+    each frame moved to `target`, normalised in the region, against the science.
 
+    `shared` is (region, science vectors (n_science, npix)), sent to every
+    worker once.
+    """
+    from .core.select import region_scores
+
+    region, science = shared
     try:
         _, sci = _frames(path, bad_bits)
     except CoronError as exc:
         raise _FileError(exc.source or path, exc.message) from None
     if sci.shape[0] != nint or sci.shape[-2:] != region.shape:
         raise _FileError(path, f"SCI shape {sci.shape} differs from what its header says")
-    return normalise(shift_to(sci, star, target), region)
+    return region_scores(sci, star, target, region, science)
 
 
 def science_vectors(infos, target, region, bad_bits=1):
@@ -201,30 +278,32 @@ def score_library(client, infos, science, target, region, bad_bits=1):
     """Scores (n_frames, n_science) of the frames of `infos` (library files, in order;
     their integrations in order) against the `science` vectors.
 
-    Computed as a dask array product: one block per file, read and prepared by
-    a worker, so that memory is bounded by the largest file; the blocks
-    depend only on the files, never on the number of workers, so neither do
-    the scores.
+    One dask task a file: a worker reads it (SCI and DQ), moves and normalises
+    its frames and returns their scores (:func:`_library_block`), so that a
+    worker's memory is bounded by one file and only the scores travel; the
+    region and the science vectors go to every worker once. A task depends
+    only on its file, never on the number of workers, so neither do the
+    scores.
     """
-    import dask
-    import dask.array as da
+    import uuid
 
-    blocks = []
-    for info in infos:
-        task = dask.delayed(_library_block, pure=True)(
-            os.path.abspath(info["path"]), info["nint"], info["star"], target, region, bad_bits,
-            dask_key_name=f"coron-select-{len(blocks)}-{os.path.basename(info['path'])}")
-        blocks.append(da.from_delayed(task, shape=(info["nint"], int(region.sum())),
-                                      dtype=np.float64))
-    if not blocks:
+    if not infos:
         return np.zeros((0, len(science)))
-    library = da.concatenate(blocks, axis=0)
-    scores = library @ da.from_array(np.ascontiguousarray(science.T), chunks=-1)
+    shared = client.scatter([(np.asarray(region, bool), np.asarray(science, np.float64))],
+                            broadcast=True, hash=False)[0]
+    run = uuid.uuid4().hex[:8]   # task names of their own on a shared scheduler
+    tasks = [client.submit(_library_block, os.path.abspath(info["path"]), info["nint"],
+                           info["star"], target, shared, bad_bits, pure=False,
+                           key=f"coron-select-{run}-{k}-{os.path.basename(info['path'])}")
+             for k, info in enumerate(infos)]
     try:
-        return np.clip(np.asarray(client.compute(scores).result()), -1.0, 1.0)
+        blocks = client.gather(tasks)
     except _FileError as exc:
         path, message = exc.args if len(exc.args) == 2 else (None, str(exc))
         raise InputError(path, message) from None
+    finally:
+        client.cancel(tasks)
+    return np.concatenate(blocks, axis=0)
 
 
 def select_frames(scores, frames, top=None, threshold=None):

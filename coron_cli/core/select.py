@@ -4,8 +4,12 @@ Pure numerics on numpy arrays (no I/O, no dask): the region KLIP fits (an annulu
 the star, :func:`region_mask`), a frame moved so that its star sits where the science
 star is (:func:`shift_to`), frames turned into zero-mean unit vectors over the region
 (:func:`normalise`), so that a dot product of two of them is the Pearson correlation of
-the two images there (:func:`correlate`), and the deterministic ranking of the
-frames (:func:`rank_frames`).
+the two images there (:func:`correlate`), both at once for the region's pixels only
+(:func:`region_vectors`; :func:`region_scores` keeps only the scores: what a library
+file costs), and the deterministic ranking of the frames (:func:`rank_frames`).
+
+A stack of frames that share a star position (the integrations of one exposure) moves
+at once, by slices of the whole stack in float64 (no loop over frames or pixels).
 """
 
 import numpy as np
@@ -16,6 +20,8 @@ __all__ = [
     "normalise",
     "rank_frames",
     "region_mask",
+    "region_scores",
+    "region_vectors",
     "shift_to",
 ]
 
@@ -38,19 +44,90 @@ def region_mask(shape, center, inner=8.0, outer=None):
     return (r >= inner) & (r <= outer)
 
 
+def _axis_plan(n, d):
+    """How a shift by `d` pixels moves an axis of `n` pixels, bilinearly.
+
+    Output pixel i takes the input at ``s = i - d`` (as scipy.ndimage.shift
+    does): ``(1 - t) in[i + c0] + t in[i + c0 + 1]`` with ``c0 = floor(-d)``,
+    ``t = -d - c0``; only the pixels with ``0 <= s <= n - 1`` (in float64, as
+    ndimage, mode "constant") have a value. Returns (c0, t, i0, i1): output
+    pixels i0..i1-1 have one; (0, 0, 0, 0) when none.
+    """
+    s = np.arange(n, dtype=np.float64) - d
+    inside = np.flatnonzero((s >= 0) & (s <= n - 1))
+    if inside.size == 0:
+        return 0, 0.0, 0, 0
+    c0 = int(np.floor(-d))
+    t = float(-d - c0)
+    if t <= 1e-9:          # a whole pixel (to 1e-9): one input pixel per output pixel
+        t = 0.0
+    elif t >= 1.0 - 1e-9:
+        c0, t = c0 + 1, 0.0
+    i0, i1 = int(inside[0]), int(inside[-1]) + 1
+    # the input pixels used exist (s in [0, n - 1] and t rounded to a whole pixel
+    # within 1e-9 keep i + c0 (+ 1 when t > 0) inside the axis)
+    i0 = max(i0, -c0)
+    i1 = min(i1, n - c0 - (1 if t > 0 else 0))
+    return c0, t, i0, max(i0, i1)
+
+
 def shift_to(frames, star, target, order=1):
-    """Frames (…, ny, nx) moved by ``target - star`` (x, y) pixels.
+    """Frames (…, ny, nx) moved by ``target - star`` (x, y) pixels, float64.
 
     Bilinear (`order` 1) interpolation, deterministic; an integer shift moves
-    pixels exactly. Pixels that are NaN, or that come from outside the frame
-    or from a NaN pixel, are NaN.
+    pixels exactly. Pixels that come from outside the frame, or from a NaN or
+    infinite pixel, are NaN (an output pixel comes from the two input pixels
+    about its source along each axis, weighted 1 - t and t; a fraction t
+    within 1e-9 of a whole pixel counts as a whole pixel, so that the pixel
+    beside it does not count). All the frames move by the same shift,
+    computed on the whole stack at once, in float64: each output pixel is
+    ``(1 - ty) ((1 - tx) a + tx b) + ty ((1 - tx) c + tx d)`` of its four
+    input pixels. These are the values of ``scipy.ndimage.shift(frame, (dy,
+    dx), order=1, mode="constant", prefilter=False)`` to rounding, the same
+    pixels outside the frame. Another `order` uses ndimage's spline of that
+    order, frame by frame (NaN pixels where the spline gives NaN pixels a
+    weight above 1e-9).
     """
+    frames = np.asarray(frames)
+    if frames.dtype.kind != "f":
+        frames = frames.astype(np.float64)
+    dx, dy = float(target[0]) - float(star[0]), float(target[1]) - float(star[1])
+    if dx == 0.0 and dy == 0.0:
+        return frames.astype(np.float64, copy=True)
+    if order != 1:
+        return _shift_ndimage(frames, dx, dy, order)
+    ny, nx = frames.shape[-2:]
+    out = np.full(frames.shape, np.nan)
+    cx, tx, x0, x1 = _axis_plan(nx, dx)
+    cy, ty, y0, y1 = _axis_plan(ny, dy)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    # along x: the rows the output needs, columns x0..x1-1 (float64 from here on;
+    # 0 * NaN is never formed: a weight of 0 leaves its pixel out)
+    rows = frames[..., y0 + cy:y1 + cy + (1 if ty > 0 else 0), :]
+    left = rows[..., x0 + cx:x1 + cx]
+    if tx > 0:
+        right = rows[..., x0 + cx + 1:x1 + cx + 1]
+        part = np.multiply(left, 1.0 - tx, dtype=np.float64)
+        part += np.multiply(right, tx, dtype=np.float64)
+    else:
+        part = left.astype(np.float64)
+    # along y
+    dest = out[..., y0:y1, x0:x1]
+    if ty > 0:
+        np.multiply(part[..., :-1, :], 1.0 - ty, out=dest)
+        dest += ty * part[..., 1:, :]
+    else:
+        dest[...] = part
+    np.copyto(dest, np.nan, where=~np.isfinite(dest))   # an infinite input pixel too
+    return out
+
+
+def _shift_ndimage(frames, dx, dy, order):
+    """:func:`shift_to` with scipy.ndimage's spline of `order`, frame by frame."""
     from scipy import ndimage
 
     frames = np.asarray(frames, dtype=np.float64)
-    dx, dy = float(target[0]) - float(star[0]), float(target[1]) - float(star[1])
-    if dx == 0.0 and dy == 0.0:
-        return frames.copy()
     lead = frames.shape[:-2]
     flat = frames.reshape((-1,) + frames.shape[-2:])
     out = np.empty_like(flat)
@@ -75,18 +152,121 @@ def normalise(frames, region):
     frame that is constant (or all NaN) in the region gives a zero vector:
     it scores 0 against anything.
     """
-    frames = np.asarray(frames, dtype=np.float64)
+    frames = np.asarray(frames)
     if frames.ndim == 2:
         frames = frames[None]
-    v = frames[:, np.asarray(region, bool)]
-    good = np.isfinite(v)
-    count = good.sum(axis=1)
-    total = np.where(good, v, 0.0).sum(axis=1)
+    # a new array (boolean indexing copies), float64, worked on in place
+    return _unit_rows(frames[:, np.asarray(region, bool)].astype(np.float64, copy=False))
+
+
+#: frames a pass of :func:`region_vectors` and :func:`region_scores` works on (their
+#: scratch arrays: a few MB)
+_CHUNK = 4
+
+
+def region_vectors(frames, star, target, region):
+    """``normalise(shift_to(frames, star, target), region)`` for frames (n, ny, nx),
+    computed for the pixels of `region` only: the same values to rounding (the
+    same shifted pixels, bit for bit; the sums over the region may round
+    differently, by ~1e-16).
+
+    Each pixel of the region is the bilinear mix of :func:`shift_to` of the
+    four input pixels about its source, NaN when its source is outside the
+    frame; the frames need not be float64 (float32 pixels are used as
+    they are, the arithmetic is float64).
+    """
+    frames = np.asarray(frames)
+    out = np.empty((1 if frames.ndim == 2 else len(frames), int(np.count_nonzero(region))))
+    for i, chunk in _moved_chunks(frames, star, target, region):
+        out[i:i + len(chunk)] = chunk
+    return _unit_rows(out)
+
+
+def region_scores(frames, star, target, region, science):
+    """``correlate(science, region_vectors(frames, star, target, region))``: the scores
+    (n, n_science) of frames (n, ny, nx) against `science` vectors (from
+    :func:`normalise`), a few frames at a time, so that only the scores are kept
+    (the same values as those two, to rounding).
+    """
+    science = np.atleast_2d(np.asarray(science, np.float64))
+    frames = np.asarray(frames)
+    out = np.empty((1 if frames.ndim == 2 else len(frames), len(science)))
+    for i, chunk in _moved_chunks(frames, star, target, region):
+        out[i:i + len(chunk)] = correlate(science, _unit_rows(chunk))
+    return out
+
+
+def _moved_chunks(frames, star, target, region):
+    """(first frame, its pixels of `region` moved as :func:`shift_to` moves them, float64
+    (m, npix), NaN where their source is outside the frame) for a few frames at a time.
+
+    Each chunk is a scratch array, made once and overwritten by the next: a
+    few MB of memory touched however many the frames.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[None]
+    if frames.dtype.kind != "f":
+        frames = frames.astype(np.float64)
+    n, ny, nx = frames.shape
+    ys, xs = np.nonzero(np.asarray(region, bool))     # the order of frames[:, region]
+    dx, dy = float(target[0]) - float(star[0]), float(target[1]) - float(star[1])
+    cx, tx, x0, x1 = _axis_plan(nx, dx)
+    cy, ty, y0, y1 = _axis_plan(ny, dy)
+    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    everywhere = bool(inside.all())
+    outside = np.flatnonzero(~inside)
+    flat = frames.reshape(n, ny * nx)
+    src = (ys[inside] + cy) * nx + (xs[inside] + cx)
+    c = max(1, min(n, _CHUNK))
+    pick = np.empty((c, src.size), frames.dtype)
+    top, bottom, scratch = (np.empty((c, src.size)) for _ in range(3))
+    full = top if everywhere else np.empty((c, ys.size))
+
+    def row(sub, index, dest, m):       # (1 - tx) a + tx b along x, as shift_to
+        np.take(sub, index, axis=1, out=pick[:m], mode="clip")
+        if tx > 0:
+            np.multiply(pick[:m], 1.0 - tx, out=dest, dtype=np.float64)
+            np.take(sub, index + 1, axis=1, out=pick[:m], mode="clip")
+            dest += np.multiply(pick[:m], tx, out=scratch[:m], dtype=np.float64)
+        else:
+            np.copyto(dest, pick[:m])
+
+    for i in range(0, n, c):
+        m = min(c, n - i)
+        sub = flat[i:i + m]
+        dest = top[:m]
+        row(sub, src, dest, m)
+        if ty > 0:                      # then (1 - ty) top + ty bottom, as shift_to
+            dest *= 1.0 - ty
+            row(sub, src + nx, bottom[:m], m)
+            bottom[:m] *= ty
+            dest += bottom[:m]
+        if not everywhere:
+            full[:m, inside] = dest
+            full[:m, outside] = np.nan
+        yield i, full[:m]
+
+
+def _unit_rows(v):
+    """Rows of `v` (n, npix; float64, overwritten) minus their mean over the finite
+    pixels and divided by their norm, the other pixels 0 (:func:`normalise`)."""
+    bad = ~np.isfinite(v)
+    any_bad = bool(bad.any())
+    if any_bad:
+        v[bad] = 0.0
+        count = v.shape[1] - bad.sum(axis=1)
+    else:
+        count = np.full(v.shape[0], v.shape[1])
+    total = v.sum(axis=1)
     mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    v = np.where(good, v - mean[:, None], 0.0)
+    v -= mean[:, None]
+    if any_bad:
+        v[bad] = 0.0
     norm = np.sqrt(np.einsum("ij,ij->i", v, v))
     scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
-    return v * scale[:, None]
+    v *= scale[:, None]
+    return v
 
 
 def correlate(science, library):
