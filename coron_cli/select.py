@@ -259,12 +259,23 @@ def _library_block(path, nint, star, target, shared, bad_bits):
 
 def science_vectors(infos, target, region, bad_bits=1):
     """(n_science, npix): each science exposure's mean frame (over integrations, NaN
-    pixels left out), moved to `target` and normalised in `region`."""
+    pixels left out), moved to `target` and normalised in `region`.
+
+    The exposure is prepared as for KLIP first (:func:`coron_cli.steps.prepare_science`:
+    flagged pixels and unflagged outliers, such as cosmic rays, repaired; never a
+    source): one bright pixel would otherwise hold most of the vector's variance and
+    decide every score.
+    """
     from .core.select import normalise, shift_to
+    from .products import read_product
+    from .steps import prepare_science
 
     out = []
     for info in infos:
-        _, sci = _frames(info["path"], bad_bits)
+        exp = read_product(info["path"], what="science exposure")
+        sci, _, _, nout = prepare_science(exp, bad_bits=bad_bits)
+        if nout:
+            log.info("%s: %d outlier pixel(s) repaired before scoring", info["path"], nout)
         moved = shift_to(sci, info["star"], target)
         good = np.isfinite(moved)
         n = good.sum(axis=0)

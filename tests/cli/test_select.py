@@ -301,3 +301,20 @@ def test_dask_is_imported_only_when_a_selection_runs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_cosmic_ray_on_the_science_does_not_decide_the_ranking(library, tmp_path):
+    """An unflagged cosmic ray in one science integration, inside the scored region, would
+    hold most of the science vector's variance; it is repaired (as KLIP's preparation
+    repairs it) before scoring, so the matching frames are still the best 8."""
+    with fits.open(library["science"]) as h:
+        sci = h["SCI"].data.copy()
+    sci[0, 15, 27] += 200.0 * sci.max()           # 11.5 px from the star, one pixel
+    hit = _write(tmp_path / "hit_calints.fits", sci, STAR)
+    asn = tmp_path / "hit_asn.json"
+    r = invoke(_runner(), select_cli, [hit, "-L", library["lib"], "--top", 8, "--workers", 1,
+                                       "-o", asn], prog="coron-select")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(_psf_members(asn)) == sorted(os.path.basename(p) for p in library["match"])
+    t = Table.read(tmp_path / "hit_refscores.ecsv")
+    assert np.all(t[t["selected"]]["score"] > 0.9)
