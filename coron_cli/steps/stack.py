@@ -2,7 +2,6 @@
 
 import logging
 import os
-import weakref
 
 import numpy as np
 
@@ -265,30 +264,22 @@ def _stack_dithers(psfstack):
     return pos, groups, keys
 
 
-#: repaired stacks by their SCI array (weakly held): the pipeline aligns one stack onto
-#: every science exposure, and the repair need not be made again for each
-_REPAIRED = weakref.WeakKeyDictionary()
-
-
 def _repair_stack(psfstack, bad_bits):
-    """The stack's SCI with its bad pixels repaired (read-only; made once per SCI array,
-    DQ array and bits)."""
-    key = (id(psfstack.dq), int(bad_bits))
-    try:
-        cached = _REPAIRED.get(psfstack.sci, {})
-    except TypeError:                               # not weak-referenceable
-        cached = None
-    if cached and key in cached and cached[key][0]() is psfstack.dq:
-        return cached[key][1]
+    """The stack's SCI with its bad pixels repaired (read-only).
+
+    Made once per stack Product: the pipeline aligns one stack onto every science
+    exposure. The result is kept on the Product with the SCI and DQ arrays it was made
+    from, and made again if either was replaced or other bits are asked for.
+    """
+    memo = getattr(psfstack, "_repaired", None)
+    if memo is not None and memo[0] is psfstack.sci and memo[1] is psfstack.dq \
+            and memo[2] == int(bad_bits):
+        return memo[3]
     bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
     _check_not_all_bad(psfstack, bad)
     out = core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
     out.setflags(write=False)
-    if cached is not None and psfstack.dq is not None:
-        try:
-            _REPAIRED.setdefault(psfstack.sci, {})[key] = (weakref.ref(psfstack.dq), out)
-        except TypeError:
-            pass
+    psfstack._repaired = (psfstack.sci, psfstack.dq, int(bad_bits), out)
     return out
 
 

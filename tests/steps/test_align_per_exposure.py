@@ -80,3 +80,34 @@ def test_coron3_run_and_the_chained_tools_agree(small_asn, tmp_path, runner):
     with fits.open(out / "targ1_c1001_psfsub.fits") as a, \
             fits.open(chain / "a_psfsub.fits") as b:
         np.testing.assert_allclose(a["SCI"].data, b["SCI"].data, rtol=1e-5, atol=1e-5)
+
+
+def test_the_stack_is_repaired_once_for_every_science_exposure(small_asn, monkeypatch):
+    """The pipeline aligns one stack onto each science exposure: its bad pixels are repaired
+    once (the result read-only); a stack whose SCI or DQ array was replaced, or other bits,
+    is repaired again."""
+    from dataclasses import replace
+
+    from coron_cli import core
+    from coron_cli.steps import stack as stack_mod
+
+    sci, stack = _inputs(small_asn.parent)
+    calls = []
+    real = core.repair_bad_pixels
+
+    def counting(images, *a, **k):
+        if images.shape == stack.sci.shape:      # a stack's repair, not a science one's
+            calls.append(1)
+        return real(images, *a, **k)
+
+    monkeypatch.setattr(stack_mod.core, "repair_bad_pixels", counting)
+    first = stack_mod._repair_stack(stack, 1)
+    assert stack_mod._repair_stack(stack, 1) is first and len(calls) == 1
+    assert not first.flags.writeable
+    a = steps.align_step(sci, stack, AlignConfig())
+    b = steps.align_step(sci, stack, AlignConfig())
+    assert len(calls) == 1 and np.array_equal(a.sci, b.sci)
+    stack_mod._repair_stack(stack, 3)
+    assert len(calls) == 2
+    other = replace(stack, sci=stack.sci.copy())
+    assert stack_mod._repair_stack(other, 1) is not first and len(calls) == 3
