@@ -83,7 +83,9 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     pointing jitter (a few thousandths of a pixel), and the mean is the
     sharper target. The psfalign is then 3-D (nref, ny, nx), as the JWST
     stage writes it, and KLIP decomposes the references once for all the
-    integrations.
+    integrations. How far the star moves between the integrations (each
+    fitted against their mean) is written as ALMOTION, with a warning naming
+    the exposure beyond :data:`MOTION_WARN_PIX`.
 
     Returns
     -------
@@ -100,9 +102,12 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     mask, weights_from = _fit_weights(science, mask, transmission, config)
     sci, _, _, _ = prepare_science(science, bad_bits=config.bad_bits)
     nint_science = sci.shape[0]
+    motion = None
     if config.per == "exposure":
         # one registration on the mean of the integrations (repaired), for all of them
-        sci = sci.mean(axis=0, keepdims=True)
+        mean = sci.mean(axis=0, keepdims=True)
+        motion = _motion_within(sci, mean, mask, science.path)
+        sci = mean
     refs = _repair_stack(psfstack, config.bad_bits)
     dith = _stack_dithers(psfstack) if config.method in ("auto", "dither") else None
     if config.method == "dither" and (dith is None or
@@ -146,9 +151,36 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     if config.per == "exposure":
         aligned, err, dq = aligned[0], err[0], dq[0]
         shifts = tuple(np.repeat(a, nint_science, axis=0) for a in shifts)
-    return _psfalign_product(science, aligned, err, dq, shifts, gain,
-                             config, {**(params or {}), "mask": "none" if mask is None else
-                                      "yes", "fit_weights": weights_from}, asn_id)
+    product = _psfalign_product(science, aligned, err, dq, shifts, gain,
+                                config, {**(params or {}), "mask": "none" if mask is None else
+                                         "yes", "fit_weights": weights_from}, asn_id)
+    if motion is not None:
+        product.sci_header["ALMOTION"] = (round(motion, 4), "[pix] largest star move within "
+                                                            "the exposure")
+    return product
+
+
+#: a star moving more than this (pixels) within an exposure is warned about when the
+#: references are registered once per exposure (JWST's pointing holds to ~0.01 px)
+MOTION_WARN_PIX = 0.05
+
+
+def _motion_within(sci, mean, mask, path):
+    """How far (pixels) the star moves within an exposure: the rigid fit of each of its
+    integrations against their mean, the largest distance from the median offset; a
+    warning naming the exposure above :data:`MOTION_WARN_PIX`. None for one integration."""
+    if sci.shape[0] < 2:
+        return None
+    dx, dy, _ = core.align_references(mean, sci, weights=mask, fit_only=True)
+    d = np.hypot(dx[:, 0] - np.median(dx[:, 0]), dy[:, 0] - np.median(dy[:, 0]))
+    motion = float(d.max())
+    if motion > MOTION_WARN_PIX:
+        log.warning("%s: the star moves by up to %.2f px between integrations; the references "
+                    "are registered once, on their mean (--align-per integration registers "
+                    "each)", path, motion)
+    else:
+        log.info("%s: the star moves by at most %.3f px between integrations", path, motion)
+    return motion
 
 
 def _fit_weights(science, mask, transmission, config):

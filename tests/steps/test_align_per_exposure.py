@@ -111,3 +111,41 @@ def test_the_stack_is_repaired_once_for_every_science_exposure(small_asn, monkey
     assert len(calls) == 2
     other = replace(stack, sci=stack.sci.copy())
     assert stack_mod._repair_stack(other, 1) is not first and len(calls) == 3
+
+
+def test_a_star_moving_within_the_exposure_is_warned_about(tmp_path, caplog):
+    """Registered once per exposure, an exposure whose star moves between integrations
+    (0.2 px from the median here) gets one warning naming it and ALMOTION; a still one gets neither."""
+    import logging
+
+    from astropy.io import fits as pyfits
+
+    from coron_cli.products import Product
+    from tests.helpers import gaussian_psf
+
+    rng = np.random.default_rng(4)
+    shape = (40, 40)
+
+    def cube(moves):
+        return np.stack([900.0 * gaussian_psf(shape, 19.5 + m, 19.5)
+                         + rng.normal(0, 0.5, shape) for m in moves]).astype(np.float32)
+
+    h = pyfits.Header()
+    h["STARCENX"], h["STARCENY"] = 19.5, 19.5
+    refs = cube([0.1, -0.1, 0.05, 0.0])
+    stack = Product(sci=refs, err=np.ones_like(refs), dq=np.zeros(refs.shape, np.uint32),
+                    primary=pyfits.Header(), sci_header=h.copy(), path="stack")
+    for name, moves, warned in (("still", [0, 0.005, -0.005, 0], False),
+                                ("moving", [-0.2, -0.05, 0.05, 0.2], True)):
+        c = cube(moves)
+        sci = Product(sci=c, err=np.full_like(c, 0.5), dq=np.zeros(c.shape, np.uint32),
+                      primary=pyfits.Header(), sci_header=h.copy(), path=f"{name}_calints.fits")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="coron"):
+            out = steps.align_step(sci, stack, AlignConfig(per="exposure", method="fourier"))
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING
+                    and "moves by" in r.getMessage()]
+        assert len(warnings) == (1 if warned else 0), name
+        assert (out.sci_header["ALMOTION"] > 0.1) == warned, name
+        if warned:
+            assert f"{name}_calints.fits" in warnings[0].getMessage()
