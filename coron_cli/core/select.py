@@ -15,6 +15,7 @@ at once, by slices of the whole stack in float64 (no loop over frames or pixels)
 import numpy as np
 
 __all__ = [
+    "blank_spikes",
     "correlate",
     "largest_radius",
     "normalise",
@@ -24,6 +25,55 @@ __all__ = [
     "region_vectors",
     "shift_to",
 ]
+
+
+#: a pixel is a spike when it exceeds its brightest neighbour by this many times the
+#: frame's noise ...
+SPIKE_SIGMA = 6.0
+#: ... and stands above its faintest neighbour by this many times the neighbours' range
+#: (a point source reaches about 3 at 1.85 px FWHM, 6 at 1.3 px, the sharpest JWST sampling)
+SPIKE_RATIO = 8.0
+
+
+def blank_spikes(frames, nsigma=SPIKE_SIGMA, ratio=SPIKE_RATIO):
+    """Set to NaN, in place, the single-pixel spikes of frames (n, ny, nx) (float): cosmic
+    rays and hot pixels that no flag marks. Returns how many.
+
+    A pixel is a spike when it exceeds the brightest of its 8 neighbours by more
+    than `nsigma` times its frame's noise (from the differences of adjacent pixels
+    of every fourth row, 1.4826 MAD / sqrt 2) and stands above the faintest of them
+    by more than `ratio` times their range: sharper than any point source can be
+    (a pixel-centred source, whose neighbours keep half and a fifth of its peak,
+    reaches about 3 at 1.85 px FWHM and 6 at 1.3 px, the sharpest JWST
+    coronagraphic sampling), so a companion or a speckle is never blanked. NaN pixels
+    stay NaN and count as neither brightest nor faintest.
+    """
+    from scipy import ndimage
+
+    from .robust import nanmedian
+
+    if frames.ndim != 3 or frames.shape[0] == 0:
+        return 0
+    ok = np.isfinite(frames)
+    foot = np.ones((1, 3, 3), bool)
+    foot[0, 1, 1] = False
+    hi = ndimage.maximum_filter(np.where(ok, frames, -np.inf), footprint=foot, mode="nearest")
+    lo = ndimage.minimum_filter(np.where(ok, frames, np.inf), footprint=foot, mode="nearest")
+    rows = frames[:, ::4, :]
+    d = (rows[:, :, 1:] - rows[:, :, :-1]).reshape(len(frames), -1)
+    if np.isfinite(d).all():
+        med = np.median(d, axis=1, keepdims=True)
+        mad = np.median(np.abs(d - med), axis=1)
+    else:
+        med = nanmedian(d, 1, keepdims=True)
+        mad = nanmedian(np.abs(d - med), 1)
+    noise = 1.4826 * mad / np.sqrt(2.0)
+    noise = np.where(np.isfinite(noise), noise, np.inf).astype(frames.dtype)[:, None, None]
+    with np.errstate(invalid="ignore"):
+        spike = ok & (frames - hi > frames.dtype.type(nsigma) * noise) \
+            & (frames - lo > frames.dtype.type(ratio) * (hi - lo))
+    frames[spike] = np.nan
+    return int(spike.sum())
 
 
 def largest_radius(shape, center):

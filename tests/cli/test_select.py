@@ -318,3 +318,22 @@ def test_a_cosmic_ray_on_the_science_does_not_decide_the_ranking(library, tmp_pa
     assert sorted(_psf_members(asn)) == sorted(os.path.basename(p) for p in library["match"])
     t = Table.read(tmp_path / "hit_refscores.ecsv")
     assert np.all(t[t["selected"]]["score"] > 0.9)
+
+
+def test_a_cosmic_ray_on_a_library_frame_does_not_push_it_down(library, tmp_path):
+    """A matching library file with an unflagged cosmic ray in the scored region keeps its
+    frames among the best (the ray is blanked before scoring)."""
+    import shutil
+
+    lib = tmp_path / "lib"
+    shutil.copytree(library["lib"], lib)
+    hit = lib / os.path.basename(library["match"][0])
+    with fits.open(hit, mode="update") as h:
+        h["SCI"].data[0, 15, 27] += 200.0 * np.nanmax(h["SCI"].data)
+    asn = tmp_path / "hit_asn.json"
+    r = invoke(_runner(), select_cli, [library["science"], "-L", lib, "--top", 8, "--workers", 1,
+                                       "-o", asn], prog="coron-select")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(_psf_members(asn)) == sorted(os.path.basename(p) for p in library["match"])
+    t = Table.read(tmp_path / "hit_refscores.ecsv")
+    assert np.all(t[t["selected"]]["score"] > 0.9)

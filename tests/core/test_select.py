@@ -66,3 +66,28 @@ def test_ranking_is_by_score_then_name_then_integration():
     ints = [0, 0, 2, 1, 1]
     order = rank_frames(scores, names, ints)[0]
     assert list(order) == [1, 4, 2, 0, 3]
+
+
+def test_blank_spikes_takes_cosmic_rays_never_a_point_source():
+    """Single-pixel hits well above the noise are blanked; pure noise, and point sources
+    as sharp as JWST samples them (1.3 px FWHM, centred on a pixel or between two), are
+    not, however bright; flagged (NaN) pixels stay NaN."""
+    from coron_cli.core.select import blank_spikes
+
+    rng = np.random.default_rng(8)
+    noise = rng.normal(size=(6, 64, 64)).astype(np.float32)
+    assert blank_spikes(noise.copy()) == 0
+    y, x = np.indices((64, 64))
+    for cx in (31.0, 31.5):
+        for peak in (1e2, 1e5):
+            sigma = 1.3 / 2.3548
+            img = (peak * np.exp(-((x - cx) ** 2 + (y - 31) ** 2) / (2 * sigma ** 2))
+                   + rng.normal(size=(64, 64))).astype(np.float32)[None]
+            assert blank_spikes(img) == 0, (cx, peak)
+    hit = noise.copy()
+    hit[2, 20, 20] += 100.0
+    hit[4, 40, 41] += 40.0
+    hit[1, 10, 10] = np.nan
+    assert blank_spikes(hit) == 2
+    assert np.isnan(hit[2, 20, 20]) and np.isnan(hit[4, 40, 41]) and np.isnan(hit[1, 10, 10])
+    assert np.isfinite(hit).sum() == hit.size - 3
