@@ -1061,6 +1061,19 @@ def print_machine(rows):
 # ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
+def finish_report(result, json_path, note=""):
+    """The end of a benchmark's report: the load average now (also put in `result`), and
+    every number written to `json_path` when given."""
+    la = os.getloadavg()
+    result["loadavg_end"] = la
+    print(f"\nload average at the end: {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} (1, 5, 15 min) "
+          f"on {os.cpu_count()} CPUs{note}")
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=1, default=str)
+        print(f"every number: {json_path}")
+
+
 def mb(x):
     return None if x is None else x / MB
 

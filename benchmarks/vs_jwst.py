@@ -659,14 +659,7 @@ def main(argv=None):
     finally:
         if not args.workdir:
             shutil.rmtree(top, ignore_errors=True)
-    la = os.getloadavg()
-    result["loadavg_end"] = la
-    print(f"\nload average at the end: {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} "
-          f"(1, 5, 15 min) on {os.cpu_count()} CPUs")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1, default=str)
-        print(f"every number: {args.json}")
+    bench.finish_report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ of the real-data crops, writers of small synthetic exposures, a CliRunner wrappe
 that applies coron's error policy, and small synthetic KLIP inputs.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -79,6 +80,44 @@ def miri_copy(tmp_path):
 
 
 # --------------------------------------------------------------------------- commands
+
+def modules_loaded(code, cwd=None):
+    """The names of the modules in ``sys.modules`` after `code` runs in a fresh Python."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted("
+                          "sys.modules)))"], cwd=cwd, capture_output=True, text=True,
+                         check=True, timeout=120)
+    return set(out.stdout.split())
+
+
+@contextlib.contextmanager
+def policy_invoker(runner, progs):
+    """``with policy_invoker(runner, {module: prog}) as invoke``: ``invoke(module, args,
+    input=None)`` runs a command module's click object under coron's error policy
+    (:func:`coron_cli.cli.common.run`) in `runner`, as its program name; the signal
+    handlers that :func:`run` installs are restored on leaving."""
+    import signal
+
+    import click
+
+    from coron_cli.cli.common import run
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGXFSZ, signal.SIGINT)}
+
+    def _invoke(module, args, input=None):
+        prog = progs[module]
+        args = [str(a) for a in args]
+        wrapper = click.Command(prog, callback=lambda: run(module.cli, prog, args))
+        return runner.invoke(wrapper, [], input=input)
+
+    try:
+        yield _invoke
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
 
 def invoke(runner, module, args, prog="coron-test", **kw):
     """Invoke a command module's click object through coron's error policy

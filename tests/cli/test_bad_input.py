@@ -16,19 +16,16 @@ A few cases go through real subprocesses of the installed console scripts.
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 
-import click
 import numpy as np
 import pytest
 from astropy.io import fits
 
 from coron_cli.cli import align, coron3, hlsp, klip, stack
-from coron_cli.cli.common import run
-from tests.helpers import write_exposure
+from tests.helpers import policy_invoker, write_exposure
 
 BIN = os.path.join(os.path.dirname(sys.executable))
 PROGS = {stack: "coron-stack", align: "coron-align", klip: "coron-klip", hlsp: "coron-hlsp",
@@ -46,17 +43,8 @@ def invoke(runner):
     ``invoke(klip, [...], input=b"")`` -> click.testing.Result. The signal
     handlers that :func:`run` installs are restored afterwards.
     """
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGXFSZ)}
-
-    def _invoke(module, args, input=None):
-        prog = PROGS[module]
-        args = [str(a) for a in args]
-        wrapper = click.Command(prog, callback=lambda: run(module.cli, prog, args))
-        return runner.invoke(wrapper, [], input=input)
-
-    yield _invoke
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+    with policy_invoker(runner, PROGS) as _invoke:
+        yield _invoke
 
 
 def listing(folder):

@@ -23,7 +23,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from coron_cli.cli import coron3
-from tests.helpers import invoke, option_flags, run_in_pty
+from tests.helpers import invoke, modules_loaded, option_flags, run_in_pty
 
 BIN = os.path.dirname(sys.executable)
 ENV = {k: v for k, v in os.environ.items()
@@ -239,12 +239,8 @@ def test_without_dask_a_one_line_error_names_the_extra(runner, small_asn, tmp_pa
 
 
 def test_dask_is_imported_only_by_the_batch():
-    code = ("import sys, coron_cli.cli.coron3, coron_cli.batch, coron_cli.pipeline\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('dask', 'distributed')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True)
-    assert out.stdout.strip() == "[]"
+    mods = modules_loaded("import coron_cli.cli.coron3, coron_cli.batch, coron_cli.pipeline")
+    assert sorted(m for m in mods if m.split(".")[0] in ("dask", "distributed")) == []
 
 
 # --------------------------------------------------------------------------- help

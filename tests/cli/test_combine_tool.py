@@ -12,17 +12,15 @@ same way. Only provenance (CRN_DATE, the parameters, HISTORY) may differ.
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
-import click
 import numpy as np
 import pytest
 from astropy.io import fits
 
 from coron_cli.cli import align, combine, coron3, hlsp, klip, stack
-from coron_cli.cli.common import run
+from tests.helpers import policy_invoker
 
 BIN = os.path.dirname(sys.executable)
 PROGS = {stack: "coron-stack", align: "coron-align", klip: "coron-klip", hlsp: "coron-hlsp",
@@ -32,17 +30,8 @@ PROGS = {stack: "coron-stack", align: "coron-align", klip: "coron-klip", hlsp: "
 @pytest.fixture
 def invoke(runner):
     """``invoke(module, args)``: the command under coron's error policy, in a CliRunner."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGXFSZ, signal.SIGINT)}
-
-    def _invoke(module, args, input=None):
-        prog = PROGS[module]
-        args = [str(a) for a in args]
-        wrapper = click.Command(prog, callback=lambda: run(module.cli, prog, args))
-        return runner.invoke(wrapper, [], input=input)
-
-    yield _invoke
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+    with policy_invoker(runner, PROGS) as _invoke:
+        yield _invoke
 
 
 def _ok(result):
@@ -394,25 +383,14 @@ def contrast_runs(demo_data, tmp_path_factory):
         runner = CliRunner(mix_stderr=False)
     except TypeError:
         runner = CliRunner()
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGXFSZ, signal.SIGINT)}
-
-    def _invoke(module, args, input=None):
-        prog = PROGS[module]
-        args = [str(a) for a in args]
-        wrapper = click.Command(prog, callback=lambda: run(module.cli, prog, args))
-        return runner.invoke(wrapper, [], input=input)
-
     offaxis = demo_data["paths"]["offaxis"]
     folder = str(tmp_path_factory.mktemp("contrast"))
-    try:
+    with policy_invoker(runner, PROGS) as _invoke:
         out = _run_and_chain(
             _invoke, demo_data["paths"]["asn"], folder,
             run_opts=["--contrast", "--psf-offaxis", offaxis],
             klip_opts=["--contrast", "--psf-offaxis", offaxis],
             hlsp_opts=["--psf-offaxis", offaxis])
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
     return out
 
 

@@ -15,7 +15,7 @@ from astropy.table import Table
 
 from coron_cli.cli import coron3
 from coron_cli.cli import select as select_cli
-from tests.helpers import gaussian, gaussian_psf, invoke, write_exposure
+from tests.helpers import gaussian, gaussian_psf, invoke, modules_loaded, write_exposure
 
 SETUP = {"INSTRUME": "NIRCAM", "CORONMSK": "MASKA335R", "FILTER": "F335M",
          "SUBARRAY": "SUB320A335R"}
@@ -293,14 +293,9 @@ def test_on_a_scheduler_the_result_is_the_same(library, selections, tmp_path):
 
 
 def test_dask_is_imported_only_when_a_selection_runs():
-    import subprocess
-
-    code = ("import sys, coron_cli.cli.select, coron_cli.select, coron_cli.core.select\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('dask', 'distributed')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True)
-    assert out.stdout.strip() == "[]"
+    mods = modules_loaded("import coron_cli.cli.select, coron_cli.select, "
+                          "coron_cli.core.select")
+    assert sorted(m for m in mods if m.split(".")[0] in ("dask", "distributed")) == []
 
 
 def test_a_cosmic_ray_on_the_science_does_not_decide_the_ranking(library, tmp_path):

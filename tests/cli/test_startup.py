@@ -1,14 +1,7 @@
 """What each tool loads: coron-stack never loads what only KLIP needs, and a tool that is
 only asked for help loads no step at all (module sets, never timings)."""
 
-import subprocess
-import sys
-
-
-def _loaded(code):
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted("
-                          "sys.modules)))"], capture_output=True, text=True, check=True)
-    return set(out.stdout.split())
+from tests.helpers import modules_loaded as _loaded
 
 
 def test_coron_stack_does_not_load_klip():

@@ -4,7 +4,6 @@ These tests compare sets of modules, never import times.
 """
 
 import importlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from coron_cli import core
+from tests.helpers import modules_loaded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,13 +38,8 @@ PUBLIC = {
 
 def _modules_after(statement):
     """Sorted scipy and coron_cli.core modules loaded by `statement` in a fresh Python."""
-    code = (f"{statement}\n"
-            "import json, sys\n"
-            "print(json.dumps(sorted(m for m in sys.modules\n"
-            "                        if m.startswith(('scipy', 'coron_cli.core')))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return sorted(m for m in modules_loaded(statement, cwd=ROOT)
+                  if m.startswith(("scipy", "coron_cli.core")))
 
 
 def _signal_stats(modules):
