@@ -36,3 +36,7 @@ MAX_SHIFT = 1.0
 #: 4-D psfalign) or "exposure" (the mean of the exposure's integrations, once: a 3-D
 #: psfalign, as the JWST stage writes it, and one KL decomposition per zone for all).
 ALIGN_PER = "exposure"
+#: The target's other rolls as references where a source moves by at least ROLL_MOVE
+#: lambda/D between them (angular differential imaging with the references).
+ROLL_REFS = False
+ROLL_MOVE = 1.5

@@ -251,9 +251,14 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
         run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
         run.tick("stack")
         psfsubs, injections = [], []
-        for sci_path in prod.science:
+        # the other rolls as references: every science exposure is needed by every other
+        others = None
+        if config.klip.roll_refs and len(prod.science) > 1:
+            others = [_read_science(p, prod, bkg_sci, config) for p in prod.science]
+        for k, sci_path in enumerate(prod.science):
             sub, inj = _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask,
-                                offaxis_psf)
+                                offaxis_psf, others=others,
+                                sci=None if others is None else others[k])
             psfsubs.append(sub)
             injections.append(inj)
         del stack
@@ -342,12 +347,8 @@ def _stack(prod, asn, config):
     return bkg_sci, stack
 
 
-def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf):
-    """Align and KLIP-subtract one science exposure; write its psfalign and psfsub.
-
-    Returns (the psfsub, its Injection or None).
-    """
-    run.step(f"align {os.path.basename(sci_path)}")
+def _read_science(sci_path, prod, bkg_sci, config):
+    """A science exposure, its backgrounds subtracted as configured."""
     sci = read_product(sci_path, what="science exposure")
     if prod.background:
         sci, why = steps.background_step(sci, bkg_sci, config.background)
@@ -356,6 +357,21 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
         elif not bkg_sci:
             log.info("%s: no background exposure goes with the science",
                      os.path.basename(sci_path))
+    return sci
+
+
+def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf, *,
+             others=None, sci=None):
+    """Align and KLIP-subtract one science exposure; write its psfalign and psfsub.
+
+    `others`: the product's science exposures, whose other rolls serve as
+    references (``config.klip.roll_refs``), and `sci` this one among them.
+
+    Returns (the psfsub, its Injection or None).
+    """
+    run.step(f"align {os.path.basename(sci_path)}")
+    if sci is None:
+        sci = _read_science(sci_path, prod, bkg_sci, config)
     tmap = transmission_for(config.psfmask, sci_path, sci.sci.shape[-2:])
     if tmap is not None:
         log.info("%s: transmission map from %s", os.path.basename(sci_path),
@@ -367,7 +383,12 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
     aligned.dq = None  # written; KLIP does not use it (a full cube freed)
     run.tick("align")
     run.step(f"klip {os.path.basename(sci_path)}")
-    kw = {"transmission": tmap, "params": {"science": sci_path, "psfalign": "in memory"}}
+    rolls = None
+    if others:
+        rolls = steps.roll_references(sci, others, config.stack, config.align, mask=mask,
+                                      transmission=tmap)
+    kw = {"transmission": tmap, "params": {"science": sci_path, "psfalign": "in memory"},
+          "rolls": rolls}
     inj = None
     if config.inject is not None:
         sub, inj = steps.klip_inject_step(sci, aligned, offaxis_psf, config.klip, config.inject,

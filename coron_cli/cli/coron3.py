@@ -48,6 +48,7 @@ def _klip_options(func):
 @options.min_transmission
 @options.sky_order
 @options.background_mode
+@options.roll_refs
 @_klip_options
 @options.contrast
 @options.snr_method
@@ -59,7 +60,8 @@ def _klip_options(func):
                    "path), the parameters, the timings, the ASN and the coron version.")
 @options.common
 def run_cmd(asn, outdir, align_method, align_per, mask, max_shift, psfmask, psfmask_weights,
-            min_transmission, sky_order, background, truncate, zones, zone_width, zone_sectors,
+            min_transmission, sky_order, background, roll_refs, roll_move, truncate, zones,
+            zone_width, zone_sectors,
             zone_fit, exclude, protect, weights, noise_width, bad_bits, star_flux, psf_offaxis,
             star_flux_method, fwhm, contrast, snr_method, detect, inner_radius, table_format,
             plot, as_json, verbose, quiet, debug):
@@ -121,7 +123,7 @@ def run_cmd(asn, outdir, align_method, align_per, mask, max_shift, psfmask, psfm
         min_transmission=min_transmission, sky_order=sky_order, noise_width=noise_width,
         contrast=contrast, fwhm=fwhm, star_flux=star_flux, star_flux_method=star_flux_method,
         snr_method=snr_method, detect=detect, inner_radius=inner_radius, psfmask=psfmask,
-        table_format=table_format, plot=plot)
+        table_format=table_format, plot=plot, roll_refs=roll_refs, roll_move=roll_move)
     weights_map = read_mask(mask)
     total = step_count(plan(read_asn(asn), outdir))
     with step_progress(total, enabled=not quiet) as on_step:

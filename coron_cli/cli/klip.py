@@ -32,13 +32,14 @@ from .common import (
 @options.noise_width
 @options.bad_bits
 @options.background_files
+@options.roll_ref
 @options.contrast
 @options.psf_offaxis
 @options.fwhm
 @options.common
 def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zone_fit,
         exclude, protect, weights, psfmask, min_transmission, sky_order, noise_width, bad_bits,
-        background, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
+        background, roll_ref, roll_move, contrast, psf_offaxis, fwhm, verbose, quiet, debug):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Each integration is fitted with its own layer of aligned references (a
@@ -72,6 +73,12 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
     --background subtracts the science's background exposures first (give
     the same as to coron-align).
 
+    --roll-ref FILE (repeatable) adds the target's other rolls as references:
+    each is registered onto the science star and used where a source has
+    moved by at least --roll-move lambda/D between the rolls (angular
+    differential imaging with the references); the psfsub header's KLROLLS
+    counts them.
+
     With --contrast, fake planets made from --psf-offaxis are
     KLIP-subtracted with the same references (at 6 position angles, every
     FWHM from 2 FWHM to the edge) and a THROUGHPUT table (recovered over
@@ -98,12 +105,12 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
                         zone_sectors=zone_sectors, zone_fit=zone_fit,
                         exclude=parse_exclude(exclude), protect=protect, weights=weights,
                         min_transmission=min_transmission, sky_order=sky_order,
-                        noise_width=noise_width, bad_bits=bad_bits)
+                        noise_width=noise_width, bad_bits=bad_bits, roll_move=roll_move)
     _, bkg_files = split_background(background)
-    check_stdin_once([science, psfalign] + bkg_files)
+    check_stdin_once([science, psfalign] + bkg_files + list(roll_ref))
     if output is None:
         output = exposure_product_name(psfalign if psfalign != "-" else science, "psfsub")
-    check_output(output, [science, psfalign, psf_offaxis] + bkg_files)
+    check_output(output, [science, psfalign, psf_offaxis] + bkg_files + list(roll_ref))
     psf = None
     if contrast:
         _, psf = resolve_star_flux(None, psf_offaxis, fwhm=fwhm, need_psf=True)
@@ -112,9 +119,23 @@ def cli(science, psfalign, output, truncate, zones, zone_width, zone_sectors, zo
     sci = read_product(science, what="science exposure")
     refs = read_product(psfalign, ndims=(3, 4), what="psfalign product")
     tmap = transmission_for(psfmask, science, sci.sci.shape[-2:])
-    sci = subtract_backgrounds([sci], background, bad_bits)[0]
-    kw = {"transmission": tmap, "params": {"science": science, "psfalign": psfalign}}
+    others = [read_product(p, what="other roll") for p in roll_ref]
+    done = subtract_backgrounds([sci] + others, background, bad_bits)
+    sci, others = done[0], done[1:]
     from ..steps import klip_inject_step, klip_step     # imported once the inputs are read
+
+    rolls = None
+    if others:
+        from ..steps import roll_references
+        from ..steps.config import AlignConfig, StackConfig
+
+        rolls = roll_references(sci, others, StackConfig(bad_bits=bad_bits),
+                                AlignConfig(bad_bits=bad_bits), transmission=tmap)
+        if rolls is None:
+            logging.getLogger("coron").warning(
+                "--roll-ref: no exposure at another roll than %s; none used", science)
+    kw = {"transmission": tmap, "params": {"science": science, "psfalign": psfalign,
+                                           "roll_ref": list(roll_ref)}, "rolls": rolls}
 
     with timed("klip"):
         if contrast:

@@ -28,6 +28,8 @@ flag                      meaning                                              t
 --weights                 pixel weights of the KL fit                          klip, coron3
 --min-transmission        pixels below it left out of the KL fit               klip, coron3
 --sky-order               polynomial sky fitted with the KL modes              klip, coron3
+--roll-refs, --roll-ref,  the target's other rolls as references where a       coron3, klip
+--roll-move               source has moved far enough between the rolls
 --noise-width             width of the annuli of noise profiles and ERR        klip, combine,
                           calibration (whole pixels)                           hlsp, coron3
 --contrast,               fake-planet throughput; the unocculted PSF           klip, coron3,
@@ -120,7 +122,7 @@ __all__ = ["common", "output", "bad_bits", "truncate", "klip_zones", "exclude", 
            "FLAGS", "flag_for", "star_flux", "psf_offaxis", "fwhm", "contrast", "snr_method",
            "detect", "plot", "table_format", "mask", "registration", "align_per", "outdir", "psfmask",
            "psfmask_weights", "min_transmission", "sky_order", "background_files",
-           "background_mode", "BACKGROUND_MODES"]
+           "background_mode", "BACKGROUND_MODES", "roll_refs", "roll_ref", "roll_move"]
 
 
 def _compose(*decorators):
@@ -286,6 +288,33 @@ registration = click.option(
          "fits a science integration better than a rigid shift (a warning names an "
          "exposure that rejects it). Shifts more than --max-shift pixels from the headers' "
          "star positions are rejected.")
+
+roll_move = click.option(
+    "--roll-move", "roll_move", default=KlipConfig.roll_move, show_default=True,
+    type=click.FloatRange(min=0), metavar="LOD",
+    help="The other rolls serve as references only where a source moves by at least LOD "
+         "resolution elements (lambda/D) between the rolls, so that it is not subtracted "
+         "with the star; closer in, the references alone are used.")
+
+roll_refs = _compose(
+    click.option(
+        "--roll-refs/--no-roll-refs", "roll_refs", default=KlipConfig.roll_refs,
+        show_default=True,
+        help="Use each science exposure's other rolls (the association's science members "
+             "at another roll angle: same star, nearly the same wavefront) as references "
+             "too, registered like the references, where a source has moved far enough "
+             "between the rolls (--roll-move): angular differential imaging with the "
+             "references."),
+    roll_move)
+
+roll_ref = _compose(
+    click.option(
+        "--roll-ref", "roll_ref", multiple=True, metavar="FILE",
+        help="Another roll of the same target (a calints file): registered onto the "
+             "science star and used as a reference where a source has moved far enough "
+             "between the rolls (--roll-move). Repeatable. coron3 run takes them from the "
+             "association (--roll-refs)."),
+    roll_move)
 
 align_per = click.option(
     "--align-per", "align_per", type=click.Choice(["integration", "exposure"]),

@@ -4,7 +4,8 @@ import numpy as np
 
 from ._geometry import _radius
 
-__all__ = ["klip_subtract", "annulus_zones", "annulus_fit_zones", "noise_weights"]
+__all__ = ["klip_subtract", "annulus_zones", "annulus_fit_zones", "noise_weights",
+           "roll_groups"]
 
 
 def annulus_zones(shape, center, *, annuli=1, subsections=1, inner=0.0, outer=None,
@@ -335,6 +336,48 @@ def _klip_shared_references(sci, refs, **kw):
     if mvar is not None:
         mvar = mvar.reshape(shape)
     return residual, mvar, np.repeat(nmodes, nint, axis=1)
+
+
+def roll_groups(shape, center, rotations, min_move):
+    """Pixels grouped by which other-roll exposures may serve them as references.
+
+    A source at radius r from the star moves by the chord ``2 r |sin(d/2)|``
+    between two exposures whose rolls differ by d. In an exposure used as a
+    reference (angular differential imaging), a source that has not moved
+    by about a resolution element is subtracted with the star; so another
+    roll may serve a pixel only where that motion reaches `min_move`.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    center : (x, y)
+        The star, 0-based pixels.
+    rotations : sequence of float
+        Roll difference (degrees) to each other-roll exposure.
+    min_move : float
+        Smallest motion (pixels) for an exposure to be used at a pixel.
+
+    Returns
+    -------
+    labels : ndarray of int of shape (ny, nx)
+        Group of every pixel, 0 .. ngroups - 1.
+    allowed : ndarray of bool of shape (ngroups, nroll)
+        Which exposures each group may use (groups in increasing order of
+        the set of exposures, read as a binary number: group 0 has the
+        fewest when any pixel has none).
+    """
+    rot = np.abs(np.deg2rad(np.asarray(rotations, dtype=np.float64).ravel()))
+    nroll = rot.size
+    if nroll > 62:
+        raise ValueError("at most 62 other-roll exposures")
+    r = _radius(shape, center)
+    if nroll == 0:
+        return np.zeros(shape, dtype=np.int64), np.zeros((1, 0), bool)
+    move = 2.0 * r[..., None] * np.sin(0.5 * rot)
+    code = (move >= float(min_move)).astype(np.int64) @ (np.int64(1) << np.arange(nroll))
+    uniq, labels = np.unique(code.ravel(), return_inverse=True)
+    allowed = ((uniq[:, None] >> np.arange(nroll)) & 1).astype(bool)
+    return labels.reshape(shape), allowed
 
 
 def annulus_fit_zones(zones, center, *, margin, gap=0.0):

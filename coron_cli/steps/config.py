@@ -178,6 +178,8 @@ class KlipConfig(Config):
     sky_order: object = defaults.SKY_ORDER
     noise_width: int = NOISE_WIDTH
     bad_bits: int = BAD_BITS
+    roll_refs: bool = defaults.ROLL_REFS
+    roll_move: float = defaults.ROLL_MOVE
 
     def _check(self):
         from .klip import parse_zone_width
@@ -216,6 +218,8 @@ class KlipConfig(Config):
             self._number("sky_order", low=0, high=3, integer=True)
         self._number("noise_width", low=1, integer=True)
         self._number("bad_bits", low=0, integer=True)
+        self._set("roll_refs", bool(self.roll_refs))
+        self._number("roll_move", low=0)
 
     def params(self):
         out = self.as_dict()
@@ -356,7 +360,8 @@ class PipelineConfig(Config):
                   "max_shift": "max_shift", "align_per": "per", "bad_bits": "bad_bits"},
         "klip": {k: k for k in ("truncate", "zones", "zone_width", "zone_sectors", "zone_fit",
                                 "exclude", "protect", "weights", "min_transmission",
-                                "sky_order", "noise_width", "bad_bits")},
+                                "sky_order", "noise_width", "bad_bits", "roll_refs",
+                                "roll_move")},
         "inject": {"fwhm": "fwhm"},
         "combine": {"noise_width": "noise_width", "bad_bits": "bad_bits"},
         "hlsp": {k: k for k in ("noise_width", "star_flux", "star_flux_method", "fwhm",

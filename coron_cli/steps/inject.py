@@ -16,7 +16,7 @@ log = logging.getLogger("coron")
 
 
 def klip_inject_step(science, psfalign, psf, config=None, inject=None, *, transmission=None,
-                     params=None):
+                     params=None, rolls=None):
     """:func:`klip_step` plus the algorithmic throughput, by fake-source injection.
 
     Fake point sources (the off-axis PSF, shifted) are placed at
@@ -75,7 +75,8 @@ def klip_inject_step(science, psfalign, psf, config=None, inject=None, *, transm
                          params=params,
                          fakes={"psf": psf, "fwhm": fwhm, "n_pa": inject.n_pa,
                                 "step": inject.step, "inner": inject.inner,
-                                "transmission": transmission})
+                                "transmission": transmission},
+                         rolls=rolls)
     if inj is not None:
         product = add_throughput(product, throughput_table(
             inj, fwhm=fwhm, scale=pixel_scale_arcsec(science.sci_header)))

@@ -18,6 +18,7 @@ from ..products import (
 )
 from ._common import _check_transmission, _frame_check, transmission_image
 from .config import ConfigError, KlipConfig
+from .rolls import roll_subtract, rotated_fakes
 from .stack import prepare_science
 
 log = logging.getLogger("coron")
@@ -165,7 +166,7 @@ def _klip_geometry(science, psfalign, config, *, transmission=None, nmodes=None)
     return refs, center, src, zones, fit, fit_zones
 
 
-def klip_step(science, psfalign, config=None, *, transmission=None, params=None):
+def klip_step(science, psfalign, config=None, *, transmission=None, params=None, rolls=None):
     """KLIP-subtract every science integration with its aligned references.
 
     Parameters
@@ -181,6 +182,11 @@ def klip_step(science, psfalign, config=None, *, transmission=None, params=None)
         `min_transmission` are left out of the fit; added as TRANSMIS.
     params : dict, optional
         Further provenance (the input names).
+    rolls : RollReferences, optional
+        The target's other rolls registered onto this exposure
+        (:func:`coron_cli.steps.roll_references`): added to the references
+        where a source moves by at least the configuration's `roll_move`
+        (lambda/D) between the rolls (:func:`coron_cli.steps.roll_subtract`).
 
     Returns
     -------
@@ -228,7 +234,7 @@ def klip_step(science, psfalign, config=None, *, transmission=None, params=None)
     of sources too faint to be found.
     """
     return _klip(science, psfalign, config or KlipConfig(), transmission=transmission,
-                 params=params)[0]
+                 params=params, rolls=rolls)[0]
 
 
 #: extended sources (disks) are protected by their footprint too (see _sources_in)
@@ -275,7 +281,8 @@ def resolve_sky_order(science, sky_order):
     return order
 
 
-def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones):
+def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones, rolls=None, roll_fakes=None,
+                     center=None, min_move=None, sci=None):
     """The fakes KLIP-subtracted as a source found above the protection threshold is:
     each image with its fakes' disks (1.5 fwhm) left out of the fit. In zones a few
     lambda/D wide the fit takes a good part of an unprotected source away, and a source
@@ -289,11 +296,20 @@ def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones):
         near = np.zeros((ny, nx), bool)
         for x, y in inj.positions[k]:
             near |= np.hypot(xx - x, yy - y) <= 1.5 * fwhm
-        res, _, _ = core.klip_subtract(np.broadcast_to(img, (nint, ny, nx)), refs, zones=zones,
-                                       fit_mask=fit & ~near, fit_zones=fit_zones,
-                                       **dict(kw, truncations=kw["truncations"][:1],
-                                              reference_variance=None))
-        out[k] = res[0].astype(np.float64).mean(axis=0)
+        targets = np.broadcast_to(img, (nint, ny, nx))
+        one = dict(kw, truncations=kw["truncations"][:1], reference_variance=None)
+        if rolls is None:
+            res, _, _ = core.klip_subtract(targets, refs, zones=zones, fit_mask=fit & ~near,
+                                           fit_zones=fit_zones, **one)
+            out[k] = res[0].astype(np.float64).mean(axis=0)
+            continue
+        # with the science as target 0: what the rolls' copies of the fake take away
+        # depends on the star's coefficients (see roll_subtract)
+        pair = np.stack([np.broadcast_to(sci, (nint, ny, nx)), targets], axis=1)
+        res, _, _ = roll_subtract(pair, refs, rolls, center=center, min_move=min_move,
+                                  zones=zones, fit_mask=fit & ~near, fit_zones=fit_zones,
+                                  roll_fakes=roll_fakes[k:k + 1], **one)
+        out[k] = res[0][:, 1].astype(np.float64).mean(axis=0)
     return out
 
 
@@ -321,7 +337,8 @@ def _outliers_on_sources(science, hit, zmap, err, bad_bits, lod):
     return cand & ~sharp
 
 
-def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=None):
+def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=None,
+          rolls=None):
     """klip_step; with `fakes` (the grid of :func:`klip_inject_step`), also the Injection."""
     sky_order = resolve_sky_order(science, config.sky_order)
     truncate = list(config.truncate)
@@ -359,6 +376,14 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
     if config.protect or nout:
         residual, mvar, nmodes, found, zmap = _source_pass(
             sci, targets, refs, err, center, fit, zones, kw, config, lod, inj is not None)
+        if rolls is not None:
+            residual = None    # the pass had the references only: sources, not the result
+    min_move = roll_fakes = None
+    if rolls is not None:
+        min_move = config.roll_move * (lod or psf_fwhm_pix(science.primary,
+                                                          science.sci_header) or 2.0)
+        if inj is not None:
+            roll_fakes = rotated_fakes(inj.model, rolls.rotation, center)
     back = _outliers_on_sources(science, hit, zmap, err, config.bad_bits, lod) if nout else None
     protected = 0
     if config.protect:
@@ -370,14 +395,16 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
             fit = fit & ~found
             residual = None
     if residual is None:
-        residual, mvar, nmodes = core.klip_subtract(targets, refs, zones=zones, fit_mask=fit,
-                                                    fit_zones=fit_zones, **kw)
+        residual, mvar, nmodes = roll_subtract(targets, refs, rolls, center=center,
+                                               min_move=min_move, zones=zones, fit_mask=fit,
+                                               fit_zones=fit_zones, roll_fakes=roll_fakes, **kw)
     if inj is not None:
         recovered = residual[0, :, 1:].astype(np.float64).mean(axis=0)
         protected_fakes = None
         if config.protect and zones is not None:
             protected_fakes = _protected_fakes(inj, refs, fit, zones, fakes["fwhm"], kw,
-                                               fit_zones)
+                                               fit_zones, rolls, roll_fakes, center, min_move,
+                                               sci)
         inj = replace(inj, recovered=recovered, recovered_protected=protected_fakes)
         residual = np.ascontiguousarray(residual[:, :, 0])
         mvar = None if mvar is None else mvar[:, :, 0]
@@ -392,7 +419,7 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
         log.info("%s: %d pixel(s) flagged as outliers are part of a source; their values are "
                  "kept", science.path, restored)
     counts = {"nref": nref, "protected": protected, "restored": restored,
-              "sky_order": sky_order}
+              "sky_order": sky_order, "rolls": rolls, "min_move": min_move}
     return _psfsub_product(science, residual, mvar, err, dq, nmodes, center, src, config,
                            transmission, counts, params), inj
 
@@ -501,6 +528,12 @@ def _psfsub_product(science, residual, mvar, err, dq, nmodes, center, src, confi
     header["KLPROTEC"] = (counts["protected"], "source pixels left out of the KL fit")
     header["OUTLRSTR"] = (counts["restored"], "outlier pixels on a source given their values "
                                               "back")
+    rolls = counts.get("rolls")
+    header["KLROLLS"] = (0 if rolls is None else len(rolls.names),
+                         "other-roll exposures used as references")
+    if rolls is not None:
+        header["KLRMOVE"] = (round(float(counts["min_move"]), 4),
+                             "px a source moves where other rolls are used")
     images = {}
     if len(config.truncate) > 1:
         from astropy.io import fits
@@ -512,6 +545,9 @@ def _psfsub_product(science, residual, mvar, err, dq, nmodes, center, src, confi
         images["KLSUB"] = (residual, kh)
     if transmission is not None:
         images["TRANSMIS"] = transmission_image(transmission, center)
+    if rolls is not None:
+        params = {**(params or {}), "roll_references": [
+            f"{name} ({d:+.2f} deg)" for name, d in zip(rolls.names, rolls.rotation)]}
     params = {**(params or {}), **config.params(), "sky_order": int(counts["sky_order"]),
               "min_transmission": float(config.min_transmission) if transmission is not None
               else "no map"}

@@ -71,7 +71,7 @@ def test_defaults_are_the_configurations():
 def test_coron3_run_has_every_step_option_of_the_single_tools():
     run = set(_options(coron3.cli.commands["run"]))
     # what only a single tool can have: its output file(s), the association it may read
-    own = {"output", "contrast_output", "asn_path", "asn_id"}
+    own = {"output", "contrast_output", "asn_path", "asn_id", "roll_ref"}
     for tool in ("coron-stack", "coron-align", "coron-klip", "coron-combine", "coron-hlsp"):
         missing = set(_options(TOOLS[tool])) - own - run
         assert not missing, (tool, missing)

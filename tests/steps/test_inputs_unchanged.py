@@ -171,6 +171,20 @@ CASES = {
     "klip_inject_step": ("klip_inject_step", lambda d: (
         (d["scis"][0], d["aligned"][0], d["psf"], d["klip"], d["inject"]),
         {"transmission": d["tmap"]})),
+    "roll_references": ("roll_references", lambda d: (
+        (d["scis"][0], d["scis"], steps.StackConfig(), steps.AlignConfig()),
+        {"transmission": d["tmap"]})),
+    "rotated_fakes": ("rotated_fakes", lambda d: (
+        (d["injs"][0].model, np.array([10.0]), (32.0, 32.0)), {})),
+    "roll_subtract": ("roll_subtract", lambda d: (
+        (steps.prepare_science(d["scis"][0])[0], np.asarray(d["aligned"][0].sci)[None],
+         steps.roll_references(d["scis"][0], d["scis"], steps.StackConfig(),
+                               steps.AlignConfig())),
+        {"center": (32.0, 32.0), "min_move": 2.0, "truncations": (5,)})),
+    "klip_step-rolls": ("klip_step", lambda d: (
+        (d["scis"][0], d["aligned"][0], d["klip"]),
+        {"rolls": steps.roll_references(d["scis"][0], d["scis"], steps.StackConfig(),
+                                        steps.AlignConfig())})),
     "combine_step": ("combine_step", lambda d: ((d["subs"], steps.CombineConfig()), {})),
     "combine_injections": ("combine_injections", lambda d: ((d["subs"], d["injs"]), {})),
     "throughput_table": ("throughput_table", lambda d: (

@@ -1,0 +1,271 @@
+"""The target's other rolls as references (angular differential imaging with RDI).
+
+JWST observes a coronagraphic target at two (or more) roll angles. The other
+roll's image of the same star, taken minutes apart, is the best-matched PSF
+there is: same star, same colour, nearly the same wavefront. Its companions
+and disk have turned with the sky, so where a source has moved far enough
+between the rolls, the other roll can serve as one more reference without
+subtracting the source with the star.
+
+:func:`roll_references` registers the other exposures onto a science
+exposure (the same registration as the references, once per exposure on the
+mean of its repaired integrations); :func:`roll_subtract` runs KLIP with them
+added to the references only at the pixels where every source has moved by
+at least ``min_move`` pixels between the rolls (:func:`coron_cli.core.roll_groups`),
+and with the references alone elsewhere.
+"""
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import core
+from ..products import roll_angle
+
+log = logging.getLogger("coron")
+
+#: roll differences below this (degrees) are the same roll: never a reference
+SAME_ROLL_DEG = 0.5
+
+
+@dataclass
+class RollReferences:
+    """Other-roll exposures registered onto one science exposure.
+
+    Attributes
+    ----------
+    sci : ndarray of float32 (nroll, ny, nx)
+        Each one's integrations averaged (repaired), shifted onto the science star.
+    var : ndarray of float32 (nroll, ny, nx) or None
+        Their variance.
+    rotation : ndarray of float (nroll,)
+        The science exposure's roll minus each one's (degrees): a source at
+        detector offset d from the star in the science sits at
+        ``Rot(rotation) d`` in the other (the rotation of
+        :func:`coron_cli.core.north_up`).
+    names : list of str
+    shifts : ndarray (nroll, 2)
+        The registration's (dx, dy), pixels.
+    """
+
+    sci: np.ndarray
+    var: np.ndarray
+    rotation: np.ndarray
+    names: list
+    shifts: np.ndarray
+
+
+def exposure_roll(product):
+    """The roll (position angle of the detector +y axis, degrees) of an exposure, or None."""
+    angle, _ = roll_angle(product.sci_header, product.primary)
+    return angle
+
+
+def other_rolls(science, others):
+    """The exposures of `others` at another roll than `science` (the same file and the
+    same roll skipped), with their roll differences (science minus other, degrees)."""
+    phi = exposure_roll(science)
+    if phi is None:
+        log.warning("%s: no roll angle in its headers; its other rolls are not used as "
+                    "references", science.path)
+        return [], np.zeros(0)
+    keep, rot = [], []
+    for o in others:
+        if o is science or (o.path and o.path == science.path):
+            continue
+        p = exposure_roll(o)
+        if p is None:
+            log.warning("%s: no roll angle in its headers; not used as a reference", o.path)
+            continue
+        d = (phi - p + 180.0) % 360.0 - 180.0
+        if abs(d) < SAME_ROLL_DEG:
+            continue
+        keep.append(o)
+        rot.append(d)
+    return keep, np.asarray(rot, dtype=np.float64)
+
+
+def _exposure_mean(product, bad_bits):
+    """One exposure as a single repaired, averaged integration (a 1-integration Product)."""
+    from .stack import prepare_science
+
+    sci, err, dq, _ = prepare_science(product, bad_bits=bad_bits)
+    n = sci.shape[0]
+    mean = sci.astype(np.float64).mean(axis=0)
+    var = np.square(np.where(np.isfinite(err), err, 0.0).astype(np.float64)).sum(axis=0) / n ** 2
+    # a pixel is bad in the mean only where every integration was
+    bad = np.all((dq & np.uint32(bad_bits)) != 0, axis=0)
+    return replace(product, sci=mean[None].astype(np.float32),
+                   err=np.sqrt(var)[None].astype(np.float32),
+                   dq=np.where(bad, np.uint32(core.DO_NOT_USE), np.uint32(0))[None],
+                   tables={}, images={})
+
+
+def roll_references(science, others, stack_config, align_config, *, mask=None,
+                    transmission=None):
+    """The other rolls of `science` among `others`, registered onto its star.
+
+    Parameters
+    ----------
+    science : Product
+        The science exposure.
+    others : list of Product
+        The target's science exposures (`science` itself and those at its
+        roll are skipped).
+    stack_config, align_config : StackConfig, AlignConfig
+        As for the references; the registration is made once per exposure.
+    mask, transmission : ndarray, optional
+        Registration weights and transmission map, as for the references.
+
+    Returns
+    -------
+    RollReferences or None
+        None when no exposure is at another roll.
+    """
+    from .align import align_step
+    from .stack import stack_step
+
+    keep, rot = other_rolls(science, others)
+    if not keep:
+        return None
+    means = [_exposure_mean(o, stack_config.bad_bits) for o in keep]
+    stack = stack_step(means, stack_config)
+    aligned = align_step(science, stack, replace(align_config, per="exposure"), mask=mask,
+                         transmission=transmission)
+    sci = np.asarray(aligned.sci, dtype=np.float32)
+    if sci.ndim == 4:
+        sci = sci[0]
+    if not np.isfinite(sci).all():
+        sci = core.repair_bad_pixels(sci, ~np.isfinite(sci)).astype(np.float32)
+    var = None
+    if aligned.err is not None:
+        e = np.asarray(aligned.err, dtype=np.float32)
+        e = e[0] if e.ndim == 4 else e
+        var = np.square(np.where(np.isfinite(e), e, 0.0)).astype(np.float32)
+    shifts = np.zeros((len(keep), 2))
+    tab = (aligned.tables or {}).get("SHIFTS")
+    if tab is not None and len(tab) >= len(keep):
+        shifts = np.column_stack([np.asarray(tab["dx"][:len(keep)], float),
+                                  np.asarray(tab["dy"][:len(keep)], float)])
+    names = [o.path for o in keep]
+    for name, d, s in zip(names, rot, shifts):
+        log.info("%s: other roll %s (%+.2f deg) registered with shift (%.3f, %.3f) px",
+                 science.path, name, d, s[0], s[1])
+    return RollReferences(sci=sci, var=var, rotation=rot, names=names, shifts=shifts)
+
+
+def rotated_fakes(model, rotation, center):
+    """Fake-source images as the other rolls see them: (nfake, nroll, ny, nx).
+
+    Each image of `model` (nfake, ny, nx), in the science exposure's detector
+    frame, turned about the star by each roll difference (the other
+    exposure's view of the same sky after its registration onto the star).
+    """
+    model = np.asarray(model, dtype=np.float64)
+    out = np.empty((model.shape[0], len(rotation)) + model.shape[1:], dtype=np.float32)
+    for j, d in enumerate(rotation):
+        for k in range(model.shape[0]):
+            img = core.north_up(model[k], float(d), center, out_center=center)
+            out[k, j] = np.nan_to_num(img, nan=0.0)
+    return out
+
+
+def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mask=None,
+                  fit_zones=None, roll_fakes=None, **kw):
+    """:func:`coron_cli.core.klip_subtract` with the other rolls as references where allowed.
+
+    At every pixel, the other-roll exposures whose motion there reaches
+    `min_move` pixels (:func:`coron_cli.core.roll_groups`) are added to the
+    references. Each zone keeps its own fit region (its pixels, or its
+    `fit_zones` entry) whatever group its pixels fall in; a zone whose
+    pixels fall in two groups is fitted once with each set of references,
+    and each pixel takes the model of its own.
+
+    Parameters
+    ----------
+    targets : ndarray (nint, ny, nx) or (nint, ntarget, ny, nx)
+        As for klip_subtract; with `roll_fakes`, target 0 is the science and
+        target k >= 1 the k-th fake image.
+    refs : ndarray (nint or 1, nref, ny, nx)
+    rolls : RollReferences or None
+        None: plain klip_subtract.
+    center : (x, y)
+    min_move : float
+        Pixels.
+    roll_fakes : ndarray (ntarget - 1, nroll, ny, nx), optional
+        The fakes as each other roll sees them (:func:`rotated_fakes`): a
+        fake source is in the other rolls too. Where rolls are used, target
+        k's result is then KLIP of the science plus fake k with the rolls
+        holding the fake, minus KLIP of the science: the fake as a real
+        source comes out, with what its copies in the other rolls take away.
+    **kw
+        klip_subtract's other arguments (truncations, fit_weights,
+        reference_variance, sky_order...).
+
+    Returns
+    -------
+    As klip_subtract.
+    """
+    if rolls is None:
+        return core.klip_subtract(targets, refs, zones=zones, fit_mask=fit_mask,
+                                  fit_zones=fit_zones, **kw)
+    ny, nx = refs.shape[-2:]
+    labels, allowed = core.roll_groups((ny, nx), center, rolls.rotation, min_move)
+    base = np.zeros((ny, nx), dtype=int) if zones is None else np.asarray(zones)
+    ref_var = kw.pop("reference_variance", None)
+    out_res = out_var = nmodes = None
+    for g, use in enumerate(allowed):
+        here = labels == g
+        zg = np.where(here, base, -1)
+        if not (zg >= 0).any():
+            continue
+        # every zone keeps its own fit region, though only part of it is output here
+        fz = {}
+        for lab in np.unique(zg[zg >= 0]):
+            region = None if fit_zones is None else fit_zones.get(int(lab))
+            fz[int(lab)] = (base == lab) if region is None else region
+        refs_g, var_g = refs, ref_var
+        if use.any():
+            extra = rolls.sci[use]
+            refs_g = np.concatenate(
+                [refs, np.broadcast_to(extra[None], (refs.shape[0],) + extra.shape)], axis=1)
+            if ref_var is not None:
+                ev = rolls.var[use] if rolls.var is not None else np.zeros_like(extra)
+                var_g = np.concatenate(
+                    [ref_var, np.broadcast_to(ev[None], (ref_var.shape[0],) + ev.shape)],
+                    axis=1)
+        args = dict(kw, zones=zg, fit_mask=fit_mask, fit_zones=fz, reference_variance=var_g)
+        if roll_fakes is None or not use.any():
+            res, mv, nm = core.klip_subtract(targets, refs_g, **args)
+        else:
+            # the science with the rolls as they are; each fake with the rolls holding it
+            res, mv, nm = core.klip_subtract(targets[:, :1], refs_g, **args)
+            res = np.repeat(res, targets.shape[1], axis=2)
+            mv = None if mv is None else np.repeat(mv, targets.shape[1], axis=2)
+            nref = refs.shape[1]
+            for k in range(1, targets.shape[1]):
+                # KLIP is not linear in the references: the fake's image is the science
+                # with the fake, its other rolls holding it too, minus the science alone
+                # (so what the rolls' copies subtract from it is in)
+                rk = refs_g.copy()
+                rk[:, nref:] += roll_fakes[k - 1][use][None]
+                both = targets[:, :1] + targets[:, k:k + 1]
+                rk_res, rk_mv, _ = core.klip_subtract(both, rk, **args)
+                res[:, :, k] = rk_res[:, :, 0] - res[:, :, 0]
+                if mv is not None:
+                    mv[:, :, k] = rk_mv[:, :, 0]
+        if out_res is None:
+            out_res = np.full(res.shape, np.nan, dtype=np.float32)
+            out_var = None if mv is None else np.full(mv.shape, np.nan, dtype=np.float32)
+            nmodes = nm
+        else:
+            nmodes = np.minimum(nmodes, nm)
+        out_res[..., here] = res[..., here]
+        if out_var is not None:
+            out_var[..., here] = mv[..., here]
+    return out_res, out_var, nmodes
+
+
+__all__ = ["SAME_ROLL_DEG", "RollReferences", "exposure_roll", "other_rolls", "roll_references",
+           "roll_subtract", "rotated_fakes"]

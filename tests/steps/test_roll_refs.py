@@ -1,0 +1,144 @@
+"""The target's other rolls as references (--roll-refs, coron-klip --roll-ref)."""
+
+import json
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from coron_cli import core
+from coron_cli.cli import klip as klip_cli
+from coron_cli.products import read_product
+from coron_cli.steps.rolls import RollReferences, roll_subtract, rotated_fakes
+from tests.helpers import invoke
+
+
+def test_roll_groups_follow_the_chord_a_source_moves():
+    shape, center = (41, 41), (20.0, 20.0)
+    labels, allowed = core.roll_groups(shape, center, [10.0], 2.0)
+    r = np.hypot(*(np.indices(shape) - 20.0))
+    need = 2.0 / (2 * np.sin(np.deg2rad(5.0)))              # radius where the chord is 2 px
+    assert allowed.tolist() == [[False], [True]]
+    assert (labels[r < need - 1e-9] == 0).all() and (labels[r >= need + 1e-9] == 1).all()
+    # two rolls, 5 and 20 degrees: three groups (none, the 20-degree one, both)
+    labels, allowed = core.roll_groups(shape, center, [5.0, -20.0], 2.0)
+    assert allowed.tolist() == [[False, False], [False, True], [True, True]]
+    assert labels[20, 20] == 0 and labels[20, 40] == 1 and labels[0, 0] == 2
+    # none: one group; no rolls: one group using nothing
+    labels, allowed = core.roll_groups(shape, center, [10.0], 1e6)
+    assert allowed.tolist() == [[False]] and (labels == 0).all()
+    labels, allowed = core.roll_groups(shape, center, [], 1.0)
+    assert allowed.shape == (1, 0) and (labels == 0).all()
+
+
+def _rolls_data(seed=3, shape=(32, 32), nref=6, nroll=1):
+    rng = np.random.default_rng(seed)
+    refs = rng.normal(size=(1, nref) + shape).astype(np.float32) + 2.0
+    extra = rng.normal(size=(nroll,) + shape).astype(np.float32) + 2.0
+    sci = (0.6 * extra[0] + 0.3 * refs[0, 0] + 0.1 * rng.normal(size=shape))[None]
+    rolls = RollReferences(sci=extra, var=np.full(extra.shape, 0.01, np.float32),
+                           rotation=np.full(nroll, 10.0), names=["other"] * nroll,
+                           shifts=np.zeros((nroll, 2)))
+    return sci.astype(np.float32), refs, rolls
+
+
+@pytest.mark.parametrize("zones", [None, "annuli"])
+def test_roll_subtract_is_klip_with_the_rolls_where_allowed_and_without_elsewhere(zones):
+    sci, refs, rolls = _rolls_data()
+    center = (15.5, 15.5)
+    z = None if zones is None else core.annulus_zones(sci.shape[-2:], center, annuli=3)
+    var = np.full(refs.shape, 0.01, np.float32)
+    kw = dict(truncations=[4, 7], reference_variance=var, zones=z)
+    move = 2.0
+    res, mv, nm = roll_subtract(sci, refs, rolls, center=center, min_move=move, **kw)
+    without, _, _ = core.klip_subtract(sci, refs, **kw)
+    both = np.concatenate([refs, rolls.sci[None]], axis=1)
+    with_var = np.concatenate([var, rolls.var[None]], axis=1)
+    # every zone keeps its own fit region though only part of it uses the rolls
+    fz = None if z is None else {int(k): z == k for k in np.unique(z)}
+    withr, rv, _ = core.klip_subtract(sci, both, **dict(kw, reference_variance=with_var),
+                                      fit_zones=fz)
+    labels, _ = core.roll_groups(sci.shape[-2:], center, rolls.rotation, move)
+    far = labels == 1
+    assert far.any() and (~far).any()
+    assert_allclose(res[..., ~far], without[..., ~far], rtol=1e-4, atol=1e-4)
+    assert_allclose(res[..., far], withr[..., far], rtol=1e-4, atol=1e-4)
+    assert_allclose(mv[..., far], rv[..., far], rtol=1e-4, atol=1e-6)
+    # the roll that makes the science helps where it may be used
+    assert np.std(res[-1][0][far]) < 0.5 * np.std(without[-1][0][far])
+    assert (nm <= 7).all()
+    # no rolls: klip_subtract itself
+    plain, _, _ = roll_subtract(sci, refs, None, center=center, min_move=move, **kw)
+    assert_allclose(plain, without)
+
+
+def test_a_fake_in_the_other_roll_is_partly_subtracted_with_the_star():
+    """The fake's image is KLIP(science + fake, rolls holding it) - KLIP(science): a
+    source that has not moved far loses more than one that has."""
+    sci, refs, rolls = _rolls_data(shape=(48, 48))
+    center = (23.5, 23.5)
+    fake = np.zeros((2, 48, 48), np.float32)
+    yy, xx = np.indices((48, 48))
+    fake[0] = 5.0 * np.exp(-((xx - 23.5 - 6) ** 2 + (yy - 23.5) ** 2) / 2.0)    # r = 6
+    fake[1] = 5.0 * np.exp(-((xx - 23.5 - 20) ** 2 + (yy - 23.5) ** 2) / 2.0)   # r = 20
+    rf = rotated_fakes(fake, rolls.rotation, center)
+    assert rf.shape == (2, 1, 48, 48)
+    # the rotated copy sits 10 degrees round the star (north_up's rotation)
+    y, x = np.unravel_index(np.argmax(rf[1, 0]), (48, 48))
+    assert abs(np.hypot(x - 23.5, y - 23.5) - 20) < 1.0
+    assert abs(abs(np.degrees(np.arctan2(y - 23.5, x - 23.5))) - 10.0) < 3.0
+    targets = np.concatenate([sci[:, None], fake[None]], axis=1)
+    kw = dict(truncations=[7], center=center, min_move=0.0)
+    res, _, _ = roll_subtract(targets, refs, rolls, roll_fakes=rf, **kw)
+    naive, _, _ = roll_subtract(targets, refs, rolls, **kw)
+    near = np.hypot(xx - 29.5, yy - 23.5) <= 2
+    kept = res[0, 0, 1][near].sum() / fake[0][near].sum()
+    kept_naive = naive[0, 0, 1][near].sum() / fake[0][near].sum()
+    assert kept < kept_naive - 0.1      # the other roll's copy, barely moved, takes flux away
+
+
+def test_other_rolls_skip_the_same_roll_and_the_science_itself(small_asn):
+    from coron_cli.asn import read_asn
+    from coron_cli.steps.rolls import other_rolls
+
+    prod = read_asn(str(small_asn)).products[0]
+    a, b = (read_product(p) for p in prod.science)
+    keep, rot = other_rolls(a, [a, b])
+    assert [k.path for k in keep] == [b.path]
+    assert abs(abs(rot[0]) - 10.0) < 1e-6
+    keep, _ = other_rolls(a, [a])
+    assert keep == []
+
+
+def test_coron3_run_with_roll_refs_and_the_single_tool_agree(demo_data, tmp_path, runner):
+    from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
+
+    asn = demo_data["paths"]["asn"]
+    out = tmp_path / "run"
+    config = PipelineConfig.from_options(roll_refs=True, roll_move=1.0, truncate=[20])
+    summary = run_association(asn, str(out), config)
+    paths = {}
+    for p in summary["products"]:
+        paths.setdefault(p["kind"], []).append(p["path"])
+    sub = read_product(paths["psfsub"][0])
+    assert sub.sci_header["KLROLLS"] == 1 and sub.sci_header["KLRMOVE"] > 0
+    assert np.isfinite(read_product(paths["i2d"][0]).sci).any()
+    # the single tool with the other roll as --roll-ref writes the same psfsub
+    with open(asn) as fh:
+        members = json.load(fh)["products"][0]["members"]
+    sci = [str(demo_data["folder"] / m["expname"]) for m in members
+           if m["exptype"] == "science"]
+    single = tmp_path / "single_psfsub.fits"
+    r = invoke(runner, klip_cli, [sci[0], paths["psfalign"][0], "--roll-ref", sci[1],
+                                "--roll-move", "1", "--truncate", "20", "-o", str(single)])
+    assert r.exit_code == 0, r.output
+    one = read_product(str(single))
+    assert one.sci_header["KLROLLS"] == 1
+    assert_allclose(one.sci, sub.sci, rtol=1e-5, atol=1e-5 * np.nanmax(np.abs(sub.sci)))
+    # without --roll-refs nothing changes: KLROLLS 0
+    base = run_association(asn, str(tmp_path / "base"), PipelineConfig.from_options(
+        truncate=[20]))
+    b = read_product(next(p["path"] for p in base["products"] if p["kind"] == "psfsub"))
+    assert b.sci_header["KLROLLS"] == 0
+    assert not np.allclose(b.sci, sub.sci)
