@@ -53,7 +53,7 @@ __all__ = ["PLAIN", "ROTATIONS", "MEASURABLE_SNR", "plain_options", "parse_value
 #: dict only).
 PLAIN = dict(align_method="fourier", weights="none", protect=0, truncate=None, zones=1,
              zone_sectors=1, zone_width=None, zone_fit="self", sky_order=0,
-             min_transmission=0.0, psfmask_weights=False)
+             min_transmission=0.0, psfmask_weights=False, roll_refs=False)
 
 #: seeds per simulated set-up in the default panel
 _SEEDS = 5

@@ -151,13 +151,18 @@ def _new_flags(psfsub_dq, input_dq, xy, radius, clean_dq=None):
             int(((in_dq & dnu) != 0).sum()), also)
 
 
+#: coron3 run options of coron's runs (empty: its defaults; --options)
+CORON_OPTIONS = {}
+
+
 def _aumic_injection(asn_path, workdir, base_pa):
     """One injection of the fakes: the prepared set, both runs' i2d, SNR and DQ flags."""
     from .products import exposure_root, read_product
 
     prep = H.prepare_real_set(_AUMIC, asn_path, workdir, plain_options(asn_path),
                               base_pa=base_pa)
-    runs = {"coron": H.run_pipeline(prep["asn"], os.path.join(workdir, "coron"), {}),
+    runs = {"coron": H.run_pipeline(prep["asn"], os.path.join(workdir, "coron"),
+                                    dict(CORON_OPTIONS)),
             "plain": H.run_pipeline(prep["asn"], os.path.join(workdir, "plain"),
                                     plain_options(prep["asn"]))}
     lod = prep["lod"]
@@ -416,7 +421,8 @@ def check_hd106906(asn_path, workdir):
     """The HD 106906 measures (module docstring); a JSON-able dict."""
     from .products import pixel_scale_arcsec
 
-    runs = {"coron": H.run_pipeline(asn_path, os.path.join(workdir, "coron"), {"detect": 5}),
+    runs = {"coron": H.run_pipeline(asn_path, os.path.join(workdir, "coron"),
+                                    dict(CORON_OPTIONS, detect=5)),
             "plain": H.run_pipeline(asn_path, os.path.join(workdir, "plain"),
                                     dict(plain_options(asn_path), detect=5))}
     res = {"background": _background_record(runs["coron"]["outdir"], asn_path),
@@ -506,7 +512,18 @@ def main(argv=None):
     ap.add_argument("--json", default=None, metavar="FILE", help="write every number here")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="keep the products here (default: a temporary folder, removed)")
+    ap.add_argument("--options", default=None, metavar="K=V[,K=V]",
+                    help="coron3 run options for coron's runs instead of its defaults (to "
+                         "check a candidate default, as the panel's --variant)")
     a = ap.parse_args(argv)
+    if a.options:
+        from .panel import parse_variant
+
+        try:
+            CORON_OPTIONS.update(parse_variant(a.options)[1])
+        except ValueError as exc:
+            ap.error(str(exc))
+        print(f"# coron's runs with {a.options}")
     sets = dict(H.find_real_sets(a.data))
     if not sets:
         print(f"realcheck: no real data at {a.data} (--data DIR); nothing to check",

@@ -37,7 +37,7 @@ _EXPORTS = {
     "klip": ("annulus_fit_zones", "annulus_zones", "klip_subtract", "noise_weights",
              "roll_groups"),
     "metrics": ("annular_mean", "annular_profile", "aperture_snr", "aperture_sums",
-                "calibrate_error", "contrast_curve", "find_candidates", "refine_peaks",
+                "calibrate_error", "contrast_curve", "extended_parts", "find_candidates", "refine_peaks",
                 "snr_image", "snr_map_mawet", "source_footprints", "source_regions",
                 "student_t_factor", "value_at"),
     "optics": ("airy_pixels", "diffraction_fwhm_pix", "filter_wavelength_um"),

@@ -338,7 +338,7 @@ def _klip_shared_references(sci, refs, **kw):
     return residual, mvar, np.repeat(nmodes, nint, axis=1)
 
 
-def roll_groups(shape, center, rotations, min_move):
+def roll_groups(shape, center, rotations, min_move, blocked=None):
     """Pixels grouped by which other-roll exposures may serve them as references.
 
     A source at radius r from the star moves by the chord ``2 r |sin(d/2)|``
@@ -356,6 +356,9 @@ def roll_groups(shape, center, rotations, min_move):
         Roll difference (degrees) to each other-roll exposure.
     min_move : float
         Smallest motion (pixels) for an exposure to be used at a pixel.
+    blocked : ndarray of bool of shape (nroll, ny, nx), optional
+        Pixels where an exposure holds a known source (an extended one moves
+        by less than its own size, whatever the roll): not used there.
 
     Returns
     -------
@@ -373,8 +376,10 @@ def roll_groups(shape, center, rotations, min_move):
     r = _radius(shape, center)
     if nroll == 0:
         return np.zeros(shape, dtype=np.int64), np.zeros((1, 0), bool)
-    move = 2.0 * r[..., None] * np.sin(0.5 * rot)
-    code = (move >= float(min_move)).astype(np.int64) @ (np.int64(1) << np.arange(nroll))
+    ok = 2.0 * r[..., None] * np.sin(0.5 * rot) >= float(min_move)
+    if blocked is not None:
+        ok &= ~np.moveaxis(np.asarray(blocked, bool).reshape((nroll,) + tuple(shape)), 0, -1)
+    code = ok.astype(np.int64) @ (np.int64(1) << np.arange(nroll))
     uniq, labels = np.unique(code.ravel(), return_inverse=True)
     allowed = ((uniq[:, None] >> np.arange(nroll)) & 1).astype(bool)
     return labels.reshape(shape), allowed

@@ -13,6 +13,7 @@ from ._geometry import _disk, _radius, parabola_vertex
 
 __all__ = [
     "snr_image",
+    "extended_parts",
     "annular_mean",
     "annular_profile",
     "calibrate_error",
@@ -534,6 +535,45 @@ def source_footprints(z, threshold=5.0, *, low=2.0, smooth=1.0, inner=0.0, cente
         if inner and center is not None:
             out &= _radius(z.shape, center) >= inner
     return out
+
+
+def extended_parts(footprints, points, z, *, ring_fraction=0.2):
+    """The footprints that are more than point sources: extended structure (a disk).
+
+    A point source's footprint holds its core, inside the disk that
+    :func:`source_regions` draws about its peak, and its rings and halo
+    outside: an Airy pattern has 16 % of its light beyond the first dark
+    ring. A footprint whose significance lies for more than `ring_fraction`
+    outside every point-source disk is extended (an edge-on disk's spine is
+    far longer than the disks about its brightest clumps).
+
+    Parameters
+    ----------
+    footprints : ndarray of bool of shape (ny, nx)
+        Source footprints (:func:`source_footprints`).
+    points : ndarray of bool of shape (ny, nx)
+        The disks covering point sources (:func:`source_regions`).
+    z : ndarray of shape (ny, nx)
+        The significance map they were found in (negative and non-finite
+        values count as 0).
+    ring_fraction : float
+        Largest share of a point source's significance outside its disk.
+
+    Returns
+    -------
+    ndarray of bool of shape (ny, nx)
+        The extended footprints, whole.
+    """
+    foot = np.asarray(footprints, bool)
+    labels, n = ndimage.label(foot)
+    if not n:
+        return np.zeros(foot.shape, bool)
+    zp = np.clip(np.nan_to_num(np.asarray(z, dtype=np.float64)), 0.0, None)
+    total = np.bincount(labels[foot], weights=zp[foot], minlength=n + 1)
+    out = foot & ~np.asarray(points, bool)
+    outside = np.bincount(labels[out], weights=zp[out], minlength=n + 1)
+    keep = np.flatnonzero(outside[1:] > ring_fraction * np.maximum(total[1:], 1e-300)) + 1
+    return np.isin(labels, keep)
 
 
 def student_t_factor(n, *, sigma=5.0):

@@ -267,6 +267,17 @@ def _sources_in(residual, err, model_var, center, threshold, annuli_width, lod=N
     return found, z
 
 
+def _extended_sources(z, threshold, center, lod=None):
+    """The extended sources of a significance map (2-D bool): the footprints of
+    :func:`_sources_in` with more of their significance outside every point source's
+    disk than a point source's rings hold (:func:`coron_cli.core.extended_parts`)."""
+    lod = 2.0 if lod is None else lod
+    points = core.source_regions(z, threshold, center=center, negative=False)
+    foot = core.source_footprints(z, threshold, low=2.0, smooth=0.5 * lod, inner=3.0 * lod,
+                                  center=center, grow=max(1, int(round(0.5 * lod))))
+    return core.extended_parts(foot, points, z)
+
+
 def resolve_sky_order(science, sky_order):
     """The sky order for an exposure: an int as given, or for "auto" 2 behind a
     four-quadrant phase mask (CORONMSK contains 4QPM) and 1 otherwise."""
@@ -282,7 +293,7 @@ def resolve_sky_order(science, sky_order):
 
 
 def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones, rolls=None, roll_fakes=None,
-                     center=None, min_move=None, sci=None):
+                     center=None, min_move=None, sci=None, sources=None):
     """The fakes KLIP-subtracted as a source found above the protection threshold is:
     each image with its fakes' disks (1.5 fwhm) left out of the fit. In zones a few
     lambda/D wide the fit takes a good part of an unprotected source away, and a source
@@ -305,10 +316,10 @@ def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones, rolls=None, rol
             continue
         # with the science as target 0: what the rolls' copies of the fake take away
         # depends on the star's coefficients (see roll_subtract)
-        pair = np.stack([np.broadcast_to(sci, (nint, ny, nx)), targets], axis=1)
+        pair = np.stack([sci, np.broadcast_to(img, sci.shape)], axis=1)
         res, _, _ = roll_subtract(pair, refs, rolls, center=center, min_move=min_move,
                                   zones=zones, fit_mask=fit & ~near, fit_zones=fit_zones,
-                                  roll_fakes=roll_fakes[k:k + 1], **one)
+                                  roll_fakes=roll_fakes[k:k + 1], sources=sources, **one)
         out[k] = res[0][:, 1].astype(np.float64).mean(axis=0)
     return out
 
@@ -378,6 +389,11 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
             sci, targets, refs, err, center, fit, zones, kw, config, lod, inj is not None)
         if rolls is not None:
             residual = None    # the pass had the references only: sources, not the result
+    # the other rolls are not used where they hold extended structure of this pass
+    # (turned): a disk moves by less than its own size between the rolls
+    sources = None
+    if rolls is not None and zmap is not None:
+        sources = _extended_sources(zmap, config.protect or 5.0, center, lod)
     min_move = roll_fakes = None
     if rolls is not None:
         min_move = config.roll_move * (lod or psf_fwhm_pix(science.primary,
@@ -397,14 +413,15 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
     if residual is None:
         residual, mvar, nmodes = roll_subtract(targets, refs, rolls, center=center,
                                                min_move=min_move, zones=zones, fit_mask=fit,
-                                               fit_zones=fit_zones, roll_fakes=roll_fakes, **kw)
+                                               fit_zones=fit_zones, roll_fakes=roll_fakes,
+                                               sources=sources, **kw)
     if inj is not None:
         recovered = residual[0, :, 1:].astype(np.float64).mean(axis=0)
         protected_fakes = None
         if config.protect and zones is not None:
             protected_fakes = _protected_fakes(inj, refs, fit, zones, fakes["fwhm"], kw,
                                                fit_zones, rolls, roll_fakes, center, min_move,
-                                               sci)
+                                               sci, sources)
         inj = replace(inj, recovered=recovered, recovered_protected=protected_fakes)
         residual = np.ascontiguousarray(residual[:, :, 0])
         mvar = None if mvar is None else mvar[:, :, 0]

@@ -171,8 +171,19 @@ def rotated_fakes(model, rotation, center):
     return out
 
 
+def source_in_rolls(sources, rotation, center):
+    """Where each other roll holds the sources of `sources` (ny, nx bool, the science's
+    frame): the mask turned by each roll difference, any overlap counted (nroll, ny, nx)."""
+    src = np.asarray(sources, dtype=np.float64)
+    out = np.empty((len(rotation),) + src.shape, bool)
+    for j, d in enumerate(rotation):
+        out[j] = np.nan_to_num(core.north_up(src, float(d), center, out_center=center,
+                                             order=1)) > 0.01
+    return out
+
+
 def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mask=None,
-                  fit_zones=None, roll_fakes=None, **kw):
+                  fit_zones=None, roll_fakes=None, sources=None, **kw):
     """:func:`coron_cli.core.klip_subtract` with the other rolls as references where allowed.
 
     At every pixel, the other-roll exposures whose motion there reaches
@@ -199,6 +210,11 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
         k's result is then KLIP of the science plus fake k with the rolls
         holding the fake, minus KLIP of the science: the fake as a real
         source comes out, with what its copies in the other rolls take away.
+    sources : ndarray of bool (ny, nx), optional
+        Known sources (the first pass's, in the science's frame): an other
+        roll is not used where it holds one of them (:func:`source_in_rolls`),
+        so that it does not subtract them; an extended source such as an
+        edge-on disk moves by less than its own size between the rolls.
     **kw
         klip_subtract's other arguments (truncations, fit_weights,
         reference_variance, sky_order...).
@@ -211,7 +227,13 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
         return core.klip_subtract(targets, refs, zones=zones, fit_mask=fit_mask,
                                   fit_zones=fit_zones, **kw)
     ny, nx = refs.shape[-2:]
-    labels, allowed = core.roll_groups((ny, nx), center, rolls.rotation, min_move)
+    blocked = None
+    if sources is not None and np.any(sources):
+        blocked = source_in_rolls(sources, rolls.rotation, center)
+    labels, allowed = core.roll_groups((ny, nx), center, rolls.rotation, min_move, blocked)
+    if blocked is not None:
+        log.debug("other rolls not used at %d pixel(s) where they hold extended sources",
+                  int(blocked.any(axis=0).sum()))
     base = np.zeros((ny, nx), dtype=int) if zones is None else np.asarray(zones)
     ref_var = kw.pop("reference_variance", None)
     out_res = out_var = nmodes = None
@@ -268,4 +290,4 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
 
 
 __all__ = ["SAME_ROLL_DEG", "RollReferences", "exposure_roll", "other_rolls", "roll_references",
-           "roll_subtract", "rotated_fakes"]
+           "roll_subtract", "rotated_fakes", "source_in_rolls"]

@@ -307,8 +307,10 @@ def _run_and_chain(invoke, asn_path, folder, *, run_opts=(), klip_opts=(), combi
             root = f"{exposure_root(sci)}_{asn.asn_id}"
             _ok(invoke(align, [sci, os.path.join(hand, stack_name), "--asn-id", asn.asn_id,
                                "-o", os.path.join(hand, f"{root}_psfalign.fits"), "-q"]))
+            # the other rolls as references, as coron3 run takes them from the association
+            rolls = [a for o in prod.science if o != sci for a in ("--roll-ref", o)]
             _ok(invoke(klip, [sci, os.path.join(hand, f"{root}_psfalign.fits"), *klip_opts,
-                              "-o", os.path.join(hand, f"{root}_psfsub.fits"), "-q"]))
+                              *rolls, "-o", os.path.join(hand, f"{root}_psfsub.fits"), "-q"]))
             names += [f"{root}_psfalign.fits", f"{root}_psfsub.fits"]
             subs.append(os.path.join(hand, f"{root}_psfsub.fits"))
         i2d = os.path.join(hand, f"{prod.name}_i2d.fits")

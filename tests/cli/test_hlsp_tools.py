@@ -22,9 +22,13 @@ def test_klip_contrast_equals_run(hl_run, demo_data, tmp_path, runner):
     sci = os.path.join(demo_data["folder"], os.path.basename(sub).replace("_c1001_psfsub",
                                                                          "_calints"))
     out = tmp_path / "k_psfsub.fits"
+    other = [os.path.join(demo_data["folder"], os.path.basename(p["path"]).replace(
+        "_c1001_psfsub", "_calints")) for p in hl_run["summary"]["products"]
+        if p["kind"] == "psfsub"][1]
     r = invoke(runner, klip, [sci, ali, "--contrast", "--psf-offaxis",
                               demo_data["paths"]["offaxis"], "--fwhm",
-                              hl_run["truth"]["lambda_over_d_pix"], "-o", out])
+                              hl_run["truth"]["lambda_over_d_pix"], "-o", out,
+                              "--roll-ref", other])
     assert r.exit_code == 0, r.stderr
     with fits.open(out) as a, fits.open(sub) as b:
         assert np.array_equal(a["SCI"].data, b["SCI"].data)

@@ -24,12 +24,13 @@ def chained(tmp_path, small_asn, runner, monkeypatch):
                if False else psf + ["-o", "tiny_nircam_psfstack.fits"])
     assert r.exit_code == 0, r.stderr
     out = {"psfstack": tmp_path / "tiny_nircam_psfstack.fits"}
-    for t in ("targ1", "targ2"):
+    for t, other in (("targ1", "targ2"), ("targ2", "targ1")):
         r = invoke(runner, align, [f"{t}_calints.fits", "tiny_nircam_psfstack.fits",
                                    "--asn-id", "c1001"])
         assert r.exit_code == 0, r.stderr
+        # the other roll as a reference, as coron3 run takes it from the association
         r = invoke(runner, klip, [f"{t}_calints.fits", f"{t}_c1001_psfalign.fits",
-                                  "--truncate", "50"])
+                                  "--truncate", "50", "--roll-ref", f"{other}_calints.fits"])
         assert r.exit_code == 0, r.stderr
         out[t] = tmp_path / f"{t}_c1001_psfsub.fits"
     return out
@@ -108,13 +109,14 @@ def test_klip_product(chained):
 def test_klip_several_truncations(chained, tmp_path, runner):
     out = tmp_path / "multi.fits"
     r = invoke(runner, klip, ["targ1_calints.fits", "targ1_c1001_psfalign.fits",
-                              "--truncate", "2,5,9", "-o", str(out)])
+                              "--truncate", "2,5,10", "-o", str(out),
+                              "--roll-ref", "targ2_calints.fits"])
     assert r.exit_code == 0, r.stderr
     with fits.open(out) as h, fits.open(chained["targ1"]) as full:
         kl = h["KLSUB"].data
         assert kl.shape == (3, 3, 32, 32)
         assert np.array_equal(h["SCI"].data, kl[0])
-        assert h["KLSUB"].header["KLMODES"] == "2,5,9"
+        assert h["KLSUB"].header["KLMODES"] == "2,5,10"
         np.testing.assert_allclose(kl[2], full["SCI"].data, atol=1e-4)
 
 
@@ -304,7 +306,8 @@ def test_real_pipe_through_stdin_and_stdout(chained, small_asn, tmp_path):
     d = tmp_path
     cmd = (f"{BIN}/coron-stack psf3_calints.fits psf4_calints.fits psf5_calints.fits -o - "
            f"| {BIN}/coron-align targ1_calints.fits - -o - "
-           f"| {BIN}/coron-klip targ1_calints.fits - -o piped_psfsub.fits")
+           f"| {BIN}/coron-klip targ1_calints.fits - -o piped_psfsub.fits "
+           f"--roll-ref targ2_calints.fits")
     p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=d, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -26,7 +26,7 @@ PUBLIC = {
     "source_footprints", "combine_backgrounds", "combine_images", "dither_groups",
     "dither_model_shifts", "diffraction_fwhm_pix", "dither_positions", "contrast_curve",
     "find_candidates", "filter_wavelength_um", "find_outliers", "inject_sources",
-    "injection_grid", "fit_offsets", "klip_subtract", "noise_weights", "roll_groups",
+    "injection_grid", "fit_offsets", "klip_subtract", "noise_weights", "roll_groups", "extended_parts",
     "north_up", "psf_center",
     "psf_envelope", "psf_flux", "refine_peaks", "repair_bad_pixels", "restore_source_pixels",
     "sharpness_bound", "shift_gain", "shift_images", "shift_stack", "shift_variance", "sky_level",

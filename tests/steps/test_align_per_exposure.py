@@ -75,7 +75,8 @@ def test_coron3_run_and_the_chained_tools_agree(small_asn, tmp_path, runner):
                                "--align-per", "exposure", "-o", str(chain / "a_psfalign.fits")])
     assert r.exit_code == 0, r.output
     r = invoke(runner, klip, [str(folder / "targ1_calints.fits"), str(chain / "a_psfalign.fits"),
-                              "-k", "2", "-o", str(chain / "a_psfsub.fits")])
+                              "-k", "2", "-o", str(chain / "a_psfsub.fits"),
+                              "--roll-ref", str(folder / "targ2_calints.fits")])
     assert r.exit_code == 0, r.output
     with fits.open(out / "targ1_c1001_psfsub.fits") as a, \
             fits.open(chain / "a_psfsub.fits") as b:

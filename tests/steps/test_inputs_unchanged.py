@@ -174,6 +174,8 @@ CASES = {
     "roll_references": ("roll_references", lambda d: (
         (d["scis"][0], d["scis"], steps.StackConfig(), steps.AlignConfig()),
         {"transmission": d["tmap"]})),
+    "source_in_rolls": ("source_in_rolls", lambda d: (
+        (d["tmap"] > 0.5, np.array([10.0, -5.0]), (32.0, 32.0)), {})),
     "rotated_fakes": ("rotated_fakes", lambda d: (
         (d["injs"][0].model, np.array([10.0]), (32.0, 32.0)), {})),
     "roll_subtract": ("roll_subtract", lambda d: (

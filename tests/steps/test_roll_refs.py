@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from coron_cli import core
+from coron_cli import core, steps
 from coron_cli.cli import klip as klip_cli
 from coron_cli.products import read_product
 from coron_cli.steps.rolls import RollReferences, roll_subtract, rotated_fakes
@@ -116,8 +116,11 @@ def test_coron3_run_with_roll_refs_and_the_single_tool_agree(demo_data, tmp_path
 
     asn = demo_data["paths"]["asn"]
     out = tmp_path / "run"
-    config = PipelineConfig.from_options(roll_refs=True, roll_move=1.0, truncate=[20])
-    summary = run_association(asn, str(out), config)
+    psf = np.asarray(demo_data["dataset"].offaxis_psf, dtype=np.float64)
+    lod = float(demo_data["truth"]["lambda_over_d_pix"])
+    fake = {"contrast": True, "fwhm": lod, "star_flux": float(psf.max()), "truncate": [20]}
+    config = PipelineConfig.from_options(roll_refs=True, roll_move=1.0, **fake)
+    summary = run_association(asn, str(out), config, offaxis_psf=psf)
     paths = {}
     for p in summary["products"]:
         paths.setdefault(p["kind"], []).append(p["path"])
@@ -136,9 +139,77 @@ def test_coron3_run_with_roll_refs_and_the_single_tool_agree(demo_data, tmp_path
     one = read_product(str(single))
     assert one.sci_header["KLROLLS"] == 1
     assert_allclose(one.sci, sub.sci, rtol=1e-5, atol=1e-5 * np.nanmax(np.abs(sub.sci)))
-    # without --roll-refs nothing changes: KLROLLS 0
-    base = run_association(asn, str(tmp_path / "base"), PipelineConfig.from_options(
-        truncate=[20]))
-    b = read_product(next(p["path"] for p in base["products"] if p["kind"] == "psfsub"))
+    # with --no-roll-refs: KLROLLS 0, another residual
+    base = run_association(asn, str(tmp_path / "base"),
+                           PipelineConfig.from_options(roll_refs=False, **fake), offaxis_psf=psf)
+    bp = {p["kind"]: p["path"] for p in base["products"]}
+    b = read_product(bp["psfsub"])
     assert b.sci_header["KLROLLS"] == 0
     assert not np.allclose(b.sci, sub.sci)
+    # the fakes sit in the other roll too: where it is used, they lose a little more
+    # (its copy of them, turned by the roll, is subtracted with the star); inside, the same
+    t_roll = read_product(paths["i2d"][0]).tables["THROUGHPUT"]
+    t_base = read_product(bp["i2d"]).tables["THROUGHPUT"]
+    from coron_cli.steps.rolls import other_rolls
+
+    _, rot = other_rolls(read_product(sci[0]), [read_product(sci[1])])
+    # fakes every 60 degrees at each radius: the fakes 1.5 fwhm further out see the rolls
+    far = 2 * np.asarray(t_roll["radius"]) * np.sin(np.deg2rad(abs(rot[0])) / 2) \
+        >= sub.sci_header["KLRMOVE"] - 1.5 * lod
+    a, c = np.asarray(t_roll["throughput"]), np.asarray(t_base["throughput"])
+    assert (a > 0.5).all() and (a <= 1.05).all()
+    assert_allclose(a[~far], c[~far], atol=0.01)
+    assert (a[far] <= c[far] + 0.02).all() and (a[far] < c[far] - 0.02).any()
+    assert np.mean(a[far] - c[far]) < 0
+
+
+def test_a_known_source_blocks_the_rolls_where_they_hold_it():
+    """An other roll is not used where it holds a known (turned) source: an edge-on disk
+    moves by less than its own width, so a roll would subtract it."""
+    shape, center = (41, 41), (20.0, 20.0)
+    disk = np.zeros(shape, bool)
+    disk[19:22, 25:41] = True                               # a strip east of the star
+    blocked = steps.source_in_rolls(disk, [10.0], center)
+    assert blocked.shape == (1,) + shape
+    assert blocked[0][20, 25:29].all()         # near the star the turned strip covers it
+    assert 0.2 < blocked[0][disk].mean() < 1.0
+    assert not blocked[0][:, :15].any()                      # nothing on the other side
+    labels, allowed = core.roll_groups(shape, center, [10.0], 1.0, blocked)
+    use = allowed[labels][..., 0]
+    assert not use[blocked[0]].any()
+    assert use[:, :15][np.hypot(*(np.indices(shape) - 20.0))[:, :15] > 10].all()
+    # in roll_subtract: with the strip as a known source, the blocked pixels equal KLIP
+    # with the references alone
+    sci, refs, rolls = _rolls_data(shape=shape)
+    kw = dict(truncations=[7], center=center, min_move=1.0)
+    res, _, _ = roll_subtract(sci, refs, rolls, sources=disk, **kw)
+    alone, _, _ = core.klip_subtract(sci, refs, truncations=[7],
+                                     fit_zones={0: np.ones(shape, bool)},
+                                     zones=np.zeros(shape, int))
+    assert_allclose(res[..., blocked[0]], alone[..., blocked[0]], rtol=1e-4, atol=1e-4)
+
+
+def test_extended_parts_keep_what_point_sources_do_not_explain():
+    shape = (40, 40)
+    foot = np.zeros(shape, bool)
+    foot[10:13, 5:35] = True                  # a strip: extended
+    foot[25:28, 25:28] = True                 # a blob inside a point-source disk
+    points = np.zeros(shape, bool)
+    points[24:29, 24:29] = True
+    points[9:14, 18:23] = True                # a peak on the strip covers a bit of it
+    z = np.where(foot, 3.0, 0.0)
+    z[26, 26] = 30.0                          # the blob's core
+    ext = core.extended_parts(foot, points, z)
+    assert ext[10:13, 5:35].all()             # the whole strip, its covered part included
+    assert not ext[25:28, 25:28].any()
+    # a bright point source whose rings reach beyond its disk: 8 of 9 pixels outside,
+    # but a tenth of its significance
+    ring = np.zeros(shape, bool)
+    ring[4:7, 4:7] = True
+    zr = np.where(ring, 0.5, 0.0)
+    zr[5, 5] = 40.0
+    core_disk = np.zeros(shape, bool)
+    core_disk[5, 5] = True
+    assert not core.extended_parts(ring, core_disk, zr).any()
+    assert core.extended_parts(ring, core_disk, zr, ring_fraction=0.05)[ring].all()
+    assert not core.extended_parts(np.zeros(shape, bool), points, z).any()
