@@ -48,7 +48,7 @@ def test_roll_subtract_is_klip_with_the_rolls_where_allowed_and_without_elsewher
     center = (15.5, 15.5)
     z = None if zones is None else core.annulus_zones(sci.shape[-2:], center, annuli=3)
     var = np.full(refs.shape, 0.01, np.float32)
-    kw = dict(truncations=[4, 7], reference_variance=var, zones=z)
+    kw = {"truncations": [4, 7], "reference_variance": var, "zones": z}
     move = 2.0
     res, mv, nm = roll_subtract(sci, refs, rolls, center=center, min_move=move, **kw)
     without, _, _ = core.klip_subtract(sci, refs, **kw)
@@ -88,7 +88,7 @@ def test_a_fake_in_the_other_roll_is_partly_subtracted_with_the_star():
     assert abs(np.hypot(x - 23.5, y - 23.5) - 20) < 1.0
     assert abs(abs(np.degrees(np.arctan2(y - 23.5, x - 23.5))) - 10.0) < 3.0
     targets = np.concatenate([sci[:, None], fake[None]], axis=1)
-    kw = dict(truncations=[7], center=center, min_move=0.0)
+    kw = {"truncations": [7], "center": center, "min_move": 0.0}
     res, _, _ = roll_subtract(targets, refs, rolls, roll_fakes=rf, **kw)
     naive, _, _ = roll_subtract(targets, refs, rolls, **kw)
     near = np.hypot(xx - 29.5, yy - 23.5) <= 2
@@ -181,7 +181,7 @@ def test_a_known_source_blocks_the_rolls_where_they_hold_it():
     # in roll_subtract: with the strip as a known source, the blocked pixels equal KLIP
     # with the references alone
     sci, refs, rolls = _rolls_data(shape=shape)
-    kw = dict(truncations=[7], center=center, min_move=1.0)
+    kw = {"truncations": [7], "center": center, "min_move": 1.0}
     res, _, _ = roll_subtract(sci, refs, rolls, sources=disk, **kw)
     alone, _, _ = core.klip_subtract(sci, refs, truncations=[7],
                                      fit_zones={0: np.ones(shape, bool)},
