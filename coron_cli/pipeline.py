@@ -385,8 +385,11 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
     run.step(f"klip {os.path.basename(sci_path)}")
     rolls = None
     if others:
-        rolls = steps.roll_references(sci, others, config.stack, config.align, mask=mask,
-                                      transmission=tmap)
+        # registered with the default settings (coron-klip --roll-ref does the same: the
+        # registration options are the references'), on the same transmission map
+        bits = config.align.bad_bits
+        rolls = steps.roll_references(sci, others, steps.StackConfig(bad_bits=bits),
+                                      steps.AlignConfig(bad_bits=bits), transmission=tmap)
     kw = {"transmission": tmap, "params": {"science": sci_path, "psfalign": "in memory"},
           "rolls": rolls}
     inj = None

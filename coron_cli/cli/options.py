@@ -311,9 +311,9 @@ roll_ref = _compose(
     click.option(
         "--roll-ref", "roll_ref", multiple=True, metavar="FILE",
         help="Another roll of the same target (a calints file): registered onto the "
-             "science star and used as a reference where a source has moved far enough "
-             "between the rolls (--roll-move). Repeatable. coron3 run takes them from the "
-             "association (--roll-refs)."),
+             "science star (coron-align's default registration) and used as a reference "
+             "where a source has moved far enough between the rolls (--roll-move). "
+             "Repeatable. coron3 run takes them from the association (--roll-refs)."),
     roll_move)
 
 align_per = click.option(
