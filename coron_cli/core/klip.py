@@ -283,16 +283,19 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     single, order, plan = _zone_plan(zones, fit, fit_zones)
     wts_s = None if wts is None else wts[order]
     npix = ny * nx
-    # integrations per chunk: the zone-ordered float32 copies fit in max_bytes
+    # integrations per chunk: their float32 references (and variance) fit in max_bytes
     per_int = nref * npix * 4 * (2 if var2 is not None else 1)
     chunk = int(max(1, min(nint, max_bytes // max(per_int, 1))))
     for i0 in range(0, nint, chunk):
         sl = slice(i0, min(nint, i0 + chunk))
         c = sl.stop - sl.start
         perm = slice(None) if single else order          # one zone: nothing to reorder
-        refs_s = refs2[sl][:, :, perm]
+        # the references and their variance stay in frame order (no copy the size of
+        # the references): each zone gathers its own pixels, `_Cols` maps the zone
+        # order's positions to frame pixels
+        refs_s = _Cols(refs2[sl], None if single else order)
         sci_s = sci2[sl][:, :, perm]
-        var_s = None if var2 is None else var2[sl][:, :, perm]
+        var_s = None if var2 is None else _Cols(var2[sl], None if single else order)
         res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         for job in plan:
@@ -319,6 +322,32 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     if mvar is not None:
         mvar = mvar.reshape(shape)
     return residual, mvar, nmodes
+
+
+class _Cols:
+    """An array (c, n, npix) in frame order, whose pixels are taken by their positions in
+    the zone order: ``float64(idx)`` is ``array[:, :, order[idx]].astype(np.float64)``
+    (`order` None: the frame order itself), gathered a block of rows at a time so that
+    no single-precision copy of the whole selection is made first."""
+
+    #: rows (references) gathered at a time
+    BLOCK = 16
+
+    def __init__(self, array, order):
+        self.array, self.order = array, order
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def float64(self, idx):
+        cols = idx if self.order is None else self.order[idx]
+        if isinstance(cols, slice):
+            return self.array[:, :, cols].astype(np.float64)
+        c, n = self.array.shape[:2]
+        # laid out as numpy lays out ``array[:, :, cols]`` (the gathered axis first in
+        # memory): the products of BLAS depend on the layout, so it is kept
+        out = np.empty((np.size(cols), c, n), np.float64).transpose(1, 2, 0)
+        for j in range(0, n, self.BLOCK):
+            out[:, j:j + self.BLOCK] = self.array[:, j:j + self.BLOCK][:, :, cols]
+        return out
 
 
 def _klip_shared_references(sci, refs, **kw):
@@ -443,15 +472,18 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     zsub, zpix, take, zfit, zout = zone
     ntr, ntg = truncs.size, sci_s.shape[1]
     fit_all = zfit.size == zpix.size
-    # the float64 copy of the references, centred in place: no further copies
-    R = refs_s[:, :, take].astype(np.float64)
     t = sci_s[:, :, take].astype(np.float64)
-    rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
     tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
-    R -= rmean[:, :, None]
     t -= tmean[:, :, None]
-    Rf = R if fit_all else R[:, :, zfit]
     tf = t if fit_all else t[:, :, zfit]
+    # float64 copies of the references, centred in place; when only some pixels are
+    # fitted, those are gathered first and the whole zone only once the coefficients
+    # are known, so that one such copy is alive at a time (the same values as taking
+    # the fitted pixels from the zone's copy)
+    Rf = refs_s.float64(take if fit_all else zpix[zfit])
+    rmean = Rf.mean(axis=2)
+    Rf -= rmean[:, :, None]
+    R = Rf if fit_all else None
     if wts_s is not None:
         wz = wts_s[zpix[zfit]]
         Rf = Rf * wz                                       # weighted copies
@@ -461,8 +493,14 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
         sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
                              None if wts_s is None else wz)
     B, k = _coefficients(Rf, tf, None if sky is None else sky[1:], truncs, pixels_per_mode)
+    del Rf, tf
+    if R is None:
+        R = refs_s.float64(take)
+        R -= rmean[:, :, None]
     model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
+    del R
     res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
+    del model, t
     if sky is not None:
         P, Q, A = sky
         rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
@@ -471,8 +509,9 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
         res = res[..., zout]
     mv = None
     if var_s is not None:
-        Vr = var_s[:, :, zsub].astype(np.float64)
+        Vr = var_s.float64(zsub)
         mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
+        del Vr
         # near-degenerate references (noiseless data) give huge cancelling
         # coefficients: a variance beyond float32 is infinite for every purpose
         np.minimum(mv, np.finfo(np.float32).max, out=mv)
@@ -544,7 +583,7 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
     k : ndarray of int (c, ntr)
     """
     ntg, ntr = sci_s.shape[1], truncs.size
-    Rf = refs_s[:, :, opt].astype(np.float64)
+    Rf = refs_s.float64(opt)
     tf = sci_s[:, :, opt].astype(np.float64)
     rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
     Rf -= rmean[:, :, None]
@@ -568,7 +607,7 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
     done = []
     for zsub in zsubs:
         n = zsub.stop - zsub.start
-        Rz = refs_s[:, :, zsub].astype(np.float64) - rmean[:, :, None]
+        Rz = refs_s.float64(zsub) - rmean[:, :, None]
         tz = sci_s[:, :, zsub].astype(np.float64) - tmean[:, :, None]
         res = tz[:, :, None, :] - (B @ Rz).reshape(-1, ntg, ntr, n)
         if coef is not None:
@@ -576,7 +615,7 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
             at += n
         mv = None
         if var_s is not None:
-            mv = ((B ** 2) @ var_s[:, :, zsub].astype(np.float64)).reshape(-1, ntg, ntr, n)
+            mv = ((B ** 2) @ var_s.float64(zsub)).reshape(-1, ntg, ntr, n)
             np.minimum(mv, np.finfo(np.float32).max, out=mv)
             mv = np.moveaxis(mv, 2, 0)
         done.append((zsub, np.moveaxis(res, 2, 0), mv))

@@ -313,3 +313,20 @@ def test_one_reference_set_for_every_integration_equals_it_repeated(targets, zon
     assert_allclose(one, many, rtol=1e-5, atol=1e-5)
     assert_allclose(mv1, mvn, rtol=1e-5)
     assert np.array_equal(k1, kn) and k1.shape == (2, nint)
+
+
+def test_zone_columns_gather_as_fancy_indexing_does():
+    """_Cols.float64 gathers the pixels of a zone (positions in the zone order) a block of
+    references at a time: the same values and the same memory layout (BLAS products
+    depend on it) as ``array[:, :, order[idx]].astype(np.float64)``."""
+    from coron_cli.core import klip
+
+    rng = np.random.default_rng(5)
+    arr = rng.normal(size=(2, klip._Cols.BLOCK + 7, 60)).astype(np.float32)
+    order = rng.permutation(60)
+    for idx in (slice(5, 40), np.array([3, 1, 59, 20, 7]), np.arange(60)):
+        for o in (order, None):
+            want = arr[:, :, idx if o is None else o[idx]].astype(np.float64)
+            got = klip._Cols(arr, o).float64(idx)
+            np.testing.assert_array_equal(got, want)
+            assert got.strides == want.strides
