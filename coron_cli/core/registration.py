@@ -179,15 +179,21 @@ def _variance_response(dx, dy, ny, nx):
     return fy.astype(np.complex64), fx.astype(np.complex64)
 
 
-def shift_variance(variances, dx, dy, *, workers=-1):
+def shift_variance(variances, dx, dy, *, errors=False, workers=-1):
     """Variance maps of independent noise carried through :func:`shift_stack`.
 
     Parameters
     ----------
     variances : ndarray of shape (nref, ny, nx)
-        Per-pixel variance of each image (finite, not negative).
+        Per-pixel variance of each image (finite, not negative); with
+        `errors`, the noise itself (standard deviations).
     dx, dy : ndarray of shape (nint, nref)
         The shifts given to :func:`shift_stack`.
+    errors : bool
+        `variances` are standard deviations: the variances are their
+        squares in float64, 0 where they are not finite (the same as passing
+        ``np.where(np.isfinite(e), e.astype(np.float64) ** 2, 0.0)``, made a
+        block of images at a time instead of as a whole float64 stack).
 
     Returns
     -------
@@ -208,7 +214,14 @@ def shift_variance(variances, dx, dy, *, workers=-1):
     nref, ny, nx = var.shape
     dx = np.asarray(dx, dtype=np.float64).reshape(-1, nref)
     dy = np.asarray(dy, dtype=np.float64).reshape(-1, nref)
-    S = sfft.rfft2(np.asarray(var, dtype=np.float64), workers=workers).astype(np.complex64)
+    # the spectra in float64 then kept as complex64, a block of images at a time
+    S = np.empty((nref, ny, nx // 2 + 1), np.complex64)
+    for j in range(0, nref, _FFT_BLOCK):
+        v = np.asarray(var[j:j + _FFT_BLOCK], dtype=np.float64)
+        if errors:
+            v = np.where(np.isfinite(v), v ** 2, 0.0)
+        S[j:j + _FFT_BLOCK] = sfft.rfft2(v, workers=workers)
+        del v
     out = _large_empty((dx.shape[0], nref, ny, nx), np.float32)
     buf = np.empty_like(S)
     for i in range(dx.shape[0]):
@@ -552,29 +565,32 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     tg = np.asarray(targets)
     nint = tg.shape[0]
     ky, kx = _freqs(ny, nx)
-    R = sfft.rfft2(np.asarray(refs, dtype=np.float64), workers=workers)
+    weighted = shifts is None and weights is not None
+    c = _hermitian_weights(ny, nx) if shifts is None else None
+    # the references' spectra, a block of images at a time (no float64 copy of the
+    # references): the shifts are applied in single precision (the output is float32);
+    # the fits use the double-precision spectra, kept whole only for a weighted fit
+    # (unweighted, only their power is needed)
+    R32, R, norm = _spectra(refs, c if shifts is None and not weighted else None,
+                            keep=weighted, workers=workers)
     del refs
-    # the shifts are applied in single precision (the output is float32); the fits
-    # use the double-precision spectra
-    R32 = R.astype(np.complex64)
     aligned = None if fit_only else _large_empty((nint, nref, ny, nx), np.float32)
     dx = np.empty((nint, nref))
     dy = np.empty((nint, nref))
     scale = np.empty((nint, nref))
     if shifts is None:
-        c = _hermitian_weights(ny, nx)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)
-        norm = _power(R, c) if w is None else None
         if w is not None:
             Rf = R
             X = np.empty_like(R)
         else:
-            # conj(R), reused for every cross-power, in single precision: the
-            # cross-power only feeds sums (the moments), which run in double
-            Rf = np.conjugate(R32)
+            # the cross-power conj(R) T, in single precision, made as conj(R conj(T)) (the
+            # same numbers, without a conjugated copy of the spectra): it only feeds
+            # sums (the moments), which run in double
             X = np.empty_like(R32)
     del R
-    buf = np.empty_like(R32)
+    # the shifted spectra's buffer: the cross-power's once it is used (single precision)
+    buf = X if shifts is None and weights is None else np.empty_like(R32)
     resid = np.empty((nint, nref)) if return_residual else None
     wr = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     for i in range(nint):
@@ -583,7 +599,8 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
         else:
             if w is None:
                 T = sfft.rfft2(np.asarray(tg[i], dtype=np.float32), workers=workers)
-                np.multiply(Rf, T, out=X)
+                np.multiply(R32, np.conjugate(T), out=X)
+                np.conjugate(X, out=X)
             else:
                 T = sfft.rfft2(np.asarray(tg[i], dtype=np.float64), workers=workers)
                 np.conjugate(Rf, out=X)
@@ -606,6 +623,33 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     if return_residual:
         return aligned, dx, dy, scale, resid
     return aligned, dx, dy, scale
+
+
+#: images per block when the spectra of a stack are computed (float64 temporaries of
+#: this many images)
+_FFT_BLOCK = 16
+
+
+def _spectra(images, c=None, *, keep=False, workers=-1):
+    """rfft2 of a stack of images (nref, ny, nx), in float64, a block of images at a time.
+
+    Returns (the spectra as complex64, the complex128 spectra with `keep` else None, with
+    the Hermitian weights `c` the power of each spectrum (:func:`_power`) else None): the
+    same numbers as transforming the whole stack at once, without its float64 copy.
+    """
+    nref, ny, nx = images.shape
+    R32 = np.empty((nref, ny, nx // 2 + 1), np.complex64)
+    R = np.empty(R32.shape, np.complex128) if keep else None
+    norm = None if c is None else np.empty(nref)
+    for j in range(0, nref, _FFT_BLOCK):
+        b = slice(j, min(nref, j + _FFT_BLOCK))
+        Rb = sfft.rfft2(np.asarray(images[b], dtype=np.float64), workers=workers)
+        R32[b] = Rb
+        if R is not None:
+            R[b] = Rb
+        if norm is not None:
+            norm[b] = _power(Rb, c)
+    return R32, R, norm
 
 
 def pair_residuals(aligned, target, scale, *, weights=None, block=32):
