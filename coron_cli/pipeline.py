@@ -336,9 +336,10 @@ def _stack(prod, asn, config):
             if whys:
                 log.info("%d reference exposure(s): %s%s", len(whys), whys[0],
                          " (first of them)" if len(whys) > 1 else "")
+        del done  # the stack step consumes `refs`: no other reference to them
     stack = steps.stack_step(refs, config.stack, asn_id=asn.asn_id,
                              params={"inputs": [os.path.basename(p) for p in prod.psf]},
-                             integrations=ints)
+                             integrations=ints, consume=True)
     return bkg_sci, stack
 
 
