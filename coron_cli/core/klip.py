@@ -141,7 +141,8 @@ def _sky_projector(zpix, nx, zfit, order, wz=None, rcond=1e-6):
 
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
                   fit_weights=None, reference_variance=None, sky_order=0,
-                  pixels_per_mode=None, fit_zones=None, max_bytes=64 * 2 ** 20):
+                  pixels_per_mode=None, fit_zones=None, max_bytes=64 * 2 ** 20,
+                  reference_error=None):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -173,6 +174,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         all pixels alike (classic KLIP). A zero weight acts like `fit_mask`.
     reference_variance : ndarray of the shape of `references`, optional
         Variance of the aligned references, propagated to the model.
+    reference_error : ndarray of the shape of `references`, optional
+        Instead of `reference_variance`, the references' noise (standard
+        deviations): the variance is its square in single precision, 0
+        where it is not finite, made a zone at a time (no array the size of
+        the references).
     sky_order : int
         Polynomial order of a sky fitted in every zone together with the KL
         modes (see Notes): 0 removes only the zone mean (classic KLIP), 1 a
@@ -253,6 +259,7 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         return _klip_shared_references(
             sci, refs, truncations=truncations, zones=zones, fit_mask=fit_mask,
             fit_weights=fit_weights, reference_variance=reference_variance,
+            reference_error=reference_error,
             sky_order=sky_order, pixels_per_mode=pixels_per_mode, fit_zones=fit_zones,
             max_bytes=max_bytes)
     nint, nref, ny, nx = refs.shape
@@ -273,6 +280,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         wts = np.sqrt(w).ravel()
     residual = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     mvar = None
+    if reference_variance is not None and reference_error is not None:
+        raise ValueError("give reference_variance or reference_error, not both")
+    squared = reference_error is not None
+    if squared:
+        reference_variance = reference_error
     if reference_variance is not None:
         mvar = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     nmodes = np.full((ntr, nint), np.iinfo(np.int64).max, dtype=np.int64)
@@ -295,7 +307,8 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         # order's positions to frame pixels
         refs_s = _Cols(refs2[sl], None if single else order)
         sci_s = sci2[sl][:, :, perm]
-        var_s = None if var2 is None else _Cols(var2[sl], None if single else order)
+        var_s = None if var2 is None else _Cols(var2[sl], None if single else order,
+                                                square=squared)
         res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         for job in plan:
@@ -328,25 +341,41 @@ class _Cols:
     """An array (c, n, npix) in frame order, whose pixels are taken by their positions in
     the zone order: ``float64(idx)`` is ``array[:, :, order[idx]].astype(np.float64)``
     (`order` None: the frame order itself), gathered a block of rows at a time so that
-    no single-precision copy of the whole selection is made first."""
+    no single-precision copy of the whole selection is made first. With `square`, the
+    values are the array's squares in float32, 0 where it is not finite (a variance
+    from a noise array)."""
 
     #: rows (references) gathered at a time
     BLOCK = 16
 
-    def __init__(self, array, order):
-        self.array, self.order = array, order
+    def __init__(self, array, order, square=False):
+        self.array, self.order, self.square = array, order, square
         self.shape, self.dtype = array.shape, array.dtype
+
+    def _values(self, part):
+        """`part` of the array, or with `square` its square in float32 (0 where the array
+        is not finite), laid out alike."""
+        if not self.square:
+            return part
+        out = np.array(part, dtype=np.float32)
+        out[~np.isfinite(out)] = 0.0
+        np.square(out, out=out)
+        return out
 
     def float64(self, idx):
         cols = idx if self.order is None else self.order[idx]
-        if isinstance(cols, slice):
-            return self.array[:, :, cols].astype(np.float64)
         c, n = self.array.shape[:2]
-        # laid out as numpy lays out ``array[:, :, cols]`` (the gathered axis first in
-        # memory): the products of BLAS depend on the layout, so it is kept
-        out = np.empty((np.size(cols), c, n), np.float64).transpose(1, 2, 0)
+        # laid out as numpy lays out ``array[:, :, cols]`` (a slice: in order; indices:
+        # the gathered axis first in memory): the products of BLAS depend on the layout
+        if isinstance(cols, slice):
+            if not self.square:
+                return self.array[:, :, cols].astype(np.float64)
+            out = np.empty((c, n, len(range(*cols.indices(self.array.shape[2])))),
+                           np.float64)
+        else:
+            out = np.empty((np.size(cols), c, n), np.float64).transpose(1, 2, 0)
         for j in range(0, n, self.BLOCK):
-            out[:, j:j + self.BLOCK] = self.array[:, j:j + self.BLOCK][:, :, cols]
+            out[:, j:j + self.BLOCK] = self._values(self.array[:, j:j + self.BLOCK][:, :, cols])
         return out
 
 

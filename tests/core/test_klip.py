@@ -330,3 +330,43 @@ def test_zone_columns_gather_as_fancy_indexing_does():
             got = klip._Cols(arr, o).float64(idx)
             np.testing.assert_array_equal(got, want)
             assert got.strides == want.strides
+
+
+def test_zone_columns_square_a_noise_array_as_a_variance():
+    """square=True: the float32 square of the noise, 0 where it is not finite (what the
+    references' variance was made of), gathered alike."""
+    from coron_cli.core import klip
+
+    rng = np.random.default_rng(7)
+    err = rng.uniform(0.5, 2.0, (1, klip._Cols.BLOCK + 3, 50)).astype(np.float32)
+    err[0, 2, 7] = np.nan
+    var = err.copy()
+    var[~np.isfinite(var)] = 0.0
+    np.square(var, out=var)
+    order = rng.permutation(50)
+    for idx in (slice(0, 50), slice(3, 9), np.array([7, 1, 30])):
+        for o in (order, None):
+            want = klip._Cols(var, o).float64(idx)
+            got = klip._Cols(err, o, square=True).float64(idx)
+            np.testing.assert_array_equal(got, want)
+            assert got.strides == want.strides
+    assert np.isnan(err[0, 2, 7])
+
+
+def test_reference_error_gives_the_variance_of_its_square():
+    """klip_subtract(reference_error=e) is klip_subtract(reference_variance=e**2) (float32,
+    non-finite noise as 0), with and without zones."""
+    rng = np.random.default_rng(8)
+    refs = rng.normal(size=(1, 12, 30, 30)).astype(np.float32)
+    sci = (refs[0, :3] * 0.5 + rng.normal(0, 0.1, (3, 30, 30))).astype(np.float32)
+    err = rng.uniform(0.1, 0.3, refs.shape).astype(np.float32)
+    err[0, 1, 4, 4] = np.inf
+    var = np.where(np.isfinite(err), err, 0).astype(np.float32) ** 2
+    zones = annulus_zones((30, 30), (14.5, 14.5), annuli=3)
+    for z in (None, zones):
+        a = klip_subtract(sci, refs, truncations=(3, 5), zones=z, reference_variance=var)
+        b = klip_subtract(sci, refs, truncations=(3, 5), zones=z, reference_error=err)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="not both"):
+        klip_subtract(sci, refs, reference_variance=var, reference_error=err)
