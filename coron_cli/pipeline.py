@@ -249,6 +249,8 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
         run.step(f"stack {prod.name}")
         bkg_sci, stack = _stack(prod, asn, config)
         run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
+        # written: its raw SCI gives way to the repaired one the align step uses
+        steps.stack.keep_repaired(stack, config.align.bad_bits)
         run.tick("stack")
         psfsubs, injections = [], []
         for sci_path in prod.science:

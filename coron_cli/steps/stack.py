@@ -299,12 +299,25 @@ def _repair_stack(psfstack, bad_bits):
     if memo is not None and memo[0] is psfstack.sci and memo[1] is psfstack.dq \
             and memo[2] == int(bad_bits):
         return memo[3]
+    if memo is not None and memo[0] is psfstack.sci and memo[3] is psfstack.sci:
+        raise ValueError(f"{psfstack.path}: its SCI was replaced by the repair for bad bits "
+                         f"{memo[2]} (keep_repaired); it cannot be repaired for {bad_bits}")
     bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
     _check_not_all_bad(psfstack, bad)
     out = core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
     out.setflags(write=False)
     psfstack._repaired = (psfstack.sci, psfstack.dq, int(bad_bits), out)
     return out
+
+
+def keep_repaired(psfstack, bad_bits):
+    """Replace a psfstack's SCI by its repaired copy, the one the align step uses
+    (:func:`_repair_stack`), so that the raw SCI is freed: for ``coron3 run``, once the
+    psfstack is written. Aligning with other `bad_bits` then raises ValueError."""
+    repaired = _repair_stack(psfstack, bad_bits)
+    psfstack.sci = repaired
+    psfstack._repaired = (repaired, psfstack.dq, int(bad_bits), repaired)
+    return psfstack
 
 
 def _stack_groups(psfstack):

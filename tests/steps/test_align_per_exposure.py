@@ -149,3 +149,24 @@ def test_a_star_moving_within_the_exposure_is_warned_about(tmp_path, caplog):
         assert (out.sci_header["ALMOTION"] > 0.1) == warned, name
         if warned:
             assert f"{name}_calints.fits" in warnings[0].getMessage()
+
+
+def test_keep_repaired_stack_aligns_the_same(small_asn):
+    """keep_repaired (coron3 run, once the psfstack is written) replaces the stack's SCI by
+    the repaired copy the align step uses: the same psfalign; other bad bits refused."""
+    import copy
+
+    import pytest
+
+    from coron_cli.steps.stack import keep_repaired
+
+    sci, stack = _inputs(small_asn.parent)
+    want = steps.align_step(sci, copy.deepcopy(stack), AlignConfig())
+    raw = stack.sci
+    kept = keep_repaired(stack, AlignConfig().bad_bits)
+    assert kept is stack and stack.sci is not raw and not stack.sci.flags.writeable
+    got = steps.align_step(sci, stack, AlignConfig())
+    for name in ("sci", "err", "dq"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    with pytest.raises(ValueError, match="cannot be repaired"):
+        steps.align_step(sci, stack, AlignConfig(bad_bits=AlignConfig().bad_bits | 4))
