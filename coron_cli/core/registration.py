@@ -223,12 +223,17 @@ def shift_variance(variances, dx, dy, *, errors=False, workers=-1):
         S[j:j + _FFT_BLOCK] = sfft.rfft2(v, workers=workers)
         del v
     out = _large_empty((dx.shape[0], nref, ny, nx), np.float32)
-    buf = np.empty_like(S)
+    # the shifted spectra a block of images at a time (a buffer of a block, not of the
+    # stack); every image's transforms are its own, so the numbers are the same
+    buf = np.empty((min(nref, _FFT_BLOCK),) + S.shape[1:], S.dtype)
     for i in range(dx.shape[0]):
         fy, fx = _variance_response(dx[i], dy[i], ny, nx)
-        np.matmul(fy, fx, out=buf)
-        buf *= S
-        _irfft2_into(buf, out[i], workers)
+        for j in range(0, nref, _FFT_BLOCK):
+            b = slice(j, min(nref, j + _FFT_BLOCK))
+            part = buf[:b.stop - b.start]
+            np.matmul(fy[b], fx[b], out=part)
+            part *= S[b]
+            _irfft2_into(part, out[i, b], workers)
     # a convolution of non-negative maps with a non-negative kernel: only rounding
     # can take it below zero
     np.maximum(out, 0.0, out=out)
@@ -1159,19 +1164,26 @@ def apply_gain(dx, dy, gain, expected=None):
 def shift_dq(dq, dx, dy):
     """DQ of shifted references: OR of the pixels the shift interpolates between.
 
-    dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
+    dq is (nref, ny, nx), or its flagged pixels only, as ``(shape, (j, y, x),
+    values)`` (``np.nonzero(dq)`` and the values there: a small fraction of
+    the cube); dx/dy (nint, nref); returns (nint, nref, ny, nx) uint32.
     Only flagged pixels are visited, all at once. For one of the four
     neighbour offsets the map from source to destination pixel is a
     translation of each image, so no destination repeats and a plain indexed
     OR (no ufunc.at) is exact.
     """
     nint = dx.shape[0]
-    nref, ny, nx = dq.shape
+    if isinstance(dq, tuple):
+        (nref, ny, nx), (j, y, x), flagged = dq
+    else:
+        dq = np.asarray(dq, dtype=np.uint32)
+        nref, ny, nx = dq.shape
+        j, y, x = np.nonzero(dq)
+        flagged = dq[j, y, x]
     out = np.zeros((nint, nref, ny, nx), dtype=np.uint32)
-    j, y, x = np.nonzero(dq)
     if j.size == 0:
         return out
-    val = np.broadcast_to(dq[j, y, x], (nint, j.size))
+    val = np.broadcast_to(np.asarray(flagged, dtype=np.uint32), (nint, j.size))
     fx = np.floor(dx).astype(np.int64)[:, j] + x
     fy = np.floor(dy).astype(np.int64)[:, j] + y
     base = (np.arange(nint, dtype=np.int64)[:, None] * nref + j) * ny          # (nint, n)

@@ -145,7 +145,9 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
     # float32; the spectra of the variance (ERR squared) computed once, by blocks
     err = core.shift_variance(ref_err, dx, dy, errors=True)
     np.sqrt(err, out=err)
-    dq = core.shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
+    # a stack's DQ, or only its flagged pixels (keep_repaired)
+    dq = core.shift_dq(psfstack.dq if isinstance(psfstack.dq, tuple) else
+                       np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
     shifts = (dx, dy, scale, how.astype(str))
     if config.per == "exposure":
         aligned, err, dq = aligned[0], err[0], dq[0]

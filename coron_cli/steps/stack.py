@@ -311,10 +311,17 @@ def _repair_stack(psfstack, bad_bits):
 
 
 def keep_repaired(psfstack, bad_bits):
-    """Replace a psfstack's SCI by its repaired copy, the one the align step uses
-    (:func:`_repair_stack`), so that the raw SCI is freed: for ``coron3 run``, once the
-    psfstack is written. Aligning with other `bad_bits` then raises ValueError."""
+    """Keep of a psfstack only what the align step uses, for ``coron3 run`` once the
+    psfstack is written: its SCI is replaced by the repaired copy (:func:`_repair_stack`)
+    and its DQ by its flagged pixels, ``(shape, (j, y, x), values)``, what
+    :func:`coron_cli.core.shift_dq` takes (a few percent of the cube), so that the raw
+    SCI and the DQ cube are freed. Aligning with other `bad_bits` then raises ValueError.
+    """
     repaired = _repair_stack(psfstack, bad_bits)
+    dq = np.asarray(psfstack.dq)
+    where = np.nonzero(dq)
+    psfstack.dq = (dq.shape, where, dq[where])
+    del dq
     psfstack.sci = repaired
     psfstack._repaired = (repaired, psfstack.dq, int(bad_bits), repaired)
     return psfstack

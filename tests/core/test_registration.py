@@ -503,3 +503,19 @@ def test_spectra_by_blocks_equal_the_whole_stack():
     r32b, none, no_norm = registration._spectra(imgs)
     np.testing.assert_array_equal(r32b, r32)
     assert none is None and no_norm is None
+
+
+def test_shift_dq_from_the_flagged_pixels_only():
+    """shift_dq takes the flagged pixels alone, (shape, np.nonzero(dq), values): the same
+    result as from the cube."""
+    from coron_cli.core import shift_dq
+
+    rng = np.random.default_rng(9)
+    dq = np.zeros((5, 16, 18), np.uint32)
+    dq.flat[rng.choice(dq.size, 40, replace=False)] = rng.choice([1, 4, 2 ** 30], 40)
+    dx, dy = rng.uniform(-3, 3, (2, 2, 5))
+    where = np.nonzero(dq)
+    np.testing.assert_array_equal(shift_dq((dq.shape, where, dq[where]), dx, dy),
+                                  shift_dq(dq, dx, dy))
+    empty = np.zeros_like(dq)
+    assert not shift_dq((dq.shape, np.nonzero(empty), empty[np.nonzero(empty)]), dx, dy).any()

@@ -153,7 +153,8 @@ def test_a_star_moving_within_the_exposure_is_warned_about(tmp_path, caplog):
 
 def test_keep_repaired_stack_aligns_the_same(small_asn):
     """keep_repaired (coron3 run, once the psfstack is written) replaces the stack's SCI by
-    the repaired copy the align step uses: the same psfalign; other bad bits refused."""
+    the repaired copy the align step uses and its DQ by the flagged pixels: the same
+    psfalign; other bad bits refused."""
     import copy
 
     import pytest
@@ -165,6 +166,7 @@ def test_keep_repaired_stack_aligns_the_same(small_asn):
     raw = stack.sci
     kept = keep_repaired(stack, AlignConfig().bad_bits)
     assert kept is stack and stack.sci is not raw and not stack.sci.flags.writeable
+    assert isinstance(stack.dq, tuple) and stack.dq[0] == raw.shape   # its flagged pixels
     got = steps.align_step(sci, stack, AlignConfig())
     for name in ("sci", "err", "dq"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
