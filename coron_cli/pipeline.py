@@ -16,6 +16,7 @@ from .errors import OutputError
 from .products import (
     exposure_product_name,
     pixel_scale_arcsec,
+    read_image,
     read_product,
     star_center,
     transmission_for,
@@ -248,14 +249,14 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
     for prod in asn.products:
         run.step(f"stack {prod.name}")
         bkg_sci, stack = _stack(prod, asn, config)
-        run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
+        stack_path = run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
         # written: its raw SCI gives way to the repaired one the align step uses
         steps.stack.keep_repaired(stack, config.align.bad_bits)
         run.tick("stack")
         psfsubs, injections = [], []
         for sci_path in prod.science:
-            sub, inj = _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask,
-                                offaxis_psf)
+            sub, inj = _science(sci_path, prod, asn, (stack, stack_path), bkg_sci, config, run,
+                                mask, offaxis_psf)
             psfsubs.append(sub)
             injections.append(inj)
         del stack
@@ -348,8 +349,13 @@ def _stack(prod, asn, config):
 def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf):
     """Align and KLIP-subtract one science exposure; write its psfalign and psfsub.
 
+    `stack` is (the psfstack, the file it was written to): its ERR, which only the
+    align step uses, is not held between the exposures but read back from the file
+    when it is needed (the same float32 numbers).
+
     Returns (the psfsub, its Injection or None).
     """
+    stack, stack_path = stack
     run.step(f"align {os.path.basename(sci_path)}")
     sci = read_product(sci_path, what="science exposure")
     if prod.background:
@@ -363,9 +369,12 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
     if tmap is not None:
         log.info("%s: transmission map from %s", os.path.basename(sci_path),
                  config.psfmask if config.psfmask != "auto" else "beside it")
+    if stack.err is None:
+        stack.err = read_image(stack_path, "ERR")
     aligned = steps.align_step(sci, stack, config.align, mask=mask, transmission=tmap,
                                asn_id=asn.asn_id,
                                params={"science": sci_path, "psfstack": "in memory"})
+    stack.err = None  # in the psfstack file: not held while the psfalign is written, nor in KLIP
     run.emit("psfalign", aligned, exposure_product_name(sci_path, "psfalign", asn.asn_id))
     aligned.dq = None  # written; KLIP does not use it (a full cube freed)
     run.tick("align")

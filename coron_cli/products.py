@@ -21,6 +21,7 @@ from .jwst import CONTRAST_FULL, asdf_hdu, cal_step_cards, contrast_hdus, jwst_h
 __all__ = [
     "Product",
     "read_product",
+    "read_image",
     "write_product",
     "product_bytes",
     "read_contrast_table",
@@ -295,6 +296,32 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
     product = Product(sci=sci, err=err, dq=dq, primary=primary, sci_header=sci_header,
                       tables=tables, images=images, path=path)
     return product
+
+
+def read_image(path, name):
+    """The data of one image extension of a FITS file, in native byte order (only that
+    extension is read; the values are those of the file).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, or no image extension `name`.
+    """
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = hdul[name]
+            if not hdu.is_image or hdu.data is None:
+                raise InputError(path, f"extension {name} holds no image")
+            data = np.asarray(hdu.data)
+    except KeyError:
+        raise InputError(path, f"no {name} extension") from None
+    except OSError as exc:
+        raise InputError(path, f"not a readable FITS file ({_short(exc)})") from None
+    if not data.dtype.isnative:
+        data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
+    return data
 
 
 def read_contrast_table(path):
