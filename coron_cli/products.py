@@ -451,7 +451,7 @@ def _hdulist(product, filename=None):
 # DQ arrays from this size are written in slices: FITS keeps uint32 as int32 with
 # BZERO = 2**31, and astropy converts the whole array to do so (a full copy)
 _DQ_STREAM_BYTES = 64 * 2 ** 20
-_DQ_SLICE = 8 * 2 ** 20          # values per slice (32 MB)
+_DQ_SLICE = 2 ** 20              # values per slice (4 MB, one buffer reused)
 
 
 def _extension_bytes(hdus):
@@ -489,8 +489,12 @@ def _write_fits(product, fh, filename=None):
     fh.write(header.tostring().encode("ascii"))
     flat = dq.reshape(-1)
     top = np.uint32(0x80000000)          # u - 2**31 as a 32-bit pattern is u ^ 2**31
+    buf = np.empty(min(flat.size, _DQ_SLICE), np.uint32)
     for i in range(0, flat.size, _DQ_SLICE):
-        fh.write(memoryview(np.bitwise_xor(flat[i:i + _DQ_SLICE], top).astype(">u4")))
+        part = buf[:flat[i:i + _DQ_SLICE].size]
+        np.bitwise_xor(flat[i:i + _DQ_SLICE], top, out=part)
+        part.byteswap(inplace=True)                 # big-endian, as astype(">u4") gives
+        fh.write(memoryview(part))
     fh.write(b"\0" * (-flat.size * 4 % 2880))
     if after:
         fh.write(_extension_bytes(after))
