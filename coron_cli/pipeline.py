@@ -16,6 +16,7 @@ from .errors import OutputError
 from .products import (
     exposure_product_name,
     pixel_scale_arcsec,
+    read_image,
     read_product,
     star_center,
     transmission_for,
@@ -248,7 +249,9 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
     for prod in asn.products:
         run.step(f"stack {prod.name}")
         bkg_sci, stack = _stack(prod, asn, config)
-        run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
+        stack_path = run.emit("psfstack", stack, f"{prod.name}_psfstack.fits")
+        # written: its raw SCI gives way to the repaired one the align step uses
+        steps.stack.keep_repaired(stack, config.align.bad_bits)
         run.tick("stack")
         psfsubs, injections = [], []
         # the other rolls as references: every science exposure is needed by every other
@@ -256,8 +259,8 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
         if config.klip.roll_refs and len(prod.science) > 1:
             others = [_read_science(p, prod, bkg_sci, config) for p in prod.science]
         for k, sci_path in enumerate(prod.science):
-            sub, inj = _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask,
-                                offaxis_psf, others=others,
+            sub, inj = _science(sci_path, prod, asn, (stack, stack_path), bkg_sci, config, run,
+                                mask, offaxis_psf, others=others,
                                 sci=None if others is None else others[k])
             psfsubs.append(sub)
             injections.append(inj)
@@ -284,6 +287,29 @@ def run_association(asn_path, outdir=".", config=None, *, mask=None, offaxis_psf
             "timings": run.timings, "parameters": config.as_dict()}
 
 
+_MALLOC_TRIM = None
+
+
+def release_freed_memory():
+    """Give the free pages of the C heap back to the system (glibc's ``malloc_trim``;
+    nothing where there is none). Arrays of less than 32 MB are taken from the heap once
+    larger ones have been freed, and the heap keeps what they free: between two steps
+    that is tens of MB that the process would go on holding. A few milliseconds."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        try:
+            import ctypes
+
+            trim = ctypes.CDLL(None).malloc_trim
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+            _MALLOC_TRIM = trim
+        except (OSError, AttributeError):
+            pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
 class _Run:
     """What a run has written and how long its steps took."""
 
@@ -293,9 +319,11 @@ class _Run:
         self.t0 = time.perf_counter()
 
     def step(self, description):
-        """A step begins: tell the progress display, start its clock."""
+        """A step begins: tell the progress display, give the memory the previous step
+        freed back to the system, start its clock."""
         if self.on_step:
             self.on_step(description)
+        release_freed_memory()
         self.t0 = time.perf_counter()
 
     def tick(self, name, t0=None):
@@ -341,9 +369,10 @@ def _stack(prod, asn, config):
             if whys:
                 log.info("%d reference exposure(s): %s%s", len(whys), whys[0],
                          " (first of them)" if len(whys) > 1 else "")
+        del done  # the stack step consumes `refs`: no other reference to them
     stack = steps.stack_step(refs, config.stack, asn_id=asn.asn_id,
                              params={"inputs": [os.path.basename(p) for p in prod.psf]},
-                             integrations=ints)
+                             integrations=ints, consume=True)
     return bkg_sci, stack
 
 
@@ -364,11 +393,15 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
              others=None, sci=None):
     """Align and KLIP-subtract one science exposure; write its psfalign and psfsub.
 
-    `others`: the product's science exposures, whose other rolls serve as
-    references (``config.klip.roll_refs``), and `sci` this one among them.
+    `stack` is (the psfstack, the file it was written to): its ERR, which only the
+    align step uses, is not held between the exposures but read back from the file
+    when it is needed (the same float32 numbers). `others`: the product's science
+    exposures, whose other rolls serve as references (``config.klip.roll_refs``), and
+    `sci` this one among them.
 
     Returns (the psfsub, its Injection or None).
     """
+    stack, stack_path = stack
     run.step(f"align {os.path.basename(sci_path)}")
     if sci is None:
         sci = _read_science(sci_path, prod, bkg_sci, config)
@@ -376,9 +409,12 @@ def _science(sci_path, prod, asn, stack, bkg_sci, config, run, mask, offaxis_psf
     if tmap is not None:
         log.info("%s: transmission map from %s", os.path.basename(sci_path),
                  config.psfmask if config.psfmask != "auto" else "beside it")
+    if stack.err is None:
+        stack.err = read_image(stack_path, "ERR")
     aligned = steps.align_step(sci, stack, config.align, mask=mask, transmission=tmap,
                                asn_id=asn.asn_id,
                                params={"science": sci_path, "psfstack": "in memory"})
+    stack.err = None  # in the psfstack file: not held while the psfalign is written, nor in KLIP
     run.emit("psfalign", aligned, exposure_product_name(sci_path, "psfalign", asn.asn_id))
     aligned.dq = None  # written; KLIP does not use it (a full cube freed)
     run.tick("align")

@@ -21,6 +21,7 @@ from .jwst import CONTRAST_FULL, asdf_hdu, cal_step_cards, contrast_hdus, jwst_h
 __all__ = [
     "Product",
     "read_product",
+    "read_image",
     "write_product",
     "product_bytes",
     "read_contrast_table",
@@ -297,6 +298,32 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
     return product
 
 
+def read_image(path, name):
+    """The data of one image extension of a FITS file, in native byte order (only that
+    extension is read; the values are those of the file).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, or no image extension `name`.
+    """
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = hdul[name]
+            if not hdu.is_image or hdu.data is None:
+                raise InputError(path, f"extension {name} holds no image")
+            data = np.asarray(hdu.data)
+    except KeyError:
+        raise InputError(path, f"no {name} extension") from None
+    except OSError as exc:
+        raise InputError(path, f"not a readable FITS file ({_short(exc)})") from None
+    if not data.dtype.isnative:
+        data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
+    return data
+
+
 def read_contrast_table(path):
     """coron's contrast table of a ``_contrast`` product, with every column.
 
@@ -424,7 +451,7 @@ def _hdulist(product, filename=None):
 # DQ arrays from this size are written in slices: FITS keeps uint32 as int32 with
 # BZERO = 2**31, and astropy converts the whole array to do so (a full copy)
 _DQ_STREAM_BYTES = 64 * 2 ** 20
-_DQ_SLICE = 8 * 2 ** 20          # values per slice (32 MB)
+_DQ_SLICE = 2 ** 20              # values per slice (4 MB, one buffer reused)
 
 
 def _extension_bytes(hdus):
@@ -462,8 +489,12 @@ def _write_fits(product, fh, filename=None):
     fh.write(header.tostring().encode("ascii"))
     flat = dq.reshape(-1)
     top = np.uint32(0x80000000)          # u - 2**31 as a 32-bit pattern is u ^ 2**31
+    buf = np.empty(min(flat.size, _DQ_SLICE), np.uint32)
     for i in range(0, flat.size, _DQ_SLICE):
-        fh.write(memoryview(np.bitwise_xor(flat[i:i + _DQ_SLICE], top).astype(">u4")))
+        part = buf[:flat[i:i + _DQ_SLICE].size]
+        np.bitwise_xor(flat[i:i + _DQ_SLICE], top, out=part)
+        part.byteswap(inplace=True)                 # big-endian, as astype(">u4") gives
+        fh.write(memoryview(part))
     fh.write(b"\0" * (-flat.size * 4 % 2880))
     if after:
         fh.write(_extension_bytes(after))

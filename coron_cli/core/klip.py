@@ -142,7 +142,8 @@ def _sky_projector(zpix, nx, zfit, order, wz=None, rcond=1e-6):
 
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
                   fit_weights=None, reference_variance=None, sky_order=0,
-                  pixels_per_mode=None, fit_zones=None, max_bytes=64 * 2 ** 20):
+                  pixels_per_mode=None, fit_zones=None, max_bytes=64 * 2 ** 20,
+                  reference_error=None):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -174,6 +175,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         all pixels alike (classic KLIP). A zero weight acts like `fit_mask`.
     reference_variance : ndarray of the shape of `references`, optional
         Variance of the aligned references, propagated to the model.
+    reference_error : ndarray of the shape of `references`, optional
+        Instead of `reference_variance`, the references' noise (standard
+        deviations): the variance is its square in single precision, 0
+        where it is not finite, made a zone at a time (no array the size of
+        the references).
     sky_order : int
         Polynomial order of a sky fitted in every zone together with the KL
         modes (see Notes): 0 removes only the zone mean (classic KLIP), 1 a
@@ -254,6 +260,7 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         return _klip_shared_references(
             sci, refs, truncations=truncations, zones=zones, fit_mask=fit_mask,
             fit_weights=fit_weights, reference_variance=reference_variance,
+            reference_error=reference_error,
             sky_order=sky_order, pixels_per_mode=pixels_per_mode, fit_zones=fit_zones,
             max_bytes=max_bytes)
     nint, nref, ny, nx = refs.shape
@@ -274,6 +281,11 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         wts = np.sqrt(w).ravel()
     residual = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     mvar = None
+    if reference_variance is not None and reference_error is not None:
+        raise ValueError("give reference_variance or reference_error, not both")
+    squared = reference_error is not None
+    if squared:
+        reference_variance = reference_error
     if reference_variance is not None:
         mvar = np.full((ntr, nint, ntg, ny * nx), np.nan, dtype=np.float32)
     nmodes = np.full((ntr, nint), np.iinfo(np.int64).max, dtype=np.int64)
@@ -284,16 +296,20 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     single, order, plan = _zone_plan(zones, fit, fit_zones)
     wts_s = None if wts is None else wts[order]
     npix = ny * nx
-    # integrations per chunk: the zone-ordered float32 copies fit in max_bytes
+    # integrations per chunk: their float32 references (and variance) fit in max_bytes
     per_int = nref * npix * 4 * (2 if var2 is not None else 1)
     chunk = int(max(1, min(nint, max_bytes // max(per_int, 1))))
     for i0 in range(0, nint, chunk):
         sl = slice(i0, min(nint, i0 + chunk))
         c = sl.stop - sl.start
         perm = slice(None) if single else order          # one zone: nothing to reorder
-        refs_s = refs2[sl][:, :, perm]
+        # the references and their variance stay in frame order (no copy the size of
+        # the references): each zone gathers its own pixels, `_Cols` maps the zone
+        # order's positions to frame pixels
+        refs_s = _Cols(refs2[sl], None if single else order)
         sci_s = sci2[sl][:, :, perm]
-        var_s = None if var2 is None else var2[sl][:, :, perm]
+        var_s = None if var2 is None else _Cols(var2[sl], None if single else order,
+                                                square=squared)
         res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         for job in plan:
@@ -320,6 +336,48 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     if mvar is not None:
         mvar = mvar.reshape(shape)
     return residual, mvar, nmodes
+
+
+class _Cols:
+    """An array (c, n, npix) in frame order, whose pixels are taken by their positions in
+    the zone order: ``float64(idx)`` is ``array[:, :, order[idx]].astype(np.float64)``
+    (`order` None: the frame order itself), gathered a block of rows at a time so that
+    no single-precision copy of the whole selection is made first. With `square`, the
+    values are the array's squares in float32, 0 where it is not finite (a variance
+    from a noise array)."""
+
+    #: rows (references) gathered at a time
+    BLOCK = 16
+
+    def __init__(self, array, order, square=False):
+        self.array, self.order, self.square = array, order, square
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def _values(self, part):
+        """`part` of the array, or with `square` its square in float32 (0 where the array
+        is not finite), laid out alike."""
+        if not self.square:
+            return part
+        out = np.array(part, dtype=np.float32)
+        out[~np.isfinite(out)] = 0.0
+        np.square(out, out=out)
+        return out
+
+    def float64(self, idx):
+        cols = idx if self.order is None else self.order[idx]
+        c, n = self.array.shape[:2]
+        # laid out as numpy lays out ``array[:, :, cols]`` (a slice: in order; indices:
+        # the gathered axis first in memory): the products of BLAS depend on the layout
+        if isinstance(cols, slice):
+            if not self.square:
+                return self.array[:, :, cols].astype(np.float64)
+            out = np.empty((c, n, len(range(*cols.indices(self.array.shape[2])))),
+                           np.float64)
+        else:
+            out = np.empty((np.size(cols), c, n), np.float64).transpose(1, 2, 0)
+        for j in range(0, n, self.BLOCK):
+            out[:, j:j + self.BLOCK] = self._values(self.array[:, j:j + self.BLOCK][:, :, cols])
+        return out
 
 
 def _klip_shared_references(sci, refs, **kw):
@@ -491,15 +549,18 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     zsub, zpix, take, zfit, zout = zone
     ntr, ntg = truncs.size, sci_s.shape[1]
     fit_all = zfit.size == zpix.size
-    # the float64 copy of the references, centred in place: no further copies
-    R = refs_s[:, :, take].astype(np.float64)
     t = sci_s[:, :, take].astype(np.float64)
-    rmean = (R if fit_all else R[:, :, zfit]).mean(axis=2)
     tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
-    R -= rmean[:, :, None]
     t -= tmean[:, :, None]
-    Rf = R if fit_all else R[:, :, zfit]
     tf = t if fit_all else t[:, :, zfit]
+    # float64 copies of the references, centred in place; when only some pixels are
+    # fitted, those are gathered first and the whole zone only once the coefficients
+    # are known, so that one such copy is alive at a time (the same values as taking
+    # the fitted pixels from the zone's copy)
+    Rf = refs_s.float64(take if fit_all else zpix[zfit])
+    rmean = Rf.mean(axis=2)
+    Rf -= rmean[:, :, None]
+    R = Rf if fit_all else None
     if wts_s is not None:
         wz = wts_s[zpix[zfit]]
         Rf = Rf * wz                                       # weighted copies
@@ -509,8 +570,14 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
         sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
                              None if wts_s is None else wz)
     B, k = _coefficients(Rf, tf, None if sky is None else sky[1:], truncs, pixels_per_mode)
+    del Rf, tf
+    if R is None:
+        R = refs_s.float64(take)
+        R -= rmean[:, :, None]
     model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
+    del R
     res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
+    del model, t
     if sky is not None:
         P, Q, A = sky
         rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
@@ -519,8 +586,9 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
         res = res[..., zout]
     mv = None
     if var_s is not None:
-        Vr = var_s[:, :, zsub].astype(np.float64)
+        Vr = var_s.float64(zsub)
         mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
+        del Vr
         # near-degenerate references (noiseless data) give huge cancelling
         # coefficients: a variance beyond float32 is infinite for every purpose
         np.minimum(mv, np.finfo(np.float32).max, out=mv)
@@ -592,7 +660,7 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
     k : ndarray of int (c, ntr)
     """
     ntg, ntr = sci_s.shape[1], truncs.size
-    Rf = refs_s[:, :, opt].astype(np.float64)
+    Rf = refs_s.float64(opt)
     tf = sci_s[:, :, opt].astype(np.float64)
     rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
     Rf -= rmean[:, :, None]
@@ -616,7 +684,7 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
     done = []
     for zsub in zsubs:
         n = zsub.stop - zsub.start
-        Rz = refs_s[:, :, zsub].astype(np.float64) - rmean[:, :, None]
+        Rz = refs_s.float64(zsub) - rmean[:, :, None]
         tz = sci_s[:, :, zsub].astype(np.float64) - tmean[:, :, None]
         res = tz[:, :, None, :] - (B @ Rz).reshape(-1, ntg, ntr, n)
         if coef is not None:
@@ -624,7 +692,7 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
             at += n
         mv = None
         if var_s is not None:
-            mv = ((B ** 2) @ var_s[:, :, zsub].astype(np.float64)).reshape(-1, ntg, ntr, n)
+            mv = ((B ** 2) @ var_s.float64(zsub)).reshape(-1, ntg, ntr, n)
             np.minimum(mv, np.finfo(np.float32).max, out=mv)
             mv = np.moveaxis(mv, 2, 0)
         done.append((zsub, np.moveaxis(res, 2, 0), mv))

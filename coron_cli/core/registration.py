@@ -179,15 +179,21 @@ def _variance_response(dx, dy, ny, nx):
     return fy.astype(np.complex64), fx.astype(np.complex64)
 
 
-def shift_variance(variances, dx, dy, *, workers=-1):
+def shift_variance(variances, dx, dy, *, errors=False, workers=-1):
     """Variance maps of independent noise carried through :func:`shift_stack`.
 
     Parameters
     ----------
     variances : ndarray of shape (nref, ny, nx)
-        Per-pixel variance of each image (finite, not negative).
+        Per-pixel variance of each image (finite, not negative); with
+        `errors`, the noise itself (standard deviations).
     dx, dy : ndarray of shape (nint, nref)
         The shifts given to :func:`shift_stack`.
+    errors : bool
+        `variances` are standard deviations: the variances are their
+        squares in float64, 0 where they are not finite (the same as passing
+        ``np.where(np.isfinite(e), e.astype(np.float64) ** 2, 0.0)``, made a
+        block of images at a time instead of as a whole float64 stack).
 
     Returns
     -------
@@ -208,14 +214,26 @@ def shift_variance(variances, dx, dy, *, workers=-1):
     nref, ny, nx = var.shape
     dx = np.asarray(dx, dtype=np.float64).reshape(-1, nref)
     dy = np.asarray(dy, dtype=np.float64).reshape(-1, nref)
-    S = sfft.rfft2(np.asarray(var, dtype=np.float64), workers=workers).astype(np.complex64)
+    # the spectra in float64 then kept as complex64, a block of images at a time
+    S = np.empty((nref, ny, nx // 2 + 1), np.complex64)
+    for j in range(0, nref, _FFT_BLOCK):
+        v = np.asarray(var[j:j + _FFT_BLOCK], dtype=np.float64)
+        if errors:
+            v = np.where(np.isfinite(v), v ** 2, 0.0)
+        S[j:j + _FFT_BLOCK] = sfft.rfft2(v, workers=workers)
+        del v
     out = _large_empty((dx.shape[0], nref, ny, nx), np.float32)
-    buf = np.empty_like(S)
+    # the shifted spectra a block of images at a time (a buffer of a block, not of the
+    # stack); every image's transforms are its own, so the numbers are the same
+    buf = np.empty((min(nref, _FFT_BLOCK),) + S.shape[1:], S.dtype)
     for i in range(dx.shape[0]):
         fy, fx = _variance_response(dx[i], dy[i], ny, nx)
-        np.matmul(fy, fx, out=buf)
-        buf *= S
-        _irfft2_into(buf, out[i], workers)
+        for j in range(0, nref, _FFT_BLOCK):
+            b = slice(j, min(nref, j + _FFT_BLOCK))
+            part = buf[:b.stop - b.start]
+            np.matmul(fy[b], fx[b], out=part)
+            part *= S[b]
+            _irfft2_into(part, out[i, b], workers)
     # a convolution of non-negative maps with a non-negative kernel: only rounding
     # can take it below zero
     np.maximum(out, 0.0, out=out)
@@ -552,29 +570,32 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     tg = np.asarray(targets)
     nint = tg.shape[0]
     ky, kx = _freqs(ny, nx)
-    R = sfft.rfft2(np.asarray(refs, dtype=np.float64), workers=workers)
+    weighted = shifts is None and weights is not None
+    c = _hermitian_weights(ny, nx) if shifts is None else None
+    # the references' spectra, a block of images at a time (no float64 copy of the
+    # references): the shifts are applied in single precision (the output is float32);
+    # the fits use the double-precision spectra, kept whole only for a weighted fit
+    # (unweighted, only their power is needed)
+    R32, R, norm = _spectra(refs, c if shifts is None and not weighted else None,
+                            keep=weighted, workers=workers)
     del refs
-    # the shifts are applied in single precision (the output is float32); the fits
-    # use the double-precision spectra
-    R32 = R.astype(np.complex64)
     aligned = None if fit_only else _large_empty((nint, nref, ny, nx), np.float32)
     dx = np.empty((nint, nref))
     dy = np.empty((nint, nref))
     scale = np.empty((nint, nref))
     if shifts is None:
-        c = _hermitian_weights(ny, nx)
         w = None if weights is None else np.asarray(weights, dtype=np.float64)
-        norm = _power(R, c) if w is None else None
         if w is not None:
             Rf = R
             X = np.empty_like(R)
         else:
-            # conj(R), reused for every cross-power, in single precision: the
-            # cross-power only feeds sums (the moments), which run in double
-            Rf = np.conjugate(R32)
+            # the cross-power conj(R) T, in single precision, made as conj(R conj(T)) (the
+            # same numbers, without a conjugated copy of the spectra): it only feeds
+            # sums (the moments), which run in double
             X = np.empty_like(R32)
     del R
-    buf = np.empty_like(R32)
+    # the shifted spectra's buffer: the cross-power's once it is used (single precision)
+    buf = X if shifts is None and weights is None else np.empty_like(R32)
     resid = np.empty((nint, nref)) if return_residual else None
     wr = None if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     for i in range(nint):
@@ -583,7 +604,8 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
         else:
             if w is None:
                 T = sfft.rfft2(np.asarray(tg[i], dtype=np.float32), workers=workers)
-                np.multiply(Rf, T, out=X)
+                np.multiply(R32, np.conjugate(T), out=X)
+                np.conjugate(X, out=X)
             else:
                 T = sfft.rfft2(np.asarray(tg[i], dtype=np.float64), workers=workers)
                 np.conjugate(Rf, out=X)
@@ -606,6 +628,33 @@ def align_references(references, targets, *, weights=None, shifts=None, workers=
     if return_residual:
         return aligned, dx, dy, scale, resid
     return aligned, dx, dy, scale
+
+
+#: images per block when the spectra of a stack are computed (float64 temporaries of
+#: this many images)
+_FFT_BLOCK = 16
+
+
+def _spectra(images, c=None, *, keep=False, workers=-1):
+    """rfft2 of a stack of images (nref, ny, nx), in float64, a block of images at a time.
+
+    Returns (the spectra as complex64, the complex128 spectra with `keep` else None, with
+    the Hermitian weights `c` the power of each spectrum (:func:`_power`) else None): the
+    same numbers as transforming the whole stack at once, without its float64 copy.
+    """
+    nref, ny, nx = images.shape
+    R32 = np.empty((nref, ny, nx // 2 + 1), np.complex64)
+    R = np.empty(R32.shape, np.complex128) if keep else None
+    norm = None if c is None else np.empty(nref)
+    for j in range(0, nref, _FFT_BLOCK):
+        b = slice(j, min(nref, j + _FFT_BLOCK))
+        Rb = sfft.rfft2(np.asarray(images[b], dtype=np.float64), workers=workers)
+        R32[b] = Rb
+        if R is not None:
+            R[b] = Rb
+        if norm is not None:
+            norm[b] = _power(Rb, c)
+    return R32, R, norm
 
 
 def pair_residuals(aligned, target, scale, *, weights=None, block=32):
@@ -1115,19 +1164,26 @@ def apply_gain(dx, dy, gain, expected=None):
 def shift_dq(dq, dx, dy):
     """DQ of shifted references: OR of the pixels the shift interpolates between.
 
-    dq is (nref, ny, nx), dx/dy (nint, nref); returns (nint, nref, ny, nx).
+    dq is (nref, ny, nx), or its flagged pixels only, as ``(shape, (j, y, x),
+    values)`` (``np.nonzero(dq)`` and the values there: a small fraction of
+    the cube); dx/dy (nint, nref); returns (nint, nref, ny, nx) uint32.
     Only flagged pixels are visited, all at once. For one of the four
     neighbour offsets the map from source to destination pixel is a
     translation of each image, so no destination repeats and a plain indexed
     OR (no ufunc.at) is exact.
     """
     nint = dx.shape[0]
-    nref, ny, nx = dq.shape
+    if isinstance(dq, tuple):
+        (nref, ny, nx), (j, y, x), flagged = dq
+    else:
+        dq = np.asarray(dq, dtype=np.uint32)
+        nref, ny, nx = dq.shape
+        j, y, x = np.nonzero(dq)
+        flagged = dq[j, y, x]
     out = np.zeros((nint, nref, ny, nx), dtype=np.uint32)
-    j, y, x = np.nonzero(dq)
     if j.size == 0:
         return out
-    val = np.broadcast_to(dq[j, y, x], (nint, j.size))
+    val = np.broadcast_to(np.asarray(flagged, dtype=np.uint32), (nint, j.size))
     fx = np.floor(dx).astype(np.int64)[:, j] + x
     fy = np.floor(dy).astype(np.int64)[:, j] + y
     base = (np.arange(nint, dtype=np.int64)[:, None] * nref + j) * ny          # (nint, n)

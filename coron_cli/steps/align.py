@@ -142,11 +142,12 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
         log.warning("%s: %d flux factors far (> 3x) from those of the same reference star "
                     "replaced by their median", science.path, int(bad_scale.sum()))
     ref_err = psfstack.err if psfstack.err is not None else estimate_err(psfstack.sci)
-    var = np.where(np.isfinite(ref_err), ref_err.astype(np.float64) ** 2, 0.0)
-    err = core.shift_variance(var, dx, dy)       # float32; spectra of var computed once
-    del var
+    # float32; the spectra of the variance (ERR squared) computed once, by blocks
+    err = core.shift_variance(ref_err, dx, dy, errors=True)
     np.sqrt(err, out=err)
-    dq = core.shift_dq(np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
+    # a stack's DQ, or only its flagged pixels (keep_repaired)
+    dq = core.shift_dq(psfstack.dq if isinstance(psfstack.dq, tuple) else
+                       np.asarray(psfstack.dq, dtype=np.uint32), dx, dy)
     shifts = (dx, dy, scale, how.astype(str))
     if config.per == "exposure":
         aligned, err, dq = aligned[0], err[0], dq[0]

@@ -308,7 +308,7 @@ def _protected_fakes(inj, refs, fit, zones, fwhm, kw, fit_zones, rolls=None, rol
         for x, y in inj.positions[k]:
             near |= np.hypot(xx - x, yy - y) <= 1.5 * fwhm
         targets = np.broadcast_to(img, (nint, ny, nx))
-        one = dict(kw, truncations=kw["truncations"][:1], reference_variance=None)
+        one = dict(kw, truncations=kw["truncations"][:1], reference_error=None)
         if rolls is None:
             res, _, _ = core.klip_subtract(targets, refs, zones=zones, fit_mask=fit & ~near,
                                            fit_zones=fit_zones, **one)
@@ -380,8 +380,10 @@ def _klip(science, psfalign, config, *, transmission=None, params=None, fakes=No
     if config.weights == "noise":
         fw = core.noise_weights(err, center, bad=(dq & np.uint32(config.bad_bits)) != 0,
                                 width=config.noise_width)
-    kw = dict(truncations=truncate, fit_weights=fw, reference_variance=_reference_variance(
-        psfalign), sky_order=sky_order)
+    # the references' variance is squared from their ERR a zone at a time (in float32, 0
+    # where not finite), not as a copy of the whole ERR
+    kw = dict(truncations=truncate, fit_weights=fw, reference_error=psfalign.err,
+              sky_order=sky_order)
     lod = lambda_over_d_pix(science.primary, science.sci_header)
     residual = mvar = found = zmap = None
     if config.protect or nout:
@@ -485,17 +487,6 @@ def _check_klip_inputs(science, psfalign):
         raise InputError(psfalign.path, f"has {psfalign.sci.shape[0]} integration layers but "
                                         f"the science exposure {science.path} has {nint}")
     return nint, psfalign.sci.shape[1]
-
-
-def _reference_variance(psfalign):
-    """The aligned references' variance (float32, squared in place: one array the size of
-    the references, not three), or None without ERR."""
-    if psfalign.err is None:
-        return None
-    ref_var = np.array(psfalign.err, dtype=np.float32)
-    ref_var[~np.isfinite(ref_var)] = 0.0
-    np.square(ref_var, out=ref_var)
-    return ref_var
 
 
 def _source_pass(sci, targets, refs, err, center, fit, zones, kw, config, lod, with_fakes):

@@ -236,6 +236,10 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
                   int(blocked.any(axis=0).sum()))
     base = np.zeros((ny, nx), dtype=int) if zones is None else np.asarray(zones)
     ref_var = kw.pop("reference_variance", None)
+    ref_err = kw.pop("reference_error", None)
+    if ref_err is not None:
+        ref_var = np.square(np.nan_to_num(np.asarray(ref_err, dtype=np.float32), nan=0.0,
+                                          posinf=0.0, neginf=0.0))
     out_res = out_var = nmodes = None
     for g, use in enumerate(allowed):
         here = labels == g

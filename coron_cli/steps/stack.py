@@ -114,7 +114,8 @@ def take_integrations(product, integrations):
                    path=product.path)
 
 
-def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations=None):
+def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations=None,
+               consume=False):
     """Concatenate reference exposures into a psfstack product.
 
     Outliers are searched for within each exposure (its integrations see the
@@ -135,6 +136,11 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations
         integrations it holds, when it was cut to some of them
         (:func:`take_integrations`, an association's ``"integrations"``):
         the REFS table's ``integration`` column and the HISTORY say them.
+    consume : bool
+        The caller hands `exposures` (a list) over: each entry is set to
+        None once the exposure is in the stack, so that the references and
+        the stack are not all held at once (the Products themselves are not
+        changed).
 
     Returns
     -------
@@ -158,30 +164,48 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations
             raise ValueError(f"{e.path}: {len(ints)} integration numbers for "
                              f"{e.sci.shape[0]} integration(s)")
         labels.append(np.arange(e.sci.shape[0]) if ints is None else np.asarray(ints, int))
+    for i, e in enumerate(exposures):
+        if np.ndim(e.sci) != 3:
+            raise ValueError(f"cube {i} is not 3-D")
     first = exposures[0]
     for e in exposures[1:]:
         _frame_check(first, e, e.path)
-    scis, errs, dqs, rows = [], [], [], []
+    counts = [e.sci.shape[0] for e in exposures]
+    shape = (sum(counts),) + tuple(first.sci.shape[-2:])
+    primary, sci_header = first.primary, first.sci_header
+    del first
+    # the stack is filled an exposure at a time (no list of copies to concatenate); with
+    # `consume` each exposure is dropped from the list once it is in
+    sci = np.empty(shape, np.float32)
+    err = np.empty(shape, np.float32)
+    dq = np.empty(shape, np.uint32)
+    rows = []
     nout = 0
-    for e in exposures:
+    start = 0
+    for k in range(len(exposures)):
+        e = exposures[k]
+        part = slice(start, start + counts[k])
+        start = part.stop
         bad = core.bad_pixel_mask(e.sci, e.dq, bad_bits=bad_bits)
         _check_not_all_bad(e, bad)
-        err = _err_or_estimate(e)
-        dq = np.array(e.dq, dtype=np.uint32)
-        dq[~np.isfinite(e.sci)] |= np.uint32(core.DO_NOT_USE)
-        hit = _find_outliers(e, bad, err)
-        dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
+        e_err = _err_or_estimate(e)
+        e_dq = dq[part]
+        e_dq[...] = e.dq
+        e_dq[~np.isfinite(e.sci)] |= np.uint32(core.DO_NOT_USE)
+        hit = _find_outliers(e, bad, e_err)
+        e_dq[hit] |= np.uint32(core.DO_NOT_USE | core.OUTLIER)
         nout += int(hit.sum())
-        scis.append(e.sci.astype(np.float32))
-        errs.append(np.asarray(err, dtype=np.float32))
-        dqs.append(dq)
+        sci[part] = e.sci
+        err[part] = e_err
         (cx, cy), _ = star_center(e.sci_header, e.sci.shape)
         ox, oy = _dither_offset(e)
         rows.append((os.path.basename(e.path), e.sci.shape[0], cx, cy, ox, oy, _visit_key(e),
                      str(e.primary.get("PATTTYPE", ""))))
-    sci, index = core.stack_cubes(scis)
-    err, _ = core.stack_cubes(errs)
-    dq, _ = core.stack_cubes(dqs)
+        del e, e_err, bad, hit, e_dq
+        if consume:
+            exposures[k] = None
+    index = np.column_stack([np.repeat(np.arange(len(counts)), counts),
+                             np.concatenate([np.arange(n) for n in counts])])
     refs = Table()
     refs["slice"] = np.arange(sci.shape[0], dtype=np.int32)
     refs["file"] = [rows[i][0] for i in index[:, 0]]
@@ -198,7 +222,7 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations
     refs["visit"].description = "star and visit (TARGNAME PROGRAM:OBSERVTN:VISIT)"
     refs["patttype"] = [rows[i][7] for i in index[:, 0]]
     params = {**(params or {}), **config.params()}
-    primary = first.primary.copy()
+    primary = primary.copy()
     primary["NINTS"] = (sci.shape[0], "reference slices in the stack")
     if asn_id:
         primary["ASN_ID"] = (asn_id, "association id")
@@ -210,7 +234,7 @@ def stack_step(exposures, config=None, *, asn_id=None, params=None, integrations
     log.info("stacked %d exposures into %d slices (%d outliers flagged)",
              len(exposures), sci.shape[0], nout)
     return Product(sci=sci, err=err, dq=dq, primary=primary,
-                   sci_header=first.sci_header.copy(), tables={"REFS": refs}, path="psfstack")
+                   sci_header=sci_header.copy(), tables={"REFS": refs}, path="psfstack")
 
 
 def _int_list(ints):
@@ -275,12 +299,32 @@ def _repair_stack(psfstack, bad_bits):
     if memo is not None and memo[0] is psfstack.sci and memo[1] is psfstack.dq \
             and memo[2] == int(bad_bits):
         return memo[3]
+    if memo is not None and memo[0] is psfstack.sci and memo[3] is psfstack.sci:
+        raise ValueError(f"{psfstack.path}: its SCI was replaced by the repair for bad bits "
+                         f"{memo[2]} (keep_repaired); it cannot be repaired for {bad_bits}")
     bad = core.bad_pixel_mask(psfstack.sci, psfstack.dq, bad_bits=bad_bits)
     _check_not_all_bad(psfstack, bad)
     out = core.repair_bad_pixels(psfstack.sci, bad, groups=_stack_groups(psfstack))
     out.setflags(write=False)
     psfstack._repaired = (psfstack.sci, psfstack.dq, int(bad_bits), out)
     return out
+
+
+def keep_repaired(psfstack, bad_bits):
+    """Keep of a psfstack only what the align step uses, for ``coron3 run`` once the
+    psfstack is written: its SCI is replaced by the repaired copy (:func:`_repair_stack`)
+    and its DQ by its flagged pixels, ``(shape, (j, y, x), values)``, what
+    :func:`coron_cli.core.shift_dq` takes (a few percent of the cube), so that the raw
+    SCI and the DQ cube are freed. Aligning with other `bad_bits` then raises ValueError.
+    """
+    repaired = _repair_stack(psfstack, bad_bits)
+    dq = np.asarray(psfstack.dq)
+    where = np.nonzero(dq)
+    psfstack.dq = (dq.shape, where, dq[where])
+    del dq
+    psfstack.sci = repaired
+    psfstack._repaired = (repaired, psfstack.dq, int(bad_bits), repaired)
+    return psfstack
 
 
 def _stack_groups(psfstack):

@@ -313,3 +313,60 @@ def test_one_reference_set_for_every_integration_equals_it_repeated(targets, zon
     assert_allclose(one, many, rtol=1e-5, atol=1e-5)
     assert_allclose(mv1, mvn, rtol=1e-5)
     assert np.array_equal(k1, kn) and k1.shape == (2, nint)
+
+
+def test_zone_columns_gather_as_fancy_indexing_does():
+    """_Cols.float64 gathers the pixels of a zone (positions in the zone order) a block of
+    references at a time: the same values and the same memory layout (BLAS products
+    depend on it) as ``array[:, :, order[idx]].astype(np.float64)``."""
+    from coron_cli.core import klip
+
+    rng = np.random.default_rng(5)
+    arr = rng.normal(size=(2, klip._Cols.BLOCK + 7, 60)).astype(np.float32)
+    order = rng.permutation(60)
+    for idx in (slice(5, 40), np.array([3, 1, 59, 20, 7]), np.arange(60)):
+        for o in (order, None):
+            want = arr[:, :, idx if o is None else o[idx]].astype(np.float64)
+            got = klip._Cols(arr, o).float64(idx)
+            np.testing.assert_array_equal(got, want)
+            assert got.strides == want.strides
+
+
+def test_zone_columns_square_a_noise_array_as_a_variance():
+    """square=True: the float32 square of the noise, 0 where it is not finite (what the
+    references' variance was made of), gathered alike."""
+    from coron_cli.core import klip
+
+    rng = np.random.default_rng(7)
+    err = rng.uniform(0.5, 2.0, (1, klip._Cols.BLOCK + 3, 50)).astype(np.float32)
+    err[0, 2, 7] = np.nan
+    var = err.copy()
+    var[~np.isfinite(var)] = 0.0
+    np.square(var, out=var)
+    order = rng.permutation(50)
+    for idx in (slice(0, 50), slice(3, 9), np.array([7, 1, 30])):
+        for o in (order, None):
+            want = klip._Cols(var, o).float64(idx)
+            got = klip._Cols(err, o, square=True).float64(idx)
+            np.testing.assert_array_equal(got, want)
+            assert got.strides == want.strides
+    assert np.isnan(err[0, 2, 7])
+
+
+def test_reference_error_gives_the_variance_of_its_square():
+    """klip_subtract(reference_error=e) is klip_subtract(reference_variance=e**2) (float32,
+    non-finite noise as 0), with and without zones."""
+    rng = np.random.default_rng(8)
+    refs = rng.normal(size=(1, 12, 30, 30)).astype(np.float32)
+    sci = (refs[0, :3] * 0.5 + rng.normal(0, 0.1, (3, 30, 30))).astype(np.float32)
+    err = rng.uniform(0.1, 0.3, refs.shape).astype(np.float32)
+    err[0, 1, 4, 4] = np.inf
+    var = np.where(np.isfinite(err), err, 0).astype(np.float32) ** 2
+    zones = annulus_zones((30, 30), (14.5, 14.5), annuli=3)
+    for z in (None, zones):
+        a = klip_subtract(sci, refs, truncations=(3, 5), zones=z, reference_variance=var)
+        b = klip_subtract(sci, refs, truncations=(3, 5), zones=z, reference_error=err)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="not both"):
+        klip_subtract(sci, refs, reference_variance=var, reference_error=err)

@@ -464,3 +464,58 @@ def test_shift_gain_needs_dithers_that_explain_the_shifts():
     gain, info = shift_gain(refs, _commanded("5-POINT-BOX")[[2, 0, 4, 1, 3]],
                             np.zeros(5, int))                  # offsets that do not match
     assert gain is None and info["r2"] < 0.9
+
+
+def test_shift_variance_from_errors_is_that_of_their_squares():
+    """errors=True squares the noise a block of images at a time: the same numbers as the
+    float64 variance passed whole (non-finite noise counts as 0)."""
+    from coron_cli.core import registration
+
+    rng = np.random.default_rng(3)
+    n = registration._FFT_BLOCK + 5                       # a whole block and a remainder
+    err = rng.uniform(0.5, 2.0, (n, 24, 30)).astype(np.float32)
+    err[1, 3, 4] = np.nan
+    err[n - 1, 0, 0] = np.inf
+    dx, dy = rng.uniform(-2, 2, (2, 2, n))
+    var = np.where(np.isfinite(err), err.astype(np.float64) ** 2, 0.0)
+    want = registration.shift_variance(var, dx, dy)
+    got = registration.shift_variance(err, dx, dy, errors=True)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(err).sum() == err.size - 2         # the input is not changed
+
+
+def test_spectra_by_blocks_equal_the_whole_stack():
+    """_spectra transforms a block of images at a time: the same complex64 spectra, power
+    and complex128 spectra as one transform of the whole float64 stack."""
+    from scipy import fft as sfft
+
+    from coron_cli.core import registration
+
+    rng = np.random.default_rng(4)
+    imgs = rng.normal(size=(2 * registration._FFT_BLOCK + 3, 20, 22)).astype(np.float32)
+    whole = sfft.rfft2(imgs.astype(np.float64))
+    c = registration._hermitian_weights(20, 22)
+    r32, r, norm = registration._spectra(imgs, c, keep=True)
+    np.testing.assert_array_equal(r32, whole.astype(np.complex64))
+    np.testing.assert_array_equal(r, whole)
+    np.testing.assert_array_equal(norm, registration._power(whole, c))
+    r32b, none, no_norm = registration._spectra(imgs)
+    np.testing.assert_array_equal(r32b, r32)
+    assert none is None and no_norm is None
+
+
+def test_shift_dq_from_the_flagged_pixels_only():
+    """shift_dq takes the flagged pixels alone, (shape, np.nonzero(dq), values): the same
+    result as from the cube."""
+    from coron_cli.core import shift_dq
+
+    rng = np.random.default_rng(9)
+    dq = np.zeros((5, 16, 18), np.uint32)
+    dq.flat[rng.choice(dq.size, 40, replace=False)] = rng.choice([1, 4, 2 ** 30], 40)
+    dx, dy = rng.uniform(-3, 3, (2, 2, 5))
+    where = np.nonzero(dq)
+    np.testing.assert_array_equal(shift_dq((dq.shape, where, dq[where]), dx, dy),
+                                  shift_dq(dq, dx, dy))
+    empty = np.zeros_like(dq)
+    assert not shift_dq((dq.shape, np.nonzero(empty), empty[np.nonzero(empty)]), dx, dy).any()

@@ -101,3 +101,23 @@ def test_roll_without_a_wcs_is_the_aperture_angle():
     assert abs(derived - (nowcs["ROLL_REF"] - nowcs["VPARITY"] * nowcs["V3I_YANG"])) < 1e-12
     assert abs((derived - from_wcs + 180) % 360 - 180) < 0.25
     assert abs(nowcs["ROLL_REF"] - from_wcs) > 4          # what the old fallback used
+
+
+def test_read_image_reads_one_extension_in_native_order(tmp_path):
+    """read_image: the values written, native byte order; a missing extension or a table
+    is an InputError naming the file."""
+    from coron_cli.errors import InputError
+
+    rng = np.random.default_rng(10)
+    err = rng.uniform(0, 1, (3, 6, 7)).astype(np.float32)
+    err[0, 1, 2] = np.nan
+    prod = Product(sci=np.ones((3, 6, 7), np.float32), err=err,
+                   dq=np.zeros((3, 6, 7), np.uint32), tables={"T": Table({"a": [1, 2]})})
+    path = str(tmp_path / "p_psfstack.fits")
+    products.write_product(prod, path)
+    got = products.read_image(path, "ERR")
+    assert got.dtype == np.float32 and got.dtype.isnative
+    assert got.tobytes() == err.tobytes()              # NaN included, bit for bit
+    for bad in ("NOPE", "T"):
+        with pytest.raises(InputError, match="p_psfstack"):
+            products.read_image(path, bad)

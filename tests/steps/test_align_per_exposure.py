@@ -150,3 +150,39 @@ def test_a_star_moving_within_the_exposure_is_warned_about(tmp_path, caplog):
         assert (out.sci_header["ALMOTION"] > 0.1) == warned, name
         if warned:
             assert f"{name}_calints.fits" in warnings[0].getMessage()
+
+
+def test_keep_repaired_stack_aligns_the_same(small_asn):
+    """keep_repaired (coron3 run, once the psfstack is written) replaces the stack's SCI by
+    the repaired copy the align step uses and its DQ by the flagged pixels: the same
+    psfalign; other bad bits refused."""
+    import copy
+
+    import pytest
+
+    from coron_cli.steps.stack import keep_repaired
+
+    sci, stack = _inputs(small_asn.parent)
+    want = steps.align_step(sci, copy.deepcopy(stack), AlignConfig())
+    raw = stack.sci
+    kept = keep_repaired(stack, AlignConfig().bad_bits)
+    assert kept is stack and stack.sci is not raw and not stack.sci.flags.writeable
+    assert isinstance(stack.dq, tuple) and stack.dq[0] == raw.shape   # its flagged pixels
+    got = steps.align_step(sci, stack, AlignConfig())
+    for name in ("sci", "err", "dq"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    with pytest.raises(ValueError, match="cannot be repaired"):
+        steps.align_step(sci, stack, AlignConfig(bad_bits=AlignConfig().bad_bits | 4))
+
+
+def test_release_freed_memory_is_harmless():
+    """coron3 run gives the heap's free pages back between steps (glibc malloc_trim, or
+    nothing): callable any number of times, arrays untouched."""
+    from coron_cli.pipeline import release_freed_memory
+
+    keep = np.arange(1000.0)
+    freed = [np.ones(2 ** 18) for _ in range(20)]
+    del freed
+    release_freed_memory()
+    release_freed_memory()
+    assert keep.sum() == 499500.0

@@ -244,3 +244,31 @@ def test_the_inputs_exercise_what_they_should(d):
     assert steps.product_transmission(d["subs"][0]) is not None
     assert "THROUGHPUT" in d["i2d"].tables and len(d["table"]) >= 3
     assert d["stack"].sci.shape == (27, 64, 64)
+
+
+def test_stack_step_consume_drops_the_list_entries_only():
+    """consume=True: the same psfstack, the caller's list emptied (entries None), the
+    exposures themselves unchanged."""
+    rng = np.random.default_rng(6)
+
+    def exposure(k, nint):
+        sci = rng.normal(100.0, 1.0, (nint, 12, 14)).astype(np.float32)
+        sci[0, 2, 3] = np.nan
+        dq = np.zeros(sci.shape, np.uint32)
+        dq[-1, 5, 5] = 1
+        return Product(sci=sci, err=np.ones_like(sci), dq=dq, path=f"ref{k}_calints.fits")
+
+    refs = [exposure(0, 3), exposure(1, 2)]
+    kept = copy.deepcopy(refs)
+    want = steps.stack_step(copy.deepcopy(refs))
+    handed = list(refs)
+    got = steps.stack_step(handed, consume=True)
+    assert handed == [None, None]
+    for name in ("sci", "err", "dq"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        assert getattr(got, name).dtype == getattr(want, name).dtype
+    assert repr(got.tables["REFS"].as_array().tolist()) == \
+        repr(want.tables["REFS"].as_array().tolist())
+    for a, b in zip(refs, kept):
+        np.testing.assert_array_equal(a.sci, b.sci)
+        np.testing.assert_array_equal(a.dq, b.dq)
