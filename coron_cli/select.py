@@ -240,23 +240,26 @@ def _frames(path, bad_bits):
 
 def _library_block(path, nint, star, target, shared, bad_bits):
     """The scores (nint, n_science) of the frames of one library file (a worker's task):
-    each frame cleaned of single-pixel spikes (:func:`coron_cli.core.select.blank_spikes`),
-    moved to `target`, normalised in the region, against the science.
+    each frame cleaned of the outliers KLIP's preparation finds (cosmic rays of one
+    or several pixels: :func:`coron_cli.core.select.blank_outliers`), moved to
+    `target`, normalised in the region, against the science.
 
     `shared` is (region, science vectors (n_science, npix)), sent to every
     worker once.
     """
-    from .core.select import blank_spikes, region_scores
+    from .core.select import blank_outliers, region_scores
+    from .products import psf_fwhm_pix
 
     region, science = shared
     try:
-        _, sci = _frames(path, bad_bits)
+        exp, sci = _frames(path, bad_bits)
     except CoronError as exc:
         raise _FileError(exc.source or path, exc.message) from None
     if sci.shape[0] != nint or sci.shape[-2:] != region.shape:
         raise _FileError(path, f"SCI shape {sci.shape} differs from what its header says")
-    # unflagged cosmic rays would decide the frame's score: blanked (NaN counts as the mean)
-    blank_spikes(sci)
+    # unflagged cosmic rays would decide the frame's score: blanked (NaN counts as the
+    # mean), found as KLIP's preparation finds them (the exposure's diffraction limit)
+    blank_outliers(sci, psf_fwhm_pix(exp.primary, exp.sci_header))
     return region_scores(sci, star, target, region, science)
 
 

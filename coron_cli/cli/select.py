@@ -52,7 +52,8 @@ def cli(science, library, output, top, threshold, inner, outer, scheduler, worke
     CRPIX) coincide, the score is the Pearson correlation of the two images
     between --inner and --outer pixels from the star (unflagged cosmic rays
     cleaned first: the science prepared as for KLIP, the library frames'
-    single-pixel spikes left out). The --top best frames
+    outliers, found as KLIP's preparation finds them and grown along their
+    tracks, left out). The --top best frames
     of each science exposure are kept (or those scoring --threshold or more,
     or, with both, the best --top of those); the files holding them, best
     first, become the psf members of the association, each with the

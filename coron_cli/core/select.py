@@ -15,6 +15,7 @@ at once, by slices of the whole stack in float64 (no loop over frames or pixels)
 import numpy as np
 
 __all__ = [
+    "blank_outliers",
     "blank_spikes",
     "correlate",
     "largest_radius",
@@ -74,6 +75,60 @@ def blank_spikes(frames, nsigma=SPIKE_SIGMA, ratio=SPIKE_RATIO):
             & (frames - lo > frames.dtype.type(ratio) * (hi - lo))
     frames[spike] = np.nan
     return int(spike.sum())
+
+
+def blank_outliers(frames, psf_fwhm=None, passes=3, nsigma=6.0, rel=0.03):
+    """Set to NaN, in place, the unflagged outliers of frames (n, ny, nx) (float) of one
+    exposure that KLIP's preparation finds (:func:`coron_cli.core.find_outliers`, as
+    :func:`coron_cli.steps.prepare_science` calls it: across the integrations, and,
+    where they cannot decide, only pixels sharper than the diffraction limit
+    `psf_fwhm` allows), and the rest of their tracks. Returns how many.
+
+    Unlike :func:`blank_spikes`, it also takes cosmic rays of several pixels (a hit
+    and its neighbours): one such ray can hold most of a frame's variance in the
+    scored region and decide its score. With two integrations or more the hits then
+    grow (up to `passes` times): a pixel beside a blanked one (8-neighbour) is an
+    outlier too when it exceeds its faintest value in the other integrations by
+    `nsigma` times its frame's noise (from the differences of adjacent rows, 1.4826
+    MAD / sqrt 2) plus `rel` times that value: the rest of a track, which
+    find_outliers leaves when its pixels hide each other (the middle of three,
+    fainter than its ends). NaN pixels stay NaN and are never counted.
+    """
+    from scipy import ndimage
+
+    from .badpix import find_outliers
+    from .robust import robust_sigma
+
+    if frames.ndim != 3 or frames.shape[0] == 0:
+        return 0
+    hit = find_outliers(frames, ~np.isfinite(frames), psf_fwhm=psf_fwhm)
+    frames[hit] = np.nan
+    total = int(hit.sum())
+    nint = frames.shape[0]
+    if nint < 2 or not total:
+        return total
+    diff = frames[:, 1:, :].astype(np.float64) - frames[:, :-1, :]
+    noise = robust_sigma(diff, axis=(1, 2)) / np.sqrt(2.0)
+    noise = np.where(np.isfinite(noise), noise, np.inf)[:, None, None]
+    # each pixel's faintest value over the other integrations (inf: none finite)
+    vals = np.where(np.isfinite(frames), frames, np.inf).astype(np.float64)
+    two = np.partition(vals, 1, axis=0)[:2]
+    lowest = np.argmin(vals, axis=0)
+    others = np.where(np.arange(nint)[:, None, None] == lowest[None], two[1][None],
+                      two[0][None])
+    with np.errstate(invalid="ignore"):
+        high = (vals - others) > nsigma * noise + rel * np.abs(others)
+    del vals, two, others
+    grow = np.ones((1, 3, 3), bool)
+    for _ in range(max(1, int(passes))):
+        new = ndimage.binary_dilation(hit, grow) & high & np.isfinite(frames)
+        n = int(new.sum())
+        if not n:
+            break
+        frames[new] = np.nan
+        total += n
+        hit = new
+    return total
 
 
 def largest_radius(shape, center):

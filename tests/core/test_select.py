@@ -91,3 +91,29 @@ def test_blank_spikes_takes_cosmic_rays_never_a_point_source():
     assert blank_spikes(hit) == 2
     assert np.isnan(hit[2, 20, 20]) and np.isnan(hit[4, 40, 41]) and np.isnan(hit[1, 10, 10])
     assert np.isfinite(hit).sum() == hit.size - 3
+
+
+def test_blank_outliers_takes_tracks_of_several_pixels_never_a_source():
+    """Cosmic-ray tracks of two and three pixels in one of two integrations (the middle
+    of the three fainter than its ends, as in the simulator's library) are blanked
+    whole; noise, and a diffraction-limited source present in both integrations (as
+    bright as the tracks), are not; NaN pixels stay NaN."""
+    from coron_cli.core.select import blank_outliers
+
+    rng = np.random.default_rng(11)
+    y, x = np.indices((64, 64))
+    sigma = 2.3 / 2.3548
+    src = 5e4 * np.exp(-((x - 40.3) ** 2 + (y - 22.0) ** 2) / (2 * sigma ** 2))
+    frames = (src + 20.0 + rng.normal(0.0, 5.0, (2, 64, 64))).astype(np.float32)
+    clean = frames.copy()
+    assert blank_outliers(clean.copy(), psf_fwhm=2.3) == 0
+    frames[1, 50, 10:13] += [62744.0, 11347.0, 31153.0]     # three pixels, middle faintest
+    frames[0, 12, 30:32] += [26446.0, 100371.0]             # two pixels
+    frames[0, 5, 5] = np.nan
+    n = blank_outliers(frames, psf_fwhm=2.3)
+    assert n == 5
+    assert np.isnan(frames[1, 50, 10:13]).all() and np.isnan(frames[0, 12, 30:32]).all()
+    assert np.isnan(frames[0, 5, 5])
+    assert np.isfinite(frames).sum() == frames.size - 6
+    # the source is untouched
+    np.testing.assert_array_equal(frames[:, 15:30, 33:48], clean[:, 15:30, 33:48])
