@@ -25,6 +25,7 @@ noiseless images, wavefronts, star positions and colours recorded (its private
    N random frames (``--random`` draws): each companion's SNR as in select_science.py.
 
     .venv/bin/python benchmarks/select_diagnose.py [--seeds 0,1] [--snr] [--drift segments]
+        [--other-wfe 20,60]
 
 Plain text on stdout. One medium seed takes about half a minute, a minute with --snr.
 """
@@ -141,7 +142,7 @@ def diagnose(seed, args, workroot):
     folder = os.path.join(workroot, f"seed{seed}")
     os.makedirs(folder)
     with recording() as (calls, cap, images):
-        data = B.make_data(seed, "medium", False, folder, args.drift)
+        data = B.make_data(seed, "medium", False, folder, args.drift, args.other_wfe)
     frames, sci = library_frames(data, calls, cap)
     truth = data["truth"]
     npix = truth["npix"]
@@ -279,7 +280,10 @@ def main(argv=None):
     ap.add_argument("--snr", action="store_true", help="also run coron3 on the best N by "
                                                       "score, by truth, and random")
     ap.add_argument("--drift", default="low-order", choices=("low-order", "segments"))
+    ap.add_argument("--other-wfe", default="5,20", metavar="LO,HI",
+                    help="the other epochs' drift, nm RMS (select_science.py's option) [5,20]")
     args = ap.parse_args(argv)
+    args.other_wfe = B._wfe_range(ap, args.other_wfe)
     workroot = tempfile.mkdtemp(prefix="select_diagnose_")
     try:
         for seed in (int(s) for s in args.seeds.split(",")):
