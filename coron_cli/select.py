@@ -242,12 +242,15 @@ def _library_block(path, nint, star, target, shared, bad_bits):
     """The scores (nint, n_science) of the frames of one library file (a worker's task):
     each frame cleaned of the outliers KLIP's preparation finds (cosmic rays of one
     or several pixels: :func:`coron_cli.core.select.blank_outliers`), moved to
-    `target`, normalised in the region, against the science.
+    `target`, normalised in the region, against the science; then, with two
+    integrations or more, corrected for the frame's own noise (its variance across
+    the integrations: :func:`coron_cli.core.select.disattenuate`), so that a faint
+    reference is not ranked below a bright one for its photon noise alone.
 
     `shared` is (region, science vectors (n_science, npix)), sent to every
     worker once.
     """
-    from .core.select import blank_outliers, region_scores
+    from .core.select import blank_outliers, disattenuate, region_scores
     from .products import psf_fwhm_pix
 
     region, science = shared
@@ -260,7 +263,8 @@ def _library_block(path, nint, star, target, shared, bad_bits):
     # unflagged cosmic rays would decide the frame's score: blanked (NaN counts as the
     # mean), found as KLIP's preparation finds them (the exposure's diffraction limit)
     blank_outliers(sci, psf_fwhm_pix(exp.primary, exp.sci_header))
-    return region_scores(sci, star, target, region, science)
+    scores, fraction = region_scores(sci, star, target, region, science, noise=True)
+    return disattenuate(scores, fraction)
 
 
 def science_vectors(infos, target, region, bad_bits=1):

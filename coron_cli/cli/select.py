@@ -53,7 +53,12 @@ def cli(science, library, output, top, threshold, inner, outer, scheduler, worke
     between --inner and --outer pixels from the star (unflagged cosmic rays
     cleaned first: the science prepared as for KLIP, the library frames'
     outliers, found as KLIP's preparation finds them and grown along their
-    tracks, left out). The --top best frames
+    tracks, left out), divided, for a file of two integrations or more, by
+    sqrt(1 - f), f the share of the frame's variance there that is noise
+    (the pixels' variance across the integrations): the correlation of the
+    frame's noiseless image with the science, so that a faint reference is
+    not ranked down for its photon noise (the score may then exceed 1 a
+    little). The --top best frames
     of each science exposure are kept (or those scoring --threshold or more,
     or, with both, the best --top of those); the files holding them, best
     first, become the psf members of the association, each with the

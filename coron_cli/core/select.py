@@ -18,6 +18,7 @@ __all__ = [
     "blank_outliers",
     "blank_spikes",
     "correlate",
+    "disattenuate",
     "largest_radius",
     "normalise",
     "rank_frames",
@@ -287,18 +288,77 @@ def region_vectors(frames, star, target, region):
     return _unit_rows(out)
 
 
-def region_scores(frames, star, target, region, science):
+def region_scores(frames, star, target, region, science, noise=False):
     """``correlate(science, region_vectors(frames, star, target, region))``: the scores
     (n, n_science) of frames (n, ny, nx) against `science` vectors (from
     :func:`normalise`), a few frames at a time, so that only the scores are kept
     (the same values as those two, to rounding).
+
+    With `noise`, also each frame's noise fraction (n,): the share of its variance
+    over the region that is noise, ``v / var_i``, where ``var_i`` is the variance of
+    frame i's moved pixels about their mean and ``v`` the mean over the region's
+    pixels of their variance across the frames (unbiased; pixels finite in two
+    frames or more): the frames must be integrations of one exposure (the same
+    scene, independent noise). NaN with fewer than two frames, or no such pixel.
+    Returns (scores, fraction) then.
     """
     science = np.atleast_2d(np.asarray(science, np.float64))
     frames = np.asarray(frames)
-    out = np.empty((1 if frames.ndim == 2 else len(frames), len(science)))
+    n = 1 if frames.ndim == 2 else len(frames)
+    out = np.empty((n, len(science)))
+    var = np.full(n, np.nan)
+    total = total2 = count = None
     for i, chunk in _moved_chunks(frames, star, target, region):
+        if noise:
+            ok = np.isfinite(chunk)
+            m = len(chunk)
+            if total is None:
+                total, total2 = np.zeros(chunk.shape[1]), np.zeros(chunk.shape[1])
+                count = np.zeros(chunk.shape[1], np.int64)
+            vals = np.where(ok, chunk, 0.0)
+            total += vals.sum(axis=0)
+            total2 += np.einsum("ij,ij->j", vals, vals)
+            count += ok.sum(axis=0)
+            k = ok.sum(axis=1)
+            mean = np.divide(vals.sum(axis=1), k, out=np.zeros(m), where=k > 1)
+            dev = np.where(ok, vals - mean[:, None], 0.0)
+            var[i:i + m] = np.where(k > 1, np.einsum("ij,ij->i", dev, dev)
+                                    / np.maximum(k - 1, 1), np.nan)
         out[i:i + len(chunk)] = correlate(science, _unit_rows(chunk))
-    return out
+    if not noise:
+        return out
+    fraction = np.full(n, np.nan)
+    if n >= 2 and count is not None and (count >= 2).any():
+        use = count >= 2
+        c = count[use].astype(np.float64)
+        across = (total2[use] - total[use] ** 2 / c) / (c - 1.0)
+        v = float(np.mean(np.maximum(across, 0.0)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fraction = np.where(var > 0, v / var, np.nan)
+    return out, fraction
+
+
+#: the largest noise fraction :func:`disattenuate` corrects for (a frame that is 95 %
+#: noise or more gains at most sqrt(20) = 4.5 times its score)
+MAX_NOISE_FRACTION = 0.95
+
+
+def disattenuate(scores, fraction, max_fraction=MAX_NOISE_FRACTION):
+    """Scores (n, n_science) of frames whose noise fraction is `fraction` (n,)
+    (:func:`region_scores`) corrected for the library frame's own noise: ``score /
+    sqrt(1 - fraction)`` (Spearman's correction for attenuation), the correlation of
+    its noiseless image with the science.
+
+    A frame's photon noise lowers its Pearson correlation with anything by
+    ``sqrt(1 - fraction)``: without the correction the ranking follows the
+    references' brightness before their likeness. `fraction` is clipped to [0,
+    `max_fraction`]; NaN (one integration: no estimate) leaves the score as it is.
+    The corrected score may exceed 1 by the estimate's own noise.
+    """
+    scores = np.asarray(scores, np.float64)
+    f = np.asarray(fraction, np.float64).reshape(-1)
+    gain = np.where(np.isfinite(f), 1.0 / np.sqrt(1.0 - np.clip(f, 0.0, max_fraction)), 1.0)
+    return scores * gain.reshape((-1,) + (1,) * (scores.ndim - 1))
 
 
 def _moved_chunks(frames, star, target, region):

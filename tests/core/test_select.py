@@ -117,3 +117,45 @@ def test_blank_outliers_takes_tracks_of_several_pixels_never_a_source():
     assert np.isfinite(frames).sum() == frames.size - 6
     # the source is untouched
     np.testing.assert_array_equal(frames[:, 15:30, 33:48], clean[:, 15:30, 33:48])
+
+
+def test_noise_fraction_and_its_correction_against_analytic_cases():
+    """Integrations of one PSF with independent noise of sigma: the noise fraction is
+    sigma^2 / (var PSF + sigma^2) over the region, the raw Pearson score against the
+    noiseless PSF is sqrt(1 - fraction) (here ~0.7) and the corrected one is 1 (to the
+    estimate's noise); one frame gives no estimate (NaN) and keeps its score."""
+    from coron_cli.core.select import disattenuate, region_scores
+
+    rng = np.random.default_rng(5)
+    psf = gaussian_psf((48, 48), 24.0, 24.0, sigma=6.0)
+    region = region_mask(psf.shape, (24.0, 24.0), inner=2.0, outer=22.0)
+    var_psf = np.var(psf[region], ddof=1)
+    sigma = np.sqrt(var_psf)                          # half the frames' variance: noise
+    frames = psf + sigma * rng.normal(size=(12, 48, 48))
+    science = normalise(psf, region)
+    raw, frac = region_scores(frames, (24.0, 24.0), (24.0, 24.0), region, science,
+                              noise=True)
+    expect = sigma ** 2 / (var_psf + sigma ** 2)
+    np.testing.assert_allclose(np.mean(frac), expect, rtol=0.03)
+    np.testing.assert_allclose(frac, expect, rtol=0.1)
+    np.testing.assert_allclose(raw[:, 0], np.sqrt(1.0 - expect), atol=0.03)
+    assert raw.max() < 0.76
+    fixed = disattenuate(raw, frac)
+    np.testing.assert_allclose(fixed[:, 0], 1.0, atol=0.04)
+    # the scores are those without noise=True
+    np.testing.assert_array_equal(region_scores(frames, (24.0, 24.0), (24.0, 24.0), region,
+                                                science), raw)
+    one, f1 = region_scores(frames[:1], (24.0, 24.0), (24.0, 24.0), region, science,
+                            noise=True)
+    assert np.isnan(f1).all()
+    np.testing.assert_array_equal(disattenuate(one, f1), one)
+
+
+def test_disattenuate_divides_by_the_noiseless_share_clipped():
+    from coron_cli.core.select import disattenuate
+
+    got = disattenuate(np.array([[0.5, 0.25], [0.4, -0.2], [0.3, 0.3], [0.1, 0.1]]),
+                       np.array([0.75, 0.0, np.nan, 0.99]))
+    np.testing.assert_allclose(got, [[1.0, 0.5], [0.4, -0.2], [0.3, 0.3],
+                                     [0.1 * np.sqrt(20.0), 0.1 * np.sqrt(20.0)]])
+    assert disattenuate(np.array([0.5]), np.array([-0.1]))[0] == 0.5   # below 0: none
