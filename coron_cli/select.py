@@ -30,6 +30,7 @@ __all__ = [
     "require_dask",
     "run_select",
     "same_setup",
+    "science_means",
     "science_vectors",
     "score_library",
     "select_frames",
@@ -267,32 +268,44 @@ def _library_block(path, nint, star, target, shared, bad_bits):
     return disattenuate(scores, fraction)
 
 
-def science_vectors(infos, target, region, bad_bits=1):
-    """(n_science, npix): each science exposure's mean frame (over integrations, NaN
-    pixels left out), moved to `target` and normalised in `region`.
+def science_means(infos, target, bad_bits=1):
+    """Each science exposure's mean frame (over integrations, NaN pixels left out) and
+    the 1-sigma noise of that mean (from ERR), both moved to `target`: two arrays
+    (n_science, ny, nx).
 
     The exposure is prepared as for KLIP first (:func:`coron_cli.steps.prepare_science`:
     flagged pixels and unflagged outliers, such as cosmic rays, repaired; never a
     source): one bright pixel would otherwise hold most of the vector's variance and
     decide every score.
     """
-    from .core.select import normalise, shift_to
+    from .core.select import shift_to
     from .products import read_product
     from .steps import prepare_science
 
-    out = []
+    means, sigmas = [], []
     for info in infos:
         exp = read_product(info["path"], what="science exposure")
-        sci, _, _, nout = prepare_science(exp, bad_bits=bad_bits)
+        sci, err, _, nout = prepare_science(exp, bad_bits=bad_bits)
         if nout:
             log.info("%s: %d outlier pixel(s) repaired before scoring", info["path"], nout)
         moved = shift_to(sci, info["star"], target)
-        good = np.isfinite(moved)
+        var = shift_to(np.asarray(err, np.float64) ** 2, info["star"], target)
+        good = np.isfinite(moved) & np.isfinite(var)
         n = good.sum(axis=0)
-        mean = np.divide(np.where(good, moved, 0.0).sum(axis=0), n,
-                         out=np.full(n.shape, np.nan), where=n > 0)
-        out.append(normalise(mean, region)[0])
-    return np.array(out)
+        means.append(np.divide(np.where(good, moved, 0.0).sum(axis=0), n,
+                               out=np.full(n.shape, np.nan), where=n > 0))
+        sigmas.append(np.sqrt(np.divide(np.where(good, var, 0.0).sum(axis=0), n * n,
+                                        out=np.full(n.shape, np.nan), where=n > 0)))
+    return np.array(means), np.array(sigmas)
+
+
+def science_vectors(infos, target, region, bad_bits=1):
+    """(n_science, npix): each science exposure's mean frame (:func:`science_means`)
+    normalised in `region`."""
+    from .core.select import normalise
+
+    means, _ = science_means(infos, target, bad_bits)
+    return np.array([normalise(m, region)[0] for m in means])
 
 
 def score_library(client, infos, science, target, region, bad_bits=1):
@@ -473,7 +486,7 @@ def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, o
     from astropy.table import Table
 
     from .batch import _local_cluster, _remote_client
-    from .core.select import largest_radius, region_mask
+    from .core.select import largest_radius, normalise, region_mask, source_mask
 
     require_dask()
     sci_infos = [file_info(p) for p in science]
@@ -491,7 +504,17 @@ def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, o
     if region.sum() < 2:
         raise InputError("--inner", f"no pixel between radii {inner:g} and {outer:g} about "
                                     f"the star at ({target[0]:.1f}, {target[1]:.1f})")
-    sci_vecs = science_vectors(sci_infos, target, region, bad_bits)
+    means, sigmas = science_means(sci_infos, target, bad_bits)
+    # the science's own sources (companions, disks) would hold much of its vector's
+    # variance and decide the scores: left out where the exposures (other rolls) differ
+    sources = source_mask(means, sigmas) & region
+    if sources.any() and region.sum() - sources.sum() >= 2:
+        log.info("%d pixel(s) of the region left out of the scores: a source in the "
+                 "science (the exposures differ there)", int(sources.sum()))
+        region = region & ~sources
+    else:
+        sources[:] = False
+    sci_vecs = np.array([normalise(m, region)[0] for m in means])
 
     itself = {os.path.realpath(p) for p in science}
     n_given = len(library)
@@ -554,6 +577,7 @@ def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, o
     if threshold is not None:
         table.meta["THRESH"] = float(threshold)
     table.meta.update({"INNER": float(inner), "OUTER": float(outer),
+                       "NSOURCE": int(sources.sum()),
                        "NCANDID": len(frames), "NEXCLUDE": int(excluded),
                        "NEXCLFIL": len(excluded_files), "NSELFIL": len(files),
                        "NSELECT": n_sel})

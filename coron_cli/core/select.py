@@ -26,6 +26,7 @@ __all__ = [
     "region_scores",
     "region_vectors",
     "shift_to",
+    "source_mask",
 ]
 
 
@@ -130,6 +131,38 @@ def blank_outliers(frames, psf_fwhm=None, passes=3, nsigma=6.0, rel=0.03):
         total += n
         hit = new
     return total
+
+
+def source_mask(means, sigmas, nsigma=5.0, grow=2.0):
+    """Where the science exposures differ: the pixels of (ny, nx) at which one mean
+    frame of `means` (n, ny, nx; the exposures' stars registered, e.g. two rolls)
+    exceeds another by more than `nsigma` times the two frames' noise added in
+    quadrature (`sigmas`, 1-sigma, the same shape), and those within `grow` pixels of
+    one. False everywhere for fewer than two exposures; NaN pixels are never set.
+
+    A companion or a disk turns with the sky between rolls, the star's PSF does not:
+    the sources of each exposure stand out against the others. Left out of the scores,
+    they no longer hold the science vector's variance (a 1e-3 companion held 36 % of
+    it in select-science seed 1).
+    """
+    means = np.asarray(means, np.float64)
+    sigmas = np.asarray(sigmas, np.float64)
+    out = np.zeros(means.shape[-2:], bool)
+    if means.ndim != 3 or len(means) < 2:
+        return out
+    with np.errstate(invalid="ignore"):
+        for j in range(len(means)):
+            for k in range(len(means)):
+                if j != k:
+                    noise = np.hypot(sigmas[j], sigmas[k])
+                    out |= (means[j] - means[k]) > nsigma * noise
+    if grow > 0 and out.any():
+        from scipy import ndimage
+
+        r = int(np.ceil(grow))
+        y, x = np.mgrid[-r:r + 1, -r:r + 1]
+        out = ndimage.binary_dilation(out, structure=np.hypot(x, y) <= grow)
+    return out
 
 
 def largest_radius(shape, center):

@@ -159,3 +159,30 @@ def test_disattenuate_divides_by_the_noiseless_share_clipped():
     np.testing.assert_allclose(got, [[1.0, 0.5], [0.4, -0.2], [0.3, 0.3],
                                      [0.1 * np.sqrt(20.0), 0.1 * np.sqrt(20.0)]])
     assert disattenuate(np.array([0.5]), np.array([-0.1]))[0] == 0.5   # below 0: none
+
+
+def test_source_mask_marks_what_differs_between_rolls_not_the_star():
+    """Two rolls of one star (the same PSF, independent noise of sigma) with a companion
+    that turns between them: the pixels about the companion in each roll are marked
+    (its core and halo above 5 sigma, grown by 2 px: within 7 px), the star's PSF and
+    the noise nowhere; one exposure marks nothing."""
+    from coron_cli.core.select import source_mask
+
+    rng = np.random.default_rng(2)
+    star = 1e4 * gaussian_psf((64, 64), 32.0, 32.0, sigma=3.0)
+    sigma = np.full((2, 64, 64), 1.0)
+    comp = [(44.0, 32.0), (32.0, 44.0)]
+    means = np.array([star + 50.0 * gaussian_psf((64, 64), cx, cy, sigma=1.0)
+                      + rng.normal(0.0, 1.0, (64, 64)) for cx, cy in comp])
+    mask = source_mask(means, sigma)
+    y, x = np.indices((64, 64))
+    near = np.zeros((64, 64), bool)
+    for cx, cy in comp:
+        near |= np.hypot(x - cx, y - cy) <= 7.0
+    assert mask[32, 44] and mask[44, 32]
+    assert not (mask & ~near).any()
+    assert 20 <= mask.sum() <= 150
+    assert not source_mask(means[:1], sigma[:1]).any()
+    # noise alone marks nothing
+    flat = star + rng.normal(0.0, 1.0, (2, 64, 64))
+    assert not source_mask(flat, sigma).any()
