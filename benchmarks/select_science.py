@@ -73,15 +73,16 @@ def _run(cmd):
 
 # --------------------------------------------------------------------------- the data
 
-def draw_composition(seed, quick):
-    """The library's make-up for a seed: near-time stars and the other epochs."""
+def draw_composition(seed, quick, other_wfe=_OTHER_WFE_NM):
+    """The library's make-up for a seed: near-time stars and the other epochs (their
+    drift uniform over `other_wfe`, nm RMS)."""
     rng = np.random.default_rng([seed, _TAG])
     n_near = int(rng.integers(1, 3))
     near = ["5-POINT-BOX" if rng.random() < 0.5 else "NONE"] + ["NONE"] * (n_near - 1)
     n_epochs = int(rng.integers(4, 7) if quick else rng.integers(8, 15))
     epochs = []
     for _ in range(n_epochs):
-        epochs.append({"wfe_nm": float(rng.uniform(*_OTHER_WFE_NM)),
+        epochs.append({"wfe_nm": float(rng.uniform(*other_wfe)),
                        "colour": float(rng.uniform(-_OTHER_COLOUR, _OTHER_COLOUR)),
                        "flux_ratio": float(np.exp(rng.uniform(np.log(0.25), np.log(4.0)))),
                        "dither": str(rng.choice(_OTHER_DITHERS))})
@@ -172,7 +173,7 @@ def other_epochs(ds, seed, composition, nint):
     return out
 
 
-def make_data(seed, size, quick, folder, drift="low-order"):
+def make_data(seed, size, quick, folder, drift="low-order", other_wfe=_OTHER_WFE_NM):
     """Write the science (``sci/``) and the library (``library/``) of a seed.
 
     Returns a dict: science paths, library paths, near-time paths, truth, composition.
@@ -182,7 +183,7 @@ def make_data(seed, size, quick, folder, drift="low-order"):
     from coron_cli.sim_setups import RefStar, Setup
     from coron_cli.simulate import SIZES, simulate_dataset
 
-    comp = draw_composition(seed, quick)
+    comp = draw_composition(seed, quick, other_wfe)
     comp["drift"] = drift
     nint = 2
     setup = Setup(name="select-science", coronagraph="nircam-round", science_rolls=2,
@@ -263,7 +264,7 @@ def one_seed(seed, args, workroot):
     t0 = time.perf_counter()
     folder = os.path.join(workroot, f"seed{seed}")
     os.makedirs(folder)
-    data = make_data(seed, args.size, args.quick, folder, args.drift)
+    data = make_data(seed, args.size, args.quick, folder, args.drift, args.other_wfe)
     comp, truth = data["composition"], data["truth"]
     nint = comp["nint"]
     progress(f"seed {seed}: {len(comp['near_dithers'])} near-time star(s), {comp['near_frames']} "
@@ -324,7 +325,8 @@ def format_table(results, args):
     lines = []
     top = args.top
     lines.append(f"coron-select science check: {args.size} simulation, NIRCam round mask, two "
-                 f"rolls; other epochs' drift {getattr(args, 'drift', 'low-order')}; coron3 "
+                 f"rolls; other epochs' drift {getattr(args, 'drift', 'low-order')}, "
+                 f"{args.other_wfe[0]:g}-{args.other_wfe[1]:g} nm RMS; coron3 "
                  f"run defaults; best = coron-select --top {top}")
     lines.append("SNR: aperture t-test (Mawet et al. 2014) at each companion's true position "
                  "in the i2d")
@@ -386,6 +388,16 @@ def format_table(results, args):
     return "\n".join(lines)
 
 
+def _wfe_range(ap, text):
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        ap.error(f"--other-wfe: two numbers LO,HI, got {text!r}")
+    if not 0.0 < lo <= hi:
+        ap.error(f"--other-wfe: need 0 < LO <= HI, got {text!r}")
+    return (lo, hi)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -404,8 +416,13 @@ def main(argv=None):
                          "simulator's low-order power law, or half of it in segment pistons "
                          "(JWST's segments drift between wavefront controls; their speckles "
                          "fall at a few lambda/D)")
+    ap.add_argument("--other-wfe", default="5,20", metavar="LO,HI",
+                    help="the other epochs' drift from the science's wavefront, nm RMS, "
+                         "uniform between LO and HI [5,20] (the near-time references' is "
+                         "the simulator's, 2-6)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results")
     args = ap.parse_args(argv)
+    args.other_wfe = _wfe_range(ap, args.other_wfe)
     args.size = args.size or ("small" if args.quick else "medium")
     args.top = args.top or (6 if args.quick else 10)
     args.random = args.random or (2 if args.quick else 5)

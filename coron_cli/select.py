@@ -30,6 +30,7 @@ __all__ = [
     "require_dask",
     "run_select",
     "same_setup",
+    "science_means",
     "science_vectors",
     "score_library",
     "select_frames",
@@ -240,52 +241,71 @@ def _frames(path, bad_bits):
 
 def _library_block(path, nint, star, target, shared, bad_bits):
     """The scores (nint, n_science) of the frames of one library file (a worker's task):
-    each frame cleaned of single-pixel spikes (:func:`coron_cli.core.select.blank_spikes`),
-    moved to `target`, normalised in the region, against the science.
+    each frame cleaned of the outliers KLIP's preparation finds (cosmic rays of one
+    or several pixels: :func:`coron_cli.core.select.blank_outliers`), moved to
+    `target`, normalised in the region, against the science; then, with two
+    integrations or more, corrected for the frame's own noise (its variance across
+    the integrations: :func:`coron_cli.core.select.disattenuate`), so that a faint
+    reference is not ranked below a bright one for its photon noise alone.
 
     `shared` is (region, science vectors (n_science, npix)), sent to every
     worker once.
     """
-    from .core.select import blank_spikes, region_scores
+    from .core.select import blank_outliers, disattenuate, region_scores
+    from .products import psf_fwhm_pix
 
     region, science = shared
     try:
-        _, sci = _frames(path, bad_bits)
+        exp, sci = _frames(path, bad_bits)
     except CoronError as exc:
         raise _FileError(exc.source or path, exc.message) from None
     if sci.shape[0] != nint or sci.shape[-2:] != region.shape:
         raise _FileError(path, f"SCI shape {sci.shape} differs from what its header says")
-    # unflagged cosmic rays would decide the frame's score: blanked (NaN counts as the mean)
-    blank_spikes(sci)
-    return region_scores(sci, star, target, region, science)
+    # unflagged cosmic rays would decide the frame's score: blanked (NaN counts as the
+    # mean), found as KLIP's preparation finds them (the exposure's diffraction limit)
+    blank_outliers(sci, psf_fwhm_pix(exp.primary, exp.sci_header))
+    scores, fraction = region_scores(sci, star, target, region, science, noise=True)
+    return disattenuate(scores, fraction)
 
 
-def science_vectors(infos, target, region, bad_bits=1):
-    """(n_science, npix): each science exposure's mean frame (over integrations, NaN
-    pixels left out), moved to `target` and normalised in `region`.
+def science_means(infos, target, bad_bits=1):
+    """Each science exposure's mean frame (over integrations, NaN pixels left out) and
+    the 1-sigma noise of that mean (from ERR), both moved to `target`: two arrays
+    (n_science, ny, nx).
 
     The exposure is prepared as for KLIP first (:func:`coron_cli.steps.prepare_science`:
     flagged pixels and unflagged outliers, such as cosmic rays, repaired; never a
     source): one bright pixel would otherwise hold most of the vector's variance and
     decide every score.
     """
-    from .core.select import normalise, shift_to
+    from .core.select import shift_to
     from .products import read_product
     from .steps import prepare_science
 
-    out = []
+    means, sigmas = [], []
     for info in infos:
         exp = read_product(info["path"], what="science exposure")
-        sci, _, _, nout = prepare_science(exp, bad_bits=bad_bits)
+        sci, err, _, nout = prepare_science(exp, bad_bits=bad_bits)
         if nout:
             log.info("%s: %d outlier pixel(s) repaired before scoring", info["path"], nout)
         moved = shift_to(sci, info["star"], target)
-        good = np.isfinite(moved)
+        var = shift_to(np.asarray(err, np.float64) ** 2, info["star"], target)
+        good = np.isfinite(moved) & np.isfinite(var)
         n = good.sum(axis=0)
-        mean = np.divide(np.where(good, moved, 0.0).sum(axis=0), n,
-                         out=np.full(n.shape, np.nan), where=n > 0)
-        out.append(normalise(mean, region)[0])
-    return np.array(out)
+        means.append(np.divide(np.where(good, moved, 0.0).sum(axis=0), n,
+                               out=np.full(n.shape, np.nan), where=n > 0))
+        sigmas.append(np.sqrt(np.divide(np.where(good, var, 0.0).sum(axis=0), n * n,
+                                        out=np.full(n.shape, np.nan), where=n > 0)))
+    return np.array(means), np.array(sigmas)
+
+
+def science_vectors(infos, target, region, bad_bits=1):
+    """(n_science, npix): each science exposure's mean frame (:func:`science_means`)
+    normalised in `region`."""
+    from .core.select import normalise
+
+    means, _ = science_means(infos, target, bad_bits)
+    return np.array([normalise(m, region)[0] for m in means])
 
 
 def score_library(client, infos, science, target, region, bad_bits=1):
@@ -466,7 +486,7 @@ def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, o
     from astropy.table import Table
 
     from .batch import _local_cluster, _remote_client
-    from .core.select import largest_radius, region_mask
+    from .core.select import largest_radius, normalise, region_mask, source_mask
 
     require_dask()
     sci_infos = [file_info(p) for p in science]
@@ -484,7 +504,17 @@ def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, o
     if region.sum() < 2:
         raise InputError("--inner", f"no pixel between radii {inner:g} and {outer:g} about "
                                     f"the star at ({target[0]:.1f}, {target[1]:.1f})")
-    sci_vecs = science_vectors(sci_infos, target, region, bad_bits)
+    means, sigmas = science_means(sci_infos, target, bad_bits)
+    # the science's own sources (companions, disks) would hold much of its vector's
+    # variance and decide the scores: left out where the exposures (other rolls) differ
+    sources = source_mask(means, sigmas) & region
+    if sources.any() and region.sum() - sources.sum() >= 2:
+        log.info("%d pixel(s) of the region left out of the scores: a source in the "
+                 "science (the exposures differ there)", int(sources.sum()))
+        region = region & ~sources
+    else:
+        sources[:] = False
+    sci_vecs = np.array([normalise(m, region)[0] for m in means])
 
     itself = {os.path.realpath(p) for p in science}
     n_given = len(library)
@@ -547,6 +577,7 @@ def run_select(science, library, output, *, top=20, threshold=None, inner=8.0, o
     if threshold is not None:
         table.meta["THRESH"] = float(threshold)
     table.meta.update({"INNER": float(inner), "OUTER": float(outer),
+                       "NSOURCE": int(sources.sum()),
                        "NCANDID": len(frames), "NEXCLUDE": int(excluded),
                        "NEXCLFIL": len(excluded_files), "NSELFIL": len(files),
                        "NSELECT": n_sel})

@@ -52,7 +52,17 @@ def cli(science, library, output, top, threshold, inner, outer, scheduler, worke
     CRPIX) coincide, the score is the Pearson correlation of the two images
     between --inner and --outer pixels from the star (unflagged cosmic rays
     cleaned first: the science prepared as for KLIP, the library frames'
-    single-pixel spikes left out). The --top best frames
+    outliers, found as KLIP's preparation finds them and grown along their
+    tracks, left out), divided, for a file of two integrations or more, by
+    sqrt(1 - f), f the share of the frame's variance there that is noise
+    (the pixels' variance across the integrations): the correlation of the
+    frame's noiseless image with the science, so that a faint reference is
+    not ranked down for its photon noise (the score may then exceed 1 a
+    little). With two science exposures or more (rolls), the pixels where
+    one exceeds another by 5 sigma (its ERR), and 2 pixels about them, are
+    left out of the region: the science's own sources (companions, disks),
+    which turn with the roll, would otherwise hold much of its variance.
+    The --top best frames
     of each science exposure are kept (or those scoring --threshold or more,
     or, with both, the best --top of those); the files holding them, best
     first, become the psf members of the association, each with the

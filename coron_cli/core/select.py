@@ -15,8 +15,10 @@ at once, by slices of the whole stack in float64 (no loop over frames or pixels)
 import numpy as np
 
 __all__ = [
+    "blank_outliers",
     "blank_spikes",
     "correlate",
+    "disattenuate",
     "largest_radius",
     "normalise",
     "rank_frames",
@@ -24,6 +26,7 @@ __all__ = [
     "region_scores",
     "region_vectors",
     "shift_to",
+    "source_mask",
 ]
 
 
@@ -74,6 +77,92 @@ def blank_spikes(frames, nsigma=SPIKE_SIGMA, ratio=SPIKE_RATIO):
             & (frames - lo > frames.dtype.type(ratio) * (hi - lo))
     frames[spike] = np.nan
     return int(spike.sum())
+
+
+def blank_outliers(frames, psf_fwhm=None, passes=3, nsigma=6.0, rel=0.03):
+    """Set to NaN, in place, the unflagged outliers of frames (n, ny, nx) (float) of one
+    exposure that KLIP's preparation finds (:func:`coron_cli.core.find_outliers`, as
+    :func:`coron_cli.steps.prepare_science` calls it: across the integrations, and,
+    where they cannot decide, only pixels sharper than the diffraction limit
+    `psf_fwhm` allows), and the rest of their tracks. Returns how many.
+
+    Unlike :func:`blank_spikes`, it also takes cosmic rays of several pixels (a hit
+    and its neighbours): one such ray can hold most of a frame's variance in the
+    scored region and decide its score. With two integrations or more the hits then
+    grow (up to `passes` times): a pixel beside a blanked one (8-neighbour) is an
+    outlier too when it exceeds its faintest value in the other integrations by
+    `nsigma` times its frame's noise (from the differences of adjacent rows, 1.4826
+    MAD / sqrt 2) plus `rel` times that value: the rest of a track, which
+    find_outliers leaves when its pixels hide each other (the middle of three,
+    fainter than its ends). NaN pixels stay NaN and are never counted.
+    """
+    from scipy import ndimage
+
+    from .badpix import find_outliers
+    from .robust import robust_sigma
+
+    if frames.ndim != 3 or frames.shape[0] == 0:
+        return 0
+    hit = find_outliers(frames, ~np.isfinite(frames), psf_fwhm=psf_fwhm)
+    frames[hit] = np.nan
+    total = int(hit.sum())
+    nint = frames.shape[0]
+    if nint < 2 or not total:
+        return total
+    diff = frames[:, 1:, :].astype(np.float64) - frames[:, :-1, :]
+    noise = robust_sigma(diff, axis=(1, 2)) / np.sqrt(2.0)
+    noise = np.where(np.isfinite(noise), noise, np.inf)[:, None, None]
+    # each pixel's faintest value over the other integrations (inf: none finite)
+    vals = np.where(np.isfinite(frames), frames, np.inf).astype(np.float64)
+    two = np.partition(vals, 1, axis=0)[:2]
+    lowest = np.argmin(vals, axis=0)
+    others = np.where(np.arange(nint)[:, None, None] == lowest[None], two[1][None],
+                      two[0][None])
+    with np.errstate(invalid="ignore"):
+        high = (vals - others) > nsigma * noise + rel * np.abs(others)
+    del vals, two, others
+    grow = np.ones((1, 3, 3), bool)
+    for _ in range(max(1, int(passes))):
+        new = ndimage.binary_dilation(hit, grow) & high & np.isfinite(frames)
+        n = int(new.sum())
+        if not n:
+            break
+        frames[new] = np.nan
+        total += n
+        hit = new
+    return total
+
+
+def source_mask(means, sigmas, nsigma=5.0, grow=2.0):
+    """Where the science exposures differ: the pixels of (ny, nx) at which one mean
+    frame of `means` (n, ny, nx; the exposures' stars registered, e.g. two rolls)
+    exceeds another by more than `nsigma` times the two frames' noise added in
+    quadrature (`sigmas`, 1-sigma, the same shape), and those within `grow` pixels of
+    one. False everywhere for fewer than two exposures; NaN pixels are never set.
+
+    A companion or a disk turns with the sky between rolls, the star's PSF does not:
+    the sources of each exposure stand out against the others. Left out of the scores,
+    they no longer hold the science vector's variance (a 1e-3 companion held 36 % of
+    it in select-science seed 1).
+    """
+    means = np.asarray(means, np.float64)
+    sigmas = np.asarray(sigmas, np.float64)
+    out = np.zeros(means.shape[-2:], bool)
+    if means.ndim != 3 or len(means) < 2:
+        return out
+    with np.errstate(invalid="ignore"):
+        for j in range(len(means)):
+            for k in range(len(means)):
+                if j != k:
+                    noise = np.hypot(sigmas[j], sigmas[k])
+                    out |= (means[j] - means[k]) > nsigma * noise
+    if grow > 0 and out.any():
+        from scipy import ndimage
+
+        r = int(np.ceil(grow))
+        y, x = np.mgrid[-r:r + 1, -r:r + 1]
+        out = ndimage.binary_dilation(out, structure=np.hypot(x, y) <= grow)
+    return out
 
 
 def largest_radius(shape, center):
@@ -232,18 +321,77 @@ def region_vectors(frames, star, target, region):
     return _unit_rows(out)
 
 
-def region_scores(frames, star, target, region, science):
+def region_scores(frames, star, target, region, science, noise=False):
     """``correlate(science, region_vectors(frames, star, target, region))``: the scores
     (n, n_science) of frames (n, ny, nx) against `science` vectors (from
     :func:`normalise`), a few frames at a time, so that only the scores are kept
     (the same values as those two, to rounding).
+
+    With `noise`, also each frame's noise fraction (n,): the share of its variance
+    over the region that is noise, ``v / var_i``, where ``var_i`` is the variance of
+    frame i's moved pixels about their mean and ``v`` the mean over the region's
+    pixels of their variance across the frames (unbiased; pixels finite in two
+    frames or more): the frames must be integrations of one exposure (the same
+    scene, independent noise). NaN with fewer than two frames, or no such pixel.
+    Returns (scores, fraction) then.
     """
     science = np.atleast_2d(np.asarray(science, np.float64))
     frames = np.asarray(frames)
-    out = np.empty((1 if frames.ndim == 2 else len(frames), len(science)))
+    n = 1 if frames.ndim == 2 else len(frames)
+    out = np.empty((n, len(science)))
+    var = np.full(n, np.nan)
+    total = total2 = count = None
     for i, chunk in _moved_chunks(frames, star, target, region):
+        if noise:
+            ok = np.isfinite(chunk)
+            m = len(chunk)
+            if total is None:
+                total, total2 = np.zeros(chunk.shape[1]), np.zeros(chunk.shape[1])
+                count = np.zeros(chunk.shape[1], np.int64)
+            vals = np.where(ok, chunk, 0.0)
+            total += vals.sum(axis=0)
+            total2 += np.einsum("ij,ij->j", vals, vals)
+            count += ok.sum(axis=0)
+            k = ok.sum(axis=1)
+            mean = np.divide(vals.sum(axis=1), k, out=np.zeros(m), where=k > 1)
+            dev = np.where(ok, vals - mean[:, None], 0.0)
+            var[i:i + m] = np.where(k > 1, np.einsum("ij,ij->i", dev, dev)
+                                    / np.maximum(k - 1, 1), np.nan)
         out[i:i + len(chunk)] = correlate(science, _unit_rows(chunk))
-    return out
+    if not noise:
+        return out
+    fraction = np.full(n, np.nan)
+    if n >= 2 and count is not None and (count >= 2).any():
+        use = count >= 2
+        c = count[use].astype(np.float64)
+        across = (total2[use] - total[use] ** 2 / c) / (c - 1.0)
+        v = float(np.mean(np.maximum(across, 0.0)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fraction = np.where(var > 0, v / var, np.nan)
+    return out, fraction
+
+
+#: the largest noise fraction :func:`disattenuate` corrects for (a frame that is 95 %
+#: noise or more gains at most sqrt(20) = 4.5 times its score)
+MAX_NOISE_FRACTION = 0.95
+
+
+def disattenuate(scores, fraction, max_fraction=MAX_NOISE_FRACTION):
+    """Scores (n, n_science) of frames whose noise fraction is `fraction` (n,)
+    (:func:`region_scores`) corrected for the library frame's own noise: ``score /
+    sqrt(1 - fraction)`` (Spearman's correction for attenuation), the correlation of
+    its noiseless image with the science.
+
+    A frame's photon noise lowers its Pearson correlation with anything by
+    ``sqrt(1 - fraction)``: without the correction the ranking follows the
+    references' brightness before their likeness. `fraction` is clipped to [0,
+    `max_fraction`]; NaN (one integration: no estimate) leaves the score as it is.
+    The corrected score may exceed 1 by the estimate's own noise.
+    """
+    scores = np.asarray(scores, np.float64)
+    f = np.asarray(fraction, np.float64).reshape(-1)
+    gain = np.where(np.isfinite(f), 1.0 / np.sqrt(1.0 - np.clip(f, 0.0, max_fraction)), 1.0)
+    return scores * gain.reshape((-1,) + (1,) * (scores.ndim - 1))
 
 
 def _moved_chunks(frames, star, target, region):

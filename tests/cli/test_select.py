@@ -332,3 +332,29 @@ def test_a_cosmic_ray_on_a_library_frame_does_not_push_it_down(library, tmp_path
     assert sorted(_psf_members(asn)) == sorted(os.path.basename(p) for p in library["match"])
     t = Table.read(tmp_path / "hit_refscores.ecsv")
     assert np.all(t[t["selected"]]["score"] > 0.9)
+
+
+def test_the_sciences_own_companion_is_left_out_of_the_scores(library, tmp_path):
+    """Two science rolls with a companion brighter than the star's speckles, which turns
+    between them: where the rolls differ is left out of the region (NSOURCE pixels), so
+    the matching frames, which have no companion, still score above 0.9 and are the
+    best 8 (with the companion in, it would hold most of the science's variance)."""
+    from tests.helpers import write_exposure
+
+    with fits.open(library["science"]) as h:
+        sci = h["SCI"].data.astype(np.float64)
+        primary, header = h[0].header.copy(), h["SCI"].header.copy()
+    paths = []
+    for k, (dx, dy) in enumerate([(8.0, 3.0), (-3.0, 8.0)]):
+        frames = sci + 3.0 * gaussian((N, N), STAR[0] + dx, STAR[1] + dy, 1.0)
+        paths.append(write_exposure(tmp_path / f"roll{k + 1}_calints.fits", frames,
+                                    err=np.full(sci.shape, 0.01), primary=primary,
+                                    sci_header=header))
+    asn = tmp_path / "roll_asn.json"
+    r = invoke(_runner(), select_cli, [*paths, "-L", library["lib"], "--top", 8,
+                                       "--workers", 1, "-o", asn], prog="coron-select")
+    assert r.exit_code == 0, r.stderr
+    t = Table.read(tmp_path / "roll_refscores.ecsv")
+    assert np.all(t[t["selected"]]["score"] > 0.9)
+    assert sorted(_psf_members(asn)) == sorted(os.path.basename(p) for p in library["match"])
+    assert t.meta["NSOURCE"] > 0

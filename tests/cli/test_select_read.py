@@ -89,7 +89,16 @@ def test_a_files_scores_are_those_of_the_first_implementation(tmp_path):
                           prefilter=False)
         m[h > 1e-9] = np.nan
         moved.append(m)
-    ref = correlate(science, normalise(np.array(moved), region))
+    moved = np.array(moved)
+    ref = correlate(science, normalise(moved, region))
+    # corrected for each frame's noise: its variance in the region against the mean
+    # over the region's pixels of their variance across the integrations
+    px = moved[:, region]
+    ok = np.isfinite(px).sum(axis=0) >= 2
+    noise = np.mean(np.nanvar(px[:, ok], axis=0, ddof=1))
+    frac = noise / np.array([np.nanvar(p, ddof=1) for p in px])
+    assert np.all((frac > 0.001) & (frac < 0.95))
+    ref = ref / np.sqrt(1.0 - frac)[:, None]
     assert got.shape == (5, 2)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
     assert (np.argsort(-got, axis=0) == np.argsort(-ref, axis=0)).all()

@@ -91,3 +91,98 @@ def test_blank_spikes_takes_cosmic_rays_never_a_point_source():
     assert blank_spikes(hit) == 2
     assert np.isnan(hit[2, 20, 20]) and np.isnan(hit[4, 40, 41]) and np.isnan(hit[1, 10, 10])
     assert np.isfinite(hit).sum() == hit.size - 3
+
+
+def test_blank_outliers_takes_tracks_of_several_pixels_never_a_source():
+    """Cosmic-ray tracks of two and three pixels in one of two integrations (the middle
+    of the three fainter than its ends, as in the simulator's library) are blanked
+    whole; noise, and a diffraction-limited source present in both integrations (as
+    bright as the tracks), are not; NaN pixels stay NaN."""
+    from coron_cli.core.select import blank_outliers
+
+    rng = np.random.default_rng(11)
+    y, x = np.indices((64, 64))
+    sigma = 2.3 / 2.3548
+    src = 5e4 * np.exp(-((x - 40.3) ** 2 + (y - 22.0) ** 2) / (2 * sigma ** 2))
+    frames = (src + 20.0 + rng.normal(0.0, 5.0, (2, 64, 64))).astype(np.float32)
+    clean = frames.copy()
+    assert blank_outliers(clean.copy(), psf_fwhm=2.3) == 0
+    frames[1, 50, 10:13] += [62744.0, 11347.0, 31153.0]     # three pixels, middle faintest
+    frames[0, 12, 30:32] += [26446.0, 100371.0]             # two pixels
+    frames[0, 5, 5] = np.nan
+    n = blank_outliers(frames, psf_fwhm=2.3)
+    assert n == 5
+    assert np.isnan(frames[1, 50, 10:13]).all() and np.isnan(frames[0, 12, 30:32]).all()
+    assert np.isnan(frames[0, 5, 5])
+    assert np.isfinite(frames).sum() == frames.size - 6
+    # the source is untouched
+    np.testing.assert_array_equal(frames[:, 15:30, 33:48], clean[:, 15:30, 33:48])
+
+
+def test_noise_fraction_and_its_correction_against_analytic_cases():
+    """Integrations of one PSF with independent noise of sigma: the noise fraction is
+    sigma^2 / (var PSF + sigma^2) over the region, the raw Pearson score against the
+    noiseless PSF is sqrt(1 - fraction) (here ~0.7) and the corrected one is 1 (to the
+    estimate's noise); one frame gives no estimate (NaN) and keeps its score."""
+    from coron_cli.core.select import disattenuate, region_scores
+
+    rng = np.random.default_rng(5)
+    psf = gaussian_psf((48, 48), 24.0, 24.0, sigma=6.0)
+    region = region_mask(psf.shape, (24.0, 24.0), inner=2.0, outer=22.0)
+    var_psf = np.var(psf[region], ddof=1)
+    sigma = np.sqrt(var_psf)                          # half the frames' variance: noise
+    frames = psf + sigma * rng.normal(size=(12, 48, 48))
+    science = normalise(psf, region)
+    raw, frac = region_scores(frames, (24.0, 24.0), (24.0, 24.0), region, science,
+                              noise=True)
+    expect = sigma ** 2 / (var_psf + sigma ** 2)
+    np.testing.assert_allclose(np.mean(frac), expect, rtol=0.03)
+    np.testing.assert_allclose(frac, expect, rtol=0.1)
+    np.testing.assert_allclose(raw[:, 0], np.sqrt(1.0 - expect), atol=0.03)
+    assert raw.max() < 0.76
+    fixed = disattenuate(raw, frac)
+    np.testing.assert_allclose(fixed[:, 0], 1.0, atol=0.04)
+    # the scores are those without noise=True
+    np.testing.assert_array_equal(region_scores(frames, (24.0, 24.0), (24.0, 24.0), region,
+                                                science), raw)
+    one, f1 = region_scores(frames[:1], (24.0, 24.0), (24.0, 24.0), region, science,
+                            noise=True)
+    assert np.isnan(f1).all()
+    np.testing.assert_array_equal(disattenuate(one, f1), one)
+
+
+def test_disattenuate_divides_by_the_noiseless_share_clipped():
+    from coron_cli.core.select import disattenuate
+
+    got = disattenuate(np.array([[0.5, 0.25], [0.4, -0.2], [0.3, 0.3], [0.1, 0.1]]),
+                       np.array([0.75, 0.0, np.nan, 0.99]))
+    np.testing.assert_allclose(got, [[1.0, 0.5], [0.4, -0.2], [0.3, 0.3],
+                                     [0.1 * np.sqrt(20.0), 0.1 * np.sqrt(20.0)]])
+    assert disattenuate(np.array([0.5]), np.array([-0.1]))[0] == 0.5   # below 0: none
+
+
+def test_source_mask_marks_what_differs_between_rolls_not_the_star():
+    """Two rolls of one star (the same PSF, independent noise of sigma) with a companion
+    that turns between them: the pixels about the companion in each roll are marked
+    (its core and halo above 5 sigma, grown by 2 px: within 7 px), the star's PSF and
+    the noise nowhere; one exposure marks nothing."""
+    from coron_cli.core.select import source_mask
+
+    rng = np.random.default_rng(2)
+    star = 1e4 * gaussian_psf((64, 64), 32.0, 32.0, sigma=3.0)
+    sigma = np.full((2, 64, 64), 1.0)
+    comp = [(44.0, 32.0), (32.0, 44.0)]
+    means = np.array([star + 50.0 * gaussian_psf((64, 64), cx, cy, sigma=1.0)
+                      + rng.normal(0.0, 1.0, (64, 64)) for cx, cy in comp])
+    mask = source_mask(means, sigma)
+    y, x = np.indices((64, 64))
+    near = np.zeros((64, 64), bool)
+    for cx, cy in comp:
+        near |= np.hypot(x - cx, y - cy) <= 7.0
+    assert mask[32, 44] and mask[44, 32]
+    assert not (mask & ~near).any()
+    assert 20 <= mask.sum() <= 150
+    assert not source_mask(means[:1], sigma[:1]).any()
+    # noise alone marks nothing
+    flat = star + rng.normal(0.0, 1.0, (2, 64, 64))
+    assert not source_mask(flat, sigma).any()
