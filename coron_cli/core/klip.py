@@ -143,7 +143,7 @@ def _sky_projector(zpix, nx, zfit, order, wz=None, rcond=1e-6):
 def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mask=None,
                   fit_weights=None, reference_variance=None, sky_order=0,
                   pixels_per_mode=None, fit_zones=None, max_bytes=64 * 2 ** 20,
-                  reference_error=None):
+                  reference_error=None, extra=None):
     """Subtract a KLIP model of the PSF from every science integration.
 
     Parameters
@@ -180,6 +180,16 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         deviations): the variance is its square in single precision, 0
         where it is not finite, made a zone at a time (no array the size of
         the references).
+    extra : dict, optional
+        References used at some pixels only (the target's other rolls, see
+        :func:`roll_groups`): ``references`` (nextra, ny, nx), the same for
+        every integration; ``error`` (nextra, ny, nx) or None, their noise
+        (with `reference_error` or `reference_variance`); ``labels`` (ny, nx),
+        every pixel's group; ``allowed`` (ngroups, nextra) bool, the extra
+        references each group uses. Every zone is decomposed once with all
+        of them (the covariance of a subset is a block of the whole one) and
+        each group's pixels are modelled with the references it may use;
+        each zone keeps its own fit region.
     sky_order : int
         Polynomial order of a sky fitted in every zone together with the KL
         modes (see Notes): 0 removes only the zone mean (classic KLIP), 1 a
@@ -262,7 +272,7 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
             fit_weights=fit_weights, reference_variance=reference_variance,
             reference_error=reference_error,
             sky_order=sky_order, pixels_per_mode=pixels_per_mode, fit_zones=fit_zones,
-            max_bytes=max_bytes)
+            max_bytes=max_bytes, extra=extra)
     nint, nref, ny, nx = refs.shape
     ntg = sci.shape[1] if sci.ndim == 4 else 1
     truncs = np.asarray(list(truncations), dtype=int)
@@ -293,8 +303,13 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
     refs2 = refs.reshape(nint, nref, ny * nx)
     var2 = None if reference_variance is None else \
         np.asarray(reference_variance).reshape(nint, nref, ny * nx)
+    ex = _Extra.make(extra, (ny, nx), nref, var2 is not None, squared)
     single, order, plan = _zone_plan(zones, fit, fit_zones)
+    if ex is not None and single:
+        single, order = False, np.arange(ny * nx)
     wts_s = None if wts is None else wts[order]
+    if ex is not None:
+        ex.labels_s = ex.labels[order]
     npix = ny * nx
     # integrations per chunk: their float32 references (and variance) fit in max_bytes
     per_int = nref * npix * 4 * (2 if var2 is not None else 1)
@@ -306,21 +321,23 @@ def klip_subtract(science, references, *, truncations=(50,), zones=None, fit_mas
         # the references and their variance stay in frame order (no copy the size of
         # the references): each zone gathers its own pixels, `_Cols` maps the zone
         # order's positions to frame pixels
-        refs_s = _Cols(refs2[sl], None if single else order)
+        refs_s = _Cols(refs2[sl], None if single else order,
+                       extra=None if ex is None else ex.refs)
         sci_s = sci2[sl][:, :, perm]
         var_s = None if var2 is None else _Cols(var2[sl], None if single else order,
-                                                square=squared)
+                                                square=squared,
+                                                extra=None if ex is None else ex.var)
         res_s = np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         mv_s = None if var2 is None else np.full((ntr, c, ntg, npix), np.nan, dtype=np.float32)
         for job in plan:
             if job[0] == "self":
                 zsub = job[1]
                 res, k, mv = _fit_zone(refs_s, sci_s, var_s, job[1:], order, nx, wts_s,
-                                       sky_order, truncs, pixels_per_mode)
+                                       sky_order, truncs, pixels_per_mode, ex)
                 done = [(zsub, res, mv)]
             else:
                 done, k = _fit_shared(refs_s, sci_s, var_s, job[1], job[2], order, nx, wts_s,
-                                      sky_order, truncs, pixels_per_mode)
+                                      sky_order, truncs, pixels_per_mode, ex)
             nmodes[:, sl] = np.minimum(nmodes[:, sl], k.T)
             for zsub, res, mv in done:
                 res_s[..., zsub] = res
@@ -349,9 +366,11 @@ class _Cols:
     #: rows (references) gathered at a time
     BLOCK = 16
 
-    def __init__(self, array, order, square=False):
+    def __init__(self, array, order, square=False, extra=None):
         self.array, self.order, self.square = array, order, square
         self.shape, self.dtype = array.shape, array.dtype
+        # rows after the array's, the same for every integration (frame order)
+        self.extra = extra
 
     def _values(self, part):
         """`part` of the array, or with `square` its square in float32 (0 where the array
@@ -364,6 +383,8 @@ class _Cols:
         return out
 
     def float64(self, idx):
+        if self.extra is not None:
+            return self._with_extra(idx)
         cols = idx if self.order is None else self.order[idx]
         c, n = self.array.shape[:2]
         # laid out as numpy lays out ``array[:, :, cols]`` (a slice: in order; indices:
@@ -378,6 +399,63 @@ class _Cols:
         for j in range(0, n, self.BLOCK):
             out[:, j:j + self.BLOCK] = self._values(self.array[:, j:j + self.BLOCK][:, :, cols])
         return out
+
+
+    def _with_extra(self, idx):
+        """float64(idx) of the array's rows followed by the extra rows."""
+        cols = idx if self.order is None else self.order[idx]
+        c, n = self.array.shape[:2]
+        m = len(range(*cols.indices(self.array.shape[2]))) if isinstance(cols, slice) \
+            else np.size(cols)
+        ne = self.extra.shape[0]
+        out = np.empty((m, c, n + ne), np.float64).transpose(1, 2, 0)
+        for j in range(0, n, self.BLOCK):
+            e = min(j + self.BLOCK, n)
+            out[:, j:e] = self._values(self.array[:, j:e][:, :, cols])
+        out[:, n:] = self._values(self.extra[:, cols])[None]
+        return out
+
+
+class _Extra:
+    """The extra references of :func:`klip_subtract` (``extra``), checked, and which rows
+    each pixel group uses."""
+
+    def __init__(self, refs, var, labels, allowed, nref):
+        self.refs, self.var, self.labels = refs, var, labels
+        self.allowed = allowed
+        self.rows = [np.concatenate([np.arange(nref), nref + np.flatnonzero(a)])
+                     for a in allowed]
+        self.labels_s = None
+
+    @classmethod
+    def make(cls, extra, shape, nref, with_var, squared=True):
+        if extra is None:
+            return None
+        refs = np.asarray(extra["references"])
+        ne = refs.shape[0]
+        if refs.ndim != 3 or refs.shape[1:] != tuple(shape):
+            raise ValueError(f"extra references must be (n, {shape[0]}, {shape[1]}), "
+                             f"not {refs.shape}")
+        labels = np.asarray(extra["labels"]).reshape(-1)
+        allowed = np.asarray(extra["allowed"], bool).reshape(-1, ne)
+        if labels.size != shape[0] * shape[1] or labels.min() < 0 \
+                or labels.max() >= allowed.shape[0]:
+            raise ValueError("extra labels must give every pixel a group of `allowed`")
+        var = None
+        if with_var:
+            # like the references' own: errors (squared when gathered) or variances
+            err = extra.get("error")
+            var = np.zeros((ne, labels.size), np.float32) if err is None else \
+                np.asarray(err, dtype=np.float32).reshape(ne, -1)
+            if err is not None and not squared:
+                var = np.square(np.nan_to_num(var, nan=0.0, posinf=0.0, neginf=0.0))
+        return cls(refs.reshape(ne, -1), var, labels, allowed, nref)
+
+    def groups(self, pos):
+        """(group, its rows, where among `pos` (zone-order positions)) of every group
+        present at `pos`."""
+        lab = self.labels_s[pos]
+        return [(g, self.rows[g], np.flatnonzero(lab == g)) for g in np.unique(lab)]
 
 
 def _klip_shared_references(sci, refs, **kw):
@@ -534,7 +612,7 @@ def _zone_plan(zones, fit, fit_zones):
 
 
 def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
-              pixels_per_mode):
+              pixels_per_mode, ex=None):
     """KLIP of one zone for a chunk of integrations (pixels in zone order).
 
     Returns
@@ -546,6 +624,9 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     mv : ndarray like `res`, or None
         The variance the references' noise carries into the model (with `var_s`).
     """
+    if ex is not None:
+        return _fit_zone_extra(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order,
+                               truncs, pixels_per_mode, ex)
     zsub, zpix, take, zfit, zout = zone
     ntr, ntg = truncs.size, sci_s.shape[1]
     fit_all = zfit.size == zpix.size
@@ -616,7 +697,13 @@ def _coefficients(Rf, tf, sky, truncs, pixels_per_mode):
     k : ndarray of int (c, ntr)
         The modes used.
     """
-    nref, ntg, ntr = Rf.shape[1], tf.shape[1], truncs.size
+    C, a = _products(Rf, tf, sky)
+    return _solve(C, a, truncs, Rf.shape[2], pixels_per_mode)
+
+
+def _products(Rf, tf, sky):
+    """The covariance of the references C (c, nref, nref) and R t (c, ntg, nref) on the
+    fit pixels (projected on the complement of the sky terms)."""
     C = Rf @ np.swapaxes(Rf, 1, 2)                        # (c, nref, nref)
     a = tf @ np.swapaxes(Rf, 1, 2)                        # R t: (c, ntg, nref)
     if sky is not None:
@@ -627,6 +714,12 @@ def _coefficients(Rf, tf, sky, truncs, pixels_per_mode):
         tQ = tf @ Q                                       # (c, ntg, nterm)
         C = C - RQ @ np.swapaxes(RQ, 1, 2)
         a = a - tQ @ np.swapaxes(RQ, 1, 2)
+    return C, a
+
+
+def _solve(C, a, truncs, nfit, pixels_per_mode):
+    """:func:`_coefficients` from the products of :func:`_products`."""
+    nref, ntg, ntr = C.shape[1], a.shape[1], truncs.size
     lam, V = np.linalg.eigh(C)
     lam = lam[:, ::-1]
     V = V[:, :, ::-1]
@@ -638,7 +731,7 @@ def _coefficients(Rf, tf, sky, truncs, pixels_per_mode):
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(good[:, None], u / np.where(good, lam, 1.0)[:, None], 0.0)
     if pixels_per_mode:
-        usable = np.minimum(usable, max(1, int(Rf.shape[2] / float(pixels_per_mode))))
+        usable = np.minimum(usable, max(1, int(nfit / float(pixels_per_mode))))
     k = np.minimum(truncs[None, :], usable[:, None])      # (c, ntr)
     keep = np.arange(nref)[None, None, :] < k[:, :, None]  # (c, ntr, nref)
     W = (keep[:, None] * w[:, :, None, :]).reshape(-1, ntg * ntr, nref)
@@ -646,7 +739,7 @@ def _coefficients(Rf, tf, sky, truncs, pixels_per_mode):
 
 
 def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, truncs,
-                pixels_per_mode):
+                pixels_per_mode, ex=None):
     """KLIP of zones that are all fitted on the same pixels `opt` (ordered frame): one
     decomposition, then each zone's own pixels modelled with it.
 
@@ -659,6 +752,9 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
         Per zone, as :func:`_fit_zone` returns them.
     k : ndarray of int (c, ntr)
     """
+    if ex is not None:
+        return _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s,
+                                 sky_order, truncs, pixels_per_mode, ex)
     ntg, ntr = sci_s.shape[1], truncs.size
     Rf = refs_s.float64(opt)
     tf = sci_s[:, :, opt].astype(np.float64)
@@ -697,3 +793,115 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
             mv = np.moveaxis(mv, 2, 0)
         done.append((zsub, np.moveaxis(res, 2, 0), mv))
     return done, k
+
+
+def _group_fit(C, a, rows, truncs, nfit, pixels_per_mode):
+    """Coefficients of the references `rows` from the products of all of them."""
+    return _solve(C[:, rows][:, :, rows], a[:, :, rows], truncs, nfit, pixels_per_mode)
+
+
+def _clip_variance(mv):
+    # near-degenerate references (noiseless data) give huge cancelling coefficients: a
+    # variance beyond float32 is infinite for every purpose
+    return np.minimum(mv, np.finfo(np.float32).max, out=mv)
+
+
+def _fit_zone_extra(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
+                    pixels_per_mode, ex):
+    """:func:`_fit_zone` with extra references used by some pixels only (`ex`): one
+    decomposition of all of them, each pixel group modelled with its own rows."""
+    zsub, zpix, take, zfit, zout = zone
+    ntr, ntg, c = truncs.size, sci_s.shape[1], sci_s.shape[0]
+    own = np.arange(zpix.size) if zout is None else zout   # the zone's pixels in zpix
+    t = sci_s[:, :, take].astype(np.float64)
+    t -= t[:, :, zfit].mean(axis=2)[:, :, None]
+    R = refs_s.float64(take)
+    R -= R[:, :, zfit].mean(axis=2)[:, :, None]
+    Rf, tf = R[:, :, zfit], t[:, :, zfit]
+    wz = None
+    if wts_s is not None:
+        wz = wts_s[zpix[zfit]]
+    sky = None
+    if sky_order:
+        sky = _sky_projector(order[zpix], nx, zfit, int(sky_order), wz)
+    C, a = _products(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
+                     None if sky is None else sky[1:])
+    n = own.size
+    res = np.empty((c, ntg, ntr, n))
+    mv = None if var_s is None else np.empty((c, ntg, ntr, n))
+    Vr = None if var_s is None else var_s.float64(zsub)
+    k_all = None
+    for _, rows, where in ex.groups(np.arange(zsub.start, zsub.stop)):
+        B, k = _group_fit(C, a, rows, truncs, zfit.size, pixels_per_mode)
+        k_all = k if k_all is None else np.minimum(k_all, k)
+        cols = own[where]
+        Rg = R[:, rows]
+        res[..., where] = t[:, :, None, cols] - \
+            (B @ Rg[:, :, cols]).reshape(-1, ntg, ntr, where.size)
+        if sky is not None:
+            P, Q, A = sky
+            rf = tf[:, :, None, :] - (B @ Rg[:, :, zfit]).reshape(-1, ntg, ntr, zfit.size)
+            coef = ((rf if wz is None else rf * wz) @ Q) @ A.T
+            res[..., where] -= coef @ P[:, cols]           # the fitted sky
+        if Vr is not None:
+            mv[..., where] = ((B ** 2) @ Vr[:, rows][:, :, where]).reshape(
+                -1, ntg, ntr, where.size)
+    if mv is not None:
+        mv = np.moveaxis(_clip_variance(mv), 2, 0)
+    return np.moveaxis(res, 2, 0), k_all, mv
+
+
+def _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, truncs,
+                      pixels_per_mode, ex):
+    """:func:`_fit_shared` with extra references used by some pixels only (`ex`)."""
+    ntg, ntr = sci_s.shape[1], truncs.size
+    Rf = refs_s.float64(opt)
+    tf = sci_s[:, :, opt].astype(np.float64)
+    rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
+    Rf -= rmean[:, :, None]
+    tf -= tmean[:, :, None]
+    wz = None if wts_s is None else wts_s[opt]
+    sky = None
+    if sky_order:
+        own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
+        sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
+                             int(sky_order), wz)
+    C, a = _products(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
+                     None if sky is None else sky[1:])
+    fits, k_all = {}, None
+
+    def fitted(g, rows):
+        nonlocal k_all
+        if g not in fits:
+            B, k = _group_fit(C, a, rows, truncs, opt.size, pixels_per_mode)
+            k_all = k if k_all is None else np.minimum(k_all, k)
+            coef = None
+            if sky is not None:
+                P, Q, A = sky
+                r = tf[:, :, None, :] - (B @ Rf[:, rows]).reshape(-1, ntg, ntr, opt.size)
+                coef = ((r if wz is None else r * wz) @ Q) @ A.T
+            fits[g] = (B, coef)
+        return fits[g]
+
+    done, at = [], opt.size
+    for zsub in zsubs:
+        n = zsub.stop - zsub.start
+        Rz = refs_s.float64(zsub) - rmean[:, :, None]
+        tz = sci_s[:, :, zsub].astype(np.float64) - tmean[:, :, None]
+        Vz = None if var_s is None else var_s.float64(zsub)
+        res = np.empty(tz.shape[:2] + (ntr, n))
+        mv = None if Vz is None else np.empty(res.shape)
+        for g, rows, where in ex.groups(np.arange(zsub.start, zsub.stop)):
+            B, coef = fitted(g, rows)
+            res[..., where] = tz[:, :, None, where] - \
+                (B @ Rz[:, rows][:, :, where]).reshape(-1, ntg, ntr, where.size)
+            if coef is not None:
+                res[..., where] -= coef @ sky[0][:, at:at + n][:, where]
+            if Vz is not None:
+                mv[..., where] = ((B ** 2) @ Vz[:, rows][:, :, where]).reshape(
+                    -1, ntg, ntr, where.size)
+        at += n
+        if mv is not None:
+            mv = np.moveaxis(_clip_variance(mv), 2, 0)
+        done.append((zsub, np.moveaxis(res, 2, 0), mv))
+    return done, k_all

@@ -189,9 +189,10 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
     At every pixel, the other-roll exposures whose motion there reaches
     `min_move` pixels (:func:`coron_cli.core.roll_groups`) are added to the
     references. Each zone keeps its own fit region (its pixels, or its
-    `fit_zones` entry) whatever group its pixels fall in; a zone whose
-    pixels fall in two groups is fitted once with each set of references,
-    and each pixel takes the model of its own.
+    `fit_zones` entry) whatever group its pixels fall in; it is decomposed
+    once with the references and all the rolls, and each pixel group is
+    modelled with the references it may use (the covariance of a subset is
+    a block of the whole one).
 
     Parameters
     ----------
@@ -234,64 +235,28 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
     if blocked is not None:
         log.debug("other rolls not used at %d pixel(s) where they hold extended sources",
                   int(blocked.any(axis=0).sum()))
-    base = np.zeros((ny, nx), dtype=int) if zones is None else np.asarray(zones)
-    ref_var = kw.pop("reference_variance", None)
-    ref_err = kw.pop("reference_error", None)
-    if ref_err is not None:
-        ref_var = np.square(np.nan_to_num(np.asarray(ref_err, dtype=np.float32), nan=0.0,
-                                          posinf=0.0, neginf=0.0))
-    out_res = out_var = nmodes = None
-    for g, use in enumerate(allowed):
-        here = labels == g
-        zg = np.where(here, base, -1)
-        if not (zg >= 0).any():
-            continue
-        # every zone keeps its own fit region, though only part of it is output here
-        fz = {}
-        for lab in np.unique(zg[zg >= 0]):
-            region = None if fit_zones is None else fit_zones.get(int(lab))
-            fz[int(lab)] = (base == lab) if region is None else region
-        refs_g, var_g = refs, ref_var
-        if use.any():
-            extra = rolls.sci[use]
-            refs_g = np.concatenate(
-                [refs, np.broadcast_to(extra[None], (refs.shape[0],) + extra.shape)], axis=1)
-            if ref_var is not None:
-                ev = rolls.var[use] if rolls.var is not None else np.zeros_like(extra)
-                var_g = np.concatenate(
-                    [ref_var, np.broadcast_to(ev[None], (ref_var.shape[0],) + ev.shape)],
-                    axis=1)
-        args = dict(kw, zones=zg, fit_mask=fit_mask, fit_zones=fz, reference_variance=var_g)
-        if roll_fakes is None or not use.any():
-            res, mv, nm = core.klip_subtract(targets, refs_g, **args)
-        else:
-            # the science with the rolls as they are; each fake with the rolls holding it
-            res, mv, nm = core.klip_subtract(targets[:, :1], refs_g, **args)
-            res = np.repeat(res, targets.shape[1], axis=2)
-            mv = None if mv is None else np.repeat(mv, targets.shape[1], axis=2)
-            nref = refs.shape[1]
-            for k in range(1, targets.shape[1]):
-                # KLIP is not linear in the references: the fake's image is the science
-                # with the fake, its other rolls holding it too, minus the science alone
-                # (so what the rolls' copies subtract from it is in)
-                rk = refs_g.copy()
-                rk[:, nref:] += roll_fakes[k - 1][use][None]
-                both = targets[:, :1] + targets[:, k:k + 1]
-                rk_res, rk_mv, _ = core.klip_subtract(both, rk, **args)
-                res[:, :, k] = rk_res[:, :, 0] - res[:, :, 0]
-                if mv is not None:
-                    mv[:, :, k] = rk_mv[:, :, 0]
-        if out_res is None:
-            out_res = np.full(res.shape, np.nan, dtype=np.float32)
-            out_var = None if mv is None else np.full(mv.shape, np.nan, dtype=np.float32)
-            nmodes = nm
-        else:
-            nmodes = np.minimum(nmodes, nm)
-        out_res[..., here] = res[..., here]
-        if out_var is not None:
-            out_var[..., here] = mv[..., here]
-    return out_res, out_var, nmodes
-
+    # one decomposition of the references and the rolls per zone; each pixel group
+    # modelled with the rows it may use (core.klip_subtract's extra)
+    extra = {"references": rolls.sci, "labels": labels, "allowed": allowed,
+             "error": None if rolls.var is None else np.sqrt(rolls.var)}
+    args = dict(kw, zones=zones, fit_mask=fit_mask, fit_zones=fit_zones)
+    if roll_fakes is None:
+        return core.klip_subtract(targets, refs, extra=extra, **args)
+    res, mv, nmodes = core.klip_subtract(targets[:, :1], refs, extra=extra, **args)
+    ntg = targets.shape[1]
+    res = np.repeat(res, ntg, axis=2)
+    mv = None if mv is None else np.repeat(mv, ntg, axis=2)
+    for k in range(1, ntg):
+        # KLIP is not linear in the references: the fake's image is the science with the
+        # fake, its other rolls holding it too, minus the science alone (so what the
+        # rolls' copies subtract from it is in)
+        held = dict(extra, references=rolls.sci + roll_fakes[k - 1])
+        both = targets[:, :1] + targets[:, k:k + 1]
+        rk, mk, _ = core.klip_subtract(both, refs, extra=held, **args)
+        res[:, :, k] = rk[:, :, 0] - res[:, :, 0]
+        if mv is not None:
+            mv[:, :, k] = mk[:, :, 0]
+    return res, mv, nmodes
 
 __all__ = ["SAME_ROLL_DEG", "RollReferences", "exposure_roll", "other_rolls", "roll_references",
            "roll_subtract", "rotated_fakes", "source_in_rolls"]

@@ -370,3 +370,51 @@ def test_reference_error_gives_the_variance_of_its_square():
             np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="not both"):
         klip_subtract(sci, refs, reference_variance=var, reference_error=err)
+
+
+@pytest.mark.parametrize("sky_order", [0, 1])
+@pytest.mark.parametrize("layout", ["one", "annuli", "shared"])
+def test_extra_references_equal_klip_with_them_added_per_group(sky_order, layout):
+    """klip_subtract(extra=...) models every pixel group with the references plus the
+    extra ones it may use: the same as klip_subtract with those rows added, each zone
+    fitted on its own pixels (or its fit_zones region)."""
+    rng = np.random.default_rng(5)
+    shape, nref, ne = (30, 30), 7, 2
+    refs = rng.normal(size=(1, nref) + shape) + 2.0
+    extra = rng.normal(size=(ne,) + shape) + 2.0
+    sci = (0.5 * extra[0] + 0.3 * extra[1] + 0.2 * refs[0, 1]
+           + 0.1 * rng.normal(size=shape))[None, None].repeat(3, axis=1)
+    sci[:, 1] += rng.normal(size=shape)                     # two other targets
+    sci[:, 2] *= 1.5
+    err = np.abs(rng.normal(size=refs.shape)) + 0.1
+    eerr = np.abs(rng.normal(size=extra.shape)) + 0.1
+    yy, xx = np.indices(shape)
+    labels = (xx > 14).astype(int) + (yy > 20).astype(int)   # three groups
+    allowed = np.array([[False, False], [True, False], [True, True]])
+    zones = fit_zones = None
+    if layout != "one":
+        zones = annulus_zones(shape, (14.5, 14.5), annuli=3)
+    if layout == "shared":
+        fit_zones = {int(z): np.ones(shape, bool) for z in np.unique(zones)}
+    w = rng.uniform(0.5, 2.0, size=shape)
+    kw = dict(truncations=[3, 9], sky_order=sky_order, fit_weights=w, reference_error=err,
+              fit_zones=fit_zones)
+    got, gv, gk = klip_subtract(sci, refs, zones=zones, extra={
+        "references": extra, "error": eerr, "labels": labels, "allowed": allowed}, **kw)
+    base = np.zeros(shape, int) if zones is None else zones
+    fz = {int(z): base == z for z in np.unique(base)} if fit_zones is None else fit_zones
+    for g, use in enumerate(allowed):
+        here = labels == g
+        rg = np.concatenate([refs, extra[use][None]], axis=1)
+        eg = np.concatenate([err, eerr[use][None]], axis=1)
+        want, wv, _ = klip_subtract(sci, rg, zones=np.where(here, base, -1),
+                                    **dict(kw, reference_error=eg, fit_zones=fz))
+        assert_allclose(got[..., here], want[..., here], rtol=1e-6, atol=1e-6)
+        assert_allclose(gv[..., here], wv[..., here], rtol=1e-5, atol=1e-8)
+    assert (gk <= 9).all() and (gk >= 3).all()
+    # without extra references: klip_subtract as it was
+    plain, _, _ = klip_subtract(sci, refs, zones=zones, **kw)
+    none_used, _, _ = klip_subtract(sci, refs, zones=zones, extra={
+        "references": extra, "error": eerr, "labels": np.zeros(shape, int),
+        "allowed": np.zeros((1, ne), bool)}, **kw)
+    assert_allclose(none_used, plain, rtol=1e-6, atol=1e-6)
