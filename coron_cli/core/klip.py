@@ -423,7 +423,7 @@ class _Extra:
     def __init__(self, refs, var, labels, allowed, nref):
         self.refs, self.var, self.labels = refs, var, labels
         self.allowed = allowed
-        self.rows = [np.concatenate([np.arange(nref), nref + np.flatnonzero(a)])
+        self.rows = [_as_slice(np.concatenate([np.arange(nref), nref + np.flatnonzero(a)]))
                      for a in allowed]
         self.labels_s = None
 
@@ -795,9 +795,16 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
     return done, k
 
 
+def _as_slice(rows):
+    """`rows` (increasing indices) as a slice when they are 0..n-1 (views, not copies)."""
+    rows = np.asarray(rows)
+    return slice(0, rows.size) if np.array_equal(rows, np.arange(rows.size)) else rows
+
+
 def _group_fit(C, a, rows, truncs, nfit, pixels_per_mode):
     """Coefficients of the references `rows` from the products of all of them."""
-    return _solve(C[:, rows][:, :, rows], a[:, :, rows], truncs, nfit, pixels_per_mode)
+    Cg = C[:, rows, rows] if isinstance(rows, slice) else C[:, rows][:, :, rows]
+    return _solve(Cg, a[:, :, rows], truncs, nfit, pixels_per_mode)
 
 
 def _clip_variance(mv):

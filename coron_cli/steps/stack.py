@@ -51,7 +51,32 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True,
         Outliers found.
     hit : ndarray of bool (nint, ny, nx)
         Only with `return_outliers`: where they are.
+
+    Notes
+    -----
+    The result is kept on the product (for the same SCI, DQ and ERR arrays
+    and options) and given again as copies of DQ and the outlier mask: the
+    align and KLIP steps, and the other exposures that use it as a roll
+    reference, prepare an exposure once (``coron3 run``). The repaired SCI
+    and ERR are shared: read-only.
     """
+    key = (id(product.sci), id(product.dq), id(product.err), int(bad_bits), bool(outliers))
+    memo = getattr(product, "_prepared", None)
+    if memo is not None and memo[0] == key and memo[1] is product.sci:
+        sci, err, dq, nout, hit = memo[2]
+        out = sci, err, dq.copy(), nout
+        return out + (hit.copy(),) if return_outliers else out
+    out = _prepare(product, bad_bits, outliers)
+    for a in out[:2]:
+        a.flags.writeable = False
+    product._prepared = (key, product.sci, out)
+    sci, err, dq, nout, hit = out
+    res = sci, err, dq.copy(), nout
+    return res + (hit.copy(),) if return_outliers else res
+
+
+def _prepare(product, bad_bits, outliers):
+    """prepare_science, computed: (sci, err, dq, nout, hit)."""
     bad = core.bad_pixel_mask(product.sci, product.dq, bad_bits=bad_bits)
     _check_not_all_bad(product, bad)
     err = _err_or_estimate(product)
@@ -68,8 +93,7 @@ def prepare_science(product, *, bad_bits=core.DO_NOT_USE, outliers=True,
             bad = bad | hit
     # the integrations of one exposure show the same scene: repair across them first
     sci = core.repair_bad_pixels(product.sci, bad, groups=np.zeros(product.sci.shape[0], int))
-    out = sci.astype(np.float32), np.asarray(err, dtype=np.float32), dq, nout
-    return out + (hit,) if return_outliers else out
+    return (np.array(sci, dtype=np.float32), np.array(err, dtype=np.float32), dq, nout, hit)
 
 
 def _find_outliers(product, bad, err):

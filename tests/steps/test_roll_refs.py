@@ -213,3 +213,29 @@ def test_extended_parts_keep_what_point_sources_do_not_explain():
     assert not core.extended_parts(ring, core_disk, zr).any()
     assert core.extended_parts(ring, core_disk, zr, ring_fraction=0.05)[ring].all()
     assert not core.extended_parts(np.zeros(shape, bool), points, z).any()
+
+
+def test_an_exposure_is_prepared_once(small_asn, monkeypatch):
+    """prepare_science keeps its result on the product: align, KLIP and the other rolls
+    prepare an exposure once; DQ and the outlier mask come as copies, SCI and ERR
+    read-only; another SCI array or other bits are prepared anew."""
+    from dataclasses import replace
+
+    from coron_cli.asn import read_asn
+    from coron_cli.steps import stack as stack_mod
+
+    calls = []
+    real = stack_mod._prepare
+    monkeypatch.setattr(stack_mod, "_prepare", lambda *a: calls.append(1) or real(*a))
+    sci = read_product(read_asn(str(small_asn)).products[0].science[0])
+    a = steps.prepare_science(sci, return_outliers=True)
+    b = steps.prepare_science(sci)
+    assert len(calls) == 1
+    assert b[0] is a[0] and not a[0].flags.writeable and not a[1].flags.writeable
+    b[2][:] = 7
+    assert not (steps.prepare_science(sci)[2] == 7).all() and len(calls) == 1
+    steps.prepare_science(sci, bad_bits=3)
+    assert len(calls) == 2
+    other = replace(sci, sci=sci.sci.copy())
+    c = steps.prepare_science(other)
+    assert len(calls) == 3 and np.array_equal(c[0], a[0])
