@@ -260,7 +260,10 @@ def chain_commands(coron_bin, asn, table, out):
         subs.append(sub)
         cmds.append((f"coron-align sci{k}", [tool("coron-align"), path, stack, "--asn-id",
                                              ASN_ID, "-o", aligned]))
-        cmds.append((f"coron-klip sci{k}", [tool("coron-klip"), path, aligned, "-o", sub]))
+        # the other rolls as references, as coron3 run takes them from the association
+        rolls = [a for other in sci if other != path for a in ("--roll-ref", other)]
+        cmds.append((f"coron-klip sci{k}", [tool("coron-klip"), path, aligned, "-o", sub]
+                     + rolls))
     cmds.append(("coron-combine", [tool("coron-combine")] + subs + ["-o", i2d]))
     cmds.append(("coron-hlsp", [tool("coron-hlsp"), i2d, "-o",
                                 os.path.join(out, f"{name}_snr.fits"), "--contrast-output",

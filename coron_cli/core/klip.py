@@ -408,7 +408,8 @@ class _Cols:
         m = len(range(*cols.indices(self.array.shape[2]))) if isinstance(cols, slice) \
             else np.size(cols)
         ne = self.extra.shape[0]
-        out = np.empty((m, c, n + ne), np.float64).transpose(1, 2, 0)
+        # rows contiguous (no result to match bit for bit: no other path has these rows)
+        out = np.empty((c, n + ne, m), np.float64)
         for j in range(0, n, self.BLOCK):
             e = min(j + self.BLOCK, n)
             out[:, j:e] = self._values(self.array[:, j:e][:, :, cols])
