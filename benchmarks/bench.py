@@ -1061,6 +1061,18 @@ def print_machine(rows):
 # ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
+def pip_install(python, spec):
+    """`python -m pip install --quiet spec` (a benchmark's own environment); seconds spent,
+    or RuntimeError with the end of pip's errors."""
+    t0 = time.perf_counter()
+    r = subprocess.run([python, "-m", "pip", "install", "--quiet", spec],
+                       capture_output=True, text=True, check=False)
+    if r.returncode:
+        tail = " | ".join(r.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"pip install {spec} failed: {tail}")
+    return time.perf_counter() - t0
+
+
 def finish_report(result, json_path, note=""):
     """The end of a benchmark's report: the load average now (also put in `result`), and
     every number written to `json_path` when given."""

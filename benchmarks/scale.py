@@ -569,13 +569,7 @@ def ensure_pyklip_venv(venv, base_python):
     have = version()
     if have is None:
         progress(f"C: pip install pyklip into {venv}")
-        t0 = time.perf_counter()
-        r = subprocess.run([py, "-m", "pip", "install", "--quiet", "pyklip"],
-                           capture_output=True, text=True, check=False)
-        spent = time.perf_counter() - t0
-        if r.returncode:
-            tail = " | ".join(r.stderr.strip().splitlines()[-3:])
-            raise RuntimeError(f"pip install pyklip failed: {tail}")
+        spent = bench.pip_install(py, "pyklip")
         have = version()
         if have is None:
             raise RuntimeError("pyklip installed but does not import")

@@ -98,13 +98,7 @@ def ensure_jwst_venv(venv, pin, base_python):
     have = version()
     if have is None or (wanted and have != wanted):
         progress(f"pip install {pin} into {venv} (about a minute)")
-        t0 = time.perf_counter()
-        r = subprocess.run([py, "-m", "pip", "install", "--quiet", pin],
-                           capture_output=True, text=True, check=False)
-        spent = time.perf_counter() - t0
-        if r.returncode:
-            tail = " | ".join(r.stderr.strip().splitlines()[-3:])
-            raise RuntimeError(f"pip install {pin} failed: {tail}")
+        spent = bench.pip_install(py, pin)
         have = version()
         progress(f"installed jwst {have} in {spent:.0f} s")
     return py, have, spent

@@ -739,6 +739,26 @@ def _solve(C, a, truncs, nfit, pixels_per_mode):
     return W @ np.swapaxes(V, 1, 2), k                    # (c, ntg * ntr, nref)
 
 
+def _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx, wts_s, sky_order):
+    """What zones fitted on the same pixels `opt` share: the references and targets there
+    (float64, centred) and their means, the weights there, and the sky terms.
+
+    Returns (Rf, tf, rmean, tmean, wz, sky)."""
+    Rf = refs_s.float64(opt)
+    tf = sci_s[:, :, opt].astype(np.float64)
+    rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
+    Rf -= rmean[:, :, None]
+    tf -= tmean[:, :, None]
+    wz = None if wts_s is None else wts_s[opt]
+    sky = None
+    if sky_order:
+        # the monomials over the fit pixels then every zone's, normalised on the former
+        own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
+        sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
+                             int(sky_order), wz)
+    return Rf, tf, rmean, tmean, wz, sky
+
+
 def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, truncs,
                 pixels_per_mode, ex=None):
     """KLIP of zones that are all fitted on the same pixels `opt` (ordered frame): one
@@ -757,18 +777,8 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
         return _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s,
                                  sky_order, truncs, pixels_per_mode, ex)
     ntg, ntr = sci_s.shape[1], truncs.size
-    Rf = refs_s.float64(opt)
-    tf = sci_s[:, :, opt].astype(np.float64)
-    rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
-    Rf -= rmean[:, :, None]
-    tf -= tmean[:, :, None]
-    wz = None if wts_s is None else wts_s[opt]
-    sky = None
-    if sky_order:
-        # the monomials over the fit pixels then every zone's, normalised on the former
-        own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
-        sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
-                             int(sky_order), wz)
+    Rf, tf, rmean, tmean, wz, sky = _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx,
+                                                       wts_s, sky_order)
     B, k = _coefficients(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
                          None if sky is None else sky[1:], truncs, pixels_per_mode)
     coef = None
@@ -863,17 +873,8 @@ def _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_or
                       pixels_per_mode, ex):
     """:func:`_fit_shared` with extra references used by some pixels only (`ex`)."""
     ntg, ntr = sci_s.shape[1], truncs.size
-    Rf = refs_s.float64(opt)
-    tf = sci_s[:, :, opt].astype(np.float64)
-    rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
-    Rf -= rmean[:, :, None]
-    tf -= tmean[:, :, None]
-    wz = None if wts_s is None else wts_s[opt]
-    sky = None
-    if sky_order:
-        own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
-        sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
-                             int(sky_order), wz)
+    Rf, tf, rmean, tmean, wz, sky = _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx,
+                                                       wts_s, sky_order)
     C, a = _products(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
                      None if sky is None else sky[1:])
     fits, k_all = {}, None

@@ -37,8 +37,8 @@ class RollReferences:
     ----------
     sci : ndarray of float32 (nroll, ny, nx)
         Each one's integrations averaged (repaired), shifted onto the science star.
-    var : ndarray of float32 (nroll, ny, nx) or None
-        Their variance.
+    err : ndarray of float32 (nroll, ny, nx) or None
+        Their noise (0 where not finite).
     rotation : ndarray of float (nroll,)
         The science exposure's roll minus each one's (degrees): a source at
         detector offset d from the star in the science sits at
@@ -50,7 +50,7 @@ class RollReferences:
     """
 
     sci: np.ndarray
-    var: np.ndarray
+    err: np.ndarray
     rotation: np.ndarray
     names: list
     shifts: np.ndarray
@@ -138,11 +138,11 @@ def roll_references(science, others, stack_config, align_config, *, mask=None,
         sci = sci[0]
     if not np.isfinite(sci).all():
         sci = core.repair_bad_pixels(sci, ~np.isfinite(sci)).astype(np.float32)
-    var = None
+    err = None
     if aligned.err is not None:
         e = np.asarray(aligned.err, dtype=np.float32)
-        e = e[0] if e.ndim == 4 else e
-        var = np.square(np.where(np.isfinite(e), e, 0.0)).astype(np.float32)
+        err = np.where(np.isfinite(e), e, np.float32(0.0))
+        err = err[0] if err.ndim == 4 else err
     shifts = np.zeros((len(keep), 2))
     tab = (aligned.tables or {}).get("SHIFTS")
     if tab is not None and len(tab) >= len(keep):
@@ -152,7 +152,7 @@ def roll_references(science, others, stack_config, align_config, *, mask=None,
     for name, d, s in zip(names, rot, shifts):
         log.info("%s: other roll %s (%+.2f deg) registered with shift (%.3f, %.3f) px",
                  science.path, name, d, s[0], s[1])
-    return RollReferences(sci=sci, var=var, rotation=rot, names=names, shifts=shifts)
+    return RollReferences(sci=sci, err=err, rotation=rot, names=names, shifts=shifts)
 
 
 def rotated_fakes(model, rotation, center):
@@ -238,7 +238,7 @@ def roll_subtract(targets, refs, rolls, *, center, min_move, zones=None, fit_mas
     # one decomposition of the references and the rolls per zone; each pixel group
     # modelled with the rows it may use (core.klip_subtract's extra)
     extra = {"references": rolls.sci, "labels": labels, "allowed": allowed,
-             "error": None if rolls.var is None else np.sqrt(rolls.var)}
+             "error": rolls.err}
     args = dict(kw, zones=zones, fit_mask=fit_mask, fit_zones=fit_zones)
     if roll_fakes is None:
         return core.klip_subtract(targets, refs, extra=extra, **args)

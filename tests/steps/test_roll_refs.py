@@ -36,7 +36,7 @@ def _rolls_data(seed=3, shape=(32, 32), nref=6, nroll=1):
     refs = rng.normal(size=(1, nref) + shape).astype(np.float32) + 2.0
     extra = rng.normal(size=(nroll,) + shape).astype(np.float32) + 2.0
     sci = (0.6 * extra[0] + 0.3 * refs[0, 0] + 0.1 * rng.normal(size=shape))[None]
-    rolls = RollReferences(sci=extra, var=np.full(extra.shape, 0.01, np.float32),
+    rolls = RollReferences(sci=extra, err=np.full(extra.shape, 0.1, np.float32),
                            rotation=np.full(nroll, 10.0), names=["other"] * nroll,
                            shifts=np.zeros((nroll, 2)))
     return sci.astype(np.float32), refs, rolls
@@ -53,7 +53,7 @@ def test_roll_subtract_is_klip_with_the_rolls_where_allowed_and_without_elsewher
     res, mv, nm = roll_subtract(sci, refs, rolls, center=center, min_move=move, **kw)
     without, _, _ = core.klip_subtract(sci, refs, **kw)
     both = np.concatenate([refs, rolls.sci[None]], axis=1)
-    with_var = np.concatenate([var, rolls.var[None]], axis=1)
+    with_var = np.concatenate([var, np.square(rolls.err)[None]], axis=1)
     # every zone keeps its own fit region though only part of it uses the rolls
     fz = None if z is None else {int(k): z == k for k in np.unique(z)}
     withr, rv, _ = core.klip_subtract(sci, both, **dict(kw, reference_variance=with_var),
