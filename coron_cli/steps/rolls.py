@@ -126,9 +126,13 @@ def roll_references(science, others, stack_config, align_config, *, mask=None,
     from .align import align_step
     from .stack import stack_step
 
+    from ._common import _frame_check
+
     keep, rot = other_rolls(science, others)
     if not keep:
         return None
+    for o in keep:
+        _frame_check(science, o, o.path)
     means = [_exposure_mean(o, stack_config.bad_bits) for o in keep]
     stack = stack_step(means, stack_config)
     aligned = align_step(science, stack, replace(align_config, per="exposure"), mask=mask,

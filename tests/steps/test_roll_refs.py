@@ -1,6 +1,7 @@
 """The target's other rolls as references (--roll-refs, coron-klip --roll-ref)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -239,3 +240,30 @@ def test_an_exposure_is_prepared_once(small_asn, monkeypatch):
     other = replace(sci, sci=sci.sci.copy())
     c = steps.prepare_science(other)
     assert len(calls) == 3 and np.array_equal(c[0], a[0])
+
+
+def test_a_roll_of_another_frame_size_is_one_line_naming_it(demo_data, tmp_path, runner):
+    """coron-klip --roll-ref with a file of another frame size: exit 2, one line naming
+    that file, no output written."""
+    from astropy.io import fits
+
+    from coron_cli.pipeline import run_association
+    from coron_cli.steps import PipelineConfig
+
+    folder = demo_data["folder"]
+    summary = run_association(demo_data["paths"]["asn"], str(tmp_path / "run"),
+                              PipelineConfig.from_options(truncate=[5]))
+    ali = next(p["path"] for p in summary["products"] if p["kind"] == "psfalign")
+    sci = next(str(folder / n) for n in sorted(os.listdir(folder)) if "sci_roll1" in n
+               and n.endswith("_calints.fits"))
+    small = tmp_path / "small_roll2_calints.fits"
+    with fits.open(sci.replace("roll1", "roll2")) as h:
+        for ext in ("SCI", "ERR", "DQ"):
+            h[ext].data = h[ext].data[:, :40, :40]
+        h.writeto(small)
+    out = tmp_path / "x_psfsub.fits"
+    r = invoke(runner, klip_cli, [sci, ali, "--roll-ref", small, "-o", out])
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and "small_roll2_calints.fits" in r.stderr
+    assert "40x40" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
