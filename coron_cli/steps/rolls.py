@@ -123,10 +123,9 @@ def roll_references(science, others, stack_config, align_config, *, mask=None,
     RollReferences or None
         None when no exposure is at another roll.
     """
+    from ._common import _frame_check
     from .align import align_step
     from .stack import stack_step
-
-    from ._common import _frame_check
 
     keep, rot = other_rolls(science, others)
     if not keep:
