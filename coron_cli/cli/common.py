@@ -143,11 +143,19 @@ def _isatty(stream):
         return False
 
 
+#: the signal exceptions raised during the current run: C code (numpy's dtype parsing,
+#: for one) can turn the exception a handler raises inside it into another error, which
+#: must still end the run as the signal does
+_RAISED = []
+
+
 def _on_sigterm(signum, frame):
+    _RAISED.append(Terminated)
     raise Terminated()
 
 
 def _on_sigint(signum, frame):
+    _RAISED.append(_Interrupted)
     raise _Interrupted()
 
 
@@ -191,6 +199,7 @@ def run(command, prog=None, args=None):
     code = 0
     old_hook = sys.unraisablehook
     clear_lost_signals()
+    _RAISED.clear()
     try:
         # inside the try: a signal that comes as soon as a handler is set is handled too
         sys.unraisablehook = _redeliver
@@ -219,13 +228,9 @@ def run(command, prog=None, args=None):
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except (click.Abort, KeyboardInterrupt, _Interrupted):
-        if _isatty(sys.stderr):
-            click.echo(err=True)  # end the line the terminal's ^C echo began
-        _error(prog, "interrupted")
-        code = 130
+        code = _signalled(prog, _Interrupted)
     except Terminated:
-        _error(prog, "terminated")
-        code = 143
+        code = _signalled(prog, Terminated)
     except (BrokenPipeError, OutputClosed):
         _quiet_stdout()
         code = 141
@@ -233,16 +238,31 @@ def run(command, prog=None, args=None):
         _error(prog, "out of memory; try fewer references or integrations per run")
         code = 1
     except Exception as exc:
-        if debug:
-            raise
-        _error(prog, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for "
-                     "the traceback)")
-        code = 1
+        if _RAISED:
+            # a signal's exception that C code turned into another error
+            code = _signalled(prog, _RAISED[-1])
+        else:
+            if debug:
+                raise
+            _error(prog, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug "
+                         "for the traceback)")
+            code = 1
     _flush_stdout()
     for signum, handler in previous.items():  # as they were, for callers in the same process
         signal.signal(signum, handler)
     sys.unraisablehook = old_hook
     sys.exit(code)
+
+
+def _signalled(prog, kind):
+    """Report an interruption (Ctrl-C) or a termination; its exit code, 130 or 143."""
+    if kind is Terminated:
+        _error(prog, "terminated")
+        return 143
+    if _isatty(sys.stderr):
+        click.echo(err=True)  # end the line the terminal's ^C echo began
+    _error(prog, "interrupted")
+    return 130
 
 
 def _set_signal_handlers(previous):

@@ -495,3 +495,30 @@ def test_members_may_be_absolute_or_climb_with_dotdot(small_asn, tmp_path, runne
     asn.write_text(json.dumps(data))
     r = _invoke(runner, ["check", str(asn), "--outdir", str(tmp_path / "out")])
     assert r.exit_code == 2 and "listed twice" in r.stderr
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_that_c_code_turned_into_another_error_still_ends_the_run(sig, code, word,
+                                                                           runner):
+    """numpy's dtype parsing, interrupted, raises TypeError("data type 'i4' not
+    understood") in place of the handler's exception: the run still ends as the signal
+    does (130 / 143, one line), not as an internal error."""
+    import types
+
+    import click
+
+    from tests.helpers import invoke
+
+    @click.command()
+    def cli():
+        try:
+            os.kill(os.getpid(), sig)
+            for _ in range(1000):             # the handler runs between bytecodes
+                pass
+        except BaseException:  # noqa: BLE001 (what C code does with it)
+            raise TypeError("data type 'i4' not understood") from None
+
+    r = invoke(runner, types.SimpleNamespace(cli=cli), [])
+    assert r.exit_code == code
+    assert r.stderr.strip() == f"coron-test: error: {word}"
