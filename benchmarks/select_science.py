@@ -173,7 +173,8 @@ def other_epochs(ds, seed, composition, nint):
     return out
 
 
-def make_data(seed, size, quick, folder, drift="low-order", other_wfe=_OTHER_WFE_NM):
+def make_data(seed, size, quick, folder, drift="low-order", other_wfe=_OTHER_WFE_NM,
+              star_peak=None):
     """Write the science (``sci/``) and the library (``library/``) of a seed.
 
     Returns a dict: science paths, library paths, near-time paths, truth, composition.
@@ -189,7 +190,7 @@ def make_data(seed, size, quick, folder, drift="low-order", other_wfe=_OTHER_WFE
     setup = Setup(name="select-science", coronagraph="nircam-round", science_rolls=2,
                   roll_delta_deg=10.0, nints=nint,
                   refs=tuple(RefStar(dither=d) for d in comp["near_dithers"]),
-                  colour_spread=_NEAR_COLOUR)
+                  colour_spread=_NEAR_COLOUR, star_peak=star_peak)
     ds = simulate_dataset(size, seed=seed, setup=setup)
     sci_dir, lib_dir = os.path.join(folder, "sci"), os.path.join(folder, "library")
     os.makedirs(sci_dir)
@@ -264,7 +265,8 @@ def one_seed(seed, args, workroot):
     t0 = time.perf_counter()
     folder = os.path.join(workroot, f"seed{seed}")
     os.makedirs(folder)
-    data = make_data(seed, args.size, args.quick, folder, args.drift, args.other_wfe)
+    data = make_data(seed, args.size, args.quick, folder, args.drift, args.other_wfe,
+                     getattr(args, "star_peak", None))
     comp, truth = data["composition"], data["truth"]
     nint = comp["nint"]
     progress(f"seed {seed}: {len(comp['near_dithers'])} near-time star(s), {comp['near_frames']} "
@@ -327,7 +329,9 @@ def format_table(results, args):
     lines.append(f"coron-select science check: {args.size} simulation, NIRCam round mask, two "
                  f"rolls; other epochs' drift {getattr(args, 'drift', 'low-order')}, "
                  f"{args.other_wfe[0]:g}-{args.other_wfe[1]:g} nm RMS; coron3 "
-                 f"run defaults; best = coron-select --top {top}")
+                 f"run defaults; best = coron-select --top {top}"
+                 + (f"; star peak {args.star_peak:.3g} counts per integration"
+                    if getattr(args, "star_peak", None) else ""))
     lines.append("SNR: aperture t-test (Mawet et al. 2014) at each companion's true position "
                  "in the i2d")
     lines.append("")
@@ -420,8 +424,15 @@ def main(argv=None):
                     help="the other epochs' drift from the science's wavefront, nm RMS, "
                          "uniform between LO and HI [5,20] (the near-time references' is "
                          "the simulator's, 2-6)")
+    ap.add_argument("--star-peak", type=float, default=None, metavar="COUNTS",
+                    help="the star's unocculted peak per integration [drawn, 2e6-6e6]; "
+                         "brighter makes the residual speckles stand further above the "
+                         "photon and read noise (the regime where the choice of references "
+                         "matters)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results")
     args = ap.parse_args(argv)
+    if args.star_peak is not None and not args.star_peak > 0:
+        ap.error("--star-peak must be positive")
     args.other_wfe = _wfe_range(ap, args.other_wfe)
     args.size = args.size or ("small" if args.quick else "medium")
     args.top = args.top or (6 if args.quick else 10)

@@ -202,6 +202,10 @@ class Setup:
         NIRCam only: the bottom corners of the subarray see the edge of a
         neighbouring mask (near-zero transmission), as in real NIRCam
         coronagraphic subarrays.
+    star_peak : float or None
+        Peak of the star's unocculted PSF, counts per integration; None draws
+        it (2e6-6e6). A brighter star makes the residual speckles stand
+        further above the photon and read noise.
     """
 
     name: str = "custom"
@@ -221,6 +225,7 @@ class Setup:
     bkdsub_keyword: bool = False
     separate_ref_program: bool = False
     neighbour_mask: bool = False
+    star_peak: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "refs", tuple(self.refs))
@@ -257,6 +262,8 @@ class Setup:
                 raise ValueError(f"Setup.refs[{k}].wfe_nm must be non-negative")
         if not self.colour_spread >= 0:
             raise ValueError("Setup.colour_spread must be non-negative")
+        if self.star_peak is not None and not float(self.star_peak) > 0:
+            raise ValueError("Setup.star_peak must be positive or None")
         if not abs(self.bar_offset) <= 0.25:
             raise ValueError("Setup.bar_offset must be within +-0.25 (fraction of the frame)")
         if self.bar_offset and self.coronagraph != "nircam-bar":

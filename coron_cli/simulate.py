@@ -1040,6 +1040,8 @@ def simulate_dataset(size="small", *, seed=0, root="demo", nplanets=None, setup=
 
     # ---- scene: fluxes, rolls, science pointing --------------------------
     star_peak = float(np.exp(rng_p.uniform(*np.log(_STAR_PEAK_RANGE))))
+    if setup.star_peak is not None:   # drawn all the same: the other draws do not move
+        star_peak = float(setup.star_peak)
     ratio_classic = float(rng_p.uniform(*_REF_FLUX_RATIO_RANGE))
     roll1 = float(np.round(rng_p.uniform(0.0, 360.0), 3))
     rolls = [roll1, float((roll1 + setup.roll_delta_deg) % 360.0)][:setup.science_rolls]

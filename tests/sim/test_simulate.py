@@ -288,12 +288,30 @@ def test_setups_table_and_validation():
         assert Setup.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     bad = [dict(coronagraph="stis"), dict(refs=()), dict(refs=(RefStar(dither="X"),)),
            dict(science_rolls=3), dict(bar_offset=0.1), dict(bkdsub_keyword=True),
-           dict(coronagraph="miri-4qpm", neighbour_mask=True), dict(nints=0)]
+           dict(coronagraph="miri-4qpm", neighbour_mask=True), dict(nints=0),
+           dict(star_peak=0.0)]
     for kw in bad:
         with pytest.raises(ValueError, match="Setup"):
             Setup(**kw)
     with pytest.raises(ValueError, match="set-up"):
         simulate_dataset("small", setup="no-such-setup")
+
+
+def test_setup_star_peak_sets_the_brightness_and_no_other_draw():
+    import dataclasses
+
+    base = SETUPS["nircam-round-nodither-2rolls"]
+    a = simulate_dataset("small", seed=2, setup=base)
+    b = simulate_dataset("small", seed=2, setup=dataclasses.replace(base, star_peak=1e8))
+    assert a.truth["star_peak"] < 1e7 and b.truth["star_peak"] == 1e8
+    assert b.offaxis_psf.max() == pytest.approx(1e8, rel=1e-5)
+    k = 1e8 / a.truth["star_peak"]
+    for pa, pb in zip(a.truth["planets"], b.truth["planets"]):
+        assert pb["peak_offaxis"] == pytest.approx(k * pa["peak_offaxis"])
+        assert pb["xy_roll"] == pa["xy_roll"]
+    for ea, eb in zip(a.truth["exposures"], b.truth["exposures"]):
+        assert ea["name"] == eb["name"] and ea["star_xy"] == eb["star_xy"]
+    assert b.truth["setup"]["star_peak"] == 1e8
 
 
 @pytest.mark.parametrize("name", NAMED)
