@@ -1031,7 +1031,8 @@ def bound_shifts(dx, dy, scale, expected, groups=None, *, max_shift=1.0, max_sca
     return dx, dy, scale, bad_shift, bad_scale
 
 
-def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=(0.5, 5.0)):
+def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=(0.5, 5.0),
+               significance=None, model="full"):
     """How a rigid shift fit misreads star offsets behind a coronagraph, from a dithered set.
 
     Behind a focal-plane mask the image does not move rigidly with the star:
@@ -1061,6 +1062,16 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
         the fitted shifts; otherwise no gain is returned.
     bounds : (float, float)
         Allowed range of G's singular values.
+    significance : float or None
+        A term of ``G - 1`` within this many standard errors of 0 (a
+        jackknife over the dither positions) is set to 0, and no gain is
+        returned when every term is; None keeps the fitted G.
+    model : {"full", "isotropic"}
+        For a two-dimensional pattern: a general 2 x 2 G, or ``g I`` (a
+        mask with rotational symmetry, a round occulter: about its centre
+        the rigid fit over-reads a move in every direction alike; one
+        number is measured from every pair, where four would take up the
+        dither positions' own errors as anisotropy).
 
     Returns
     -------
@@ -1071,14 +1082,16 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
     info : dict
         ``groups`` used, ``npairs``, ``r2`` (share of the variance
         explained), ``rms`` of the fit (pixels), ``rotation_deg`` of G,
-        ``reason`` when None. The commanded offsets are taken to be along
-        the detector's axes: a G that reflects or turns by more than 20
-        degrees says they are not, and is refused.
+        ``gain_se`` (its standard errors), ``gain_fitted`` (G before the
+        significance test), ``reason`` when None. The commanded offsets are
+        taken to be along the detector's axes: a G that reflects or turns by
+        more than 20 degrees says they are not, and is refused.
     """
     refs = np.asarray(references)
     dithers = np.asarray(dithers, dtype=np.float64).reshape(-1, 2)
     groups = np.asarray(groups).reshape(-1)
     dc, dd, used = [], [], []
+    pos_j, pos_k, npos_before = [], [], 0
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
         c = dithers[idx]
@@ -1098,6 +1111,9 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
         j, k = np.nonzero(~np.eye(len(positions), dtype=bool))
         dc.append(pc[j] - pc[k])
         dd.append(np.column_stack([dx[j, k], dy[j, k]]))
+        pos_j.append(j + npos_before)                 # the positions each pair compares
+        pos_k.append(k + npos_before)
+        npos_before += len(positions)
         used.append(g)
     info = {"groups": used, "npairs": int(sum(len(a) for a in dc)), "r2": float("nan"),
             "rms": float("nan"), "reason": None}
@@ -1105,17 +1121,38 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
         info["reason"] = "no references of one visit at 2 or more dither positions"
         return None, info
     dc, dd = np.concatenate(dc), np.concatenate(dd)
+    pj, pk = np.concatenate(pos_j), np.concatenate(pos_k)
     # the directions the pattern spans
     _, sv, vt = np.linalg.svd(dc, full_matrices=False)
     span = sv > 1e-3 * max(sv[0], 1e-12)
-    if span.sum() == 2:
-        gain = np.linalg.lstsq(dc, dd, rcond=None)[0].T            # d = G c
-    else:
-        u = vt[0]                                                   # the pattern's axis
-        a = dc @ u
-        b = dd @ u
-        g1 = float(a @ b / (a @ a))
-        gain = np.eye(2) + (g1 - 1.0) * np.outer(u, u)
+    two_d = span.sum() == 2
+    u = vt[0]                                                       # the pattern's axis
+
+    def fit(c, d):
+        if two_d and model == "isotropic":
+            return float((c * d).sum() / (c * c).sum()) * np.eye(2)   # d = g c
+        if two_d:
+            return np.linalg.lstsq(c, d, rcond=None)[0].T           # d = G c
+        a = c @ u
+        g1 = float(a @ (d @ u) / (a @ a))
+        return np.eye(2) + (g1 - 1.0) * np.outer(u, u)
+
+    gain = fit(dc, dd)
+    # its uncertainty: a jackknife over the dither positions (leaving out every pair of one
+    # position at a time; the pairs of n positions are not n(n-1) independent measurements)
+    npos = int(max(pj.max(), pk.max())) + 1
+    loo = []
+    for q in range(npos):
+        keep = (pj != q) & (pk != q)
+        c = dc[keep]
+        if keep.sum() >= 2 and np.linalg.matrix_rank(c) == (2 if two_d else 1) \
+                and (two_d or (c @ u) @ (c @ u) > 0):
+            loo.append(fit(c, dd[keep]))
+    se = np.full((2, 2), np.nan)
+    if len(loo) >= 3:
+        loo = np.array(loo)
+        se = np.sqrt((len(loo) - 1) / len(loo) * ((loo - loo.mean(axis=0)) ** 2).sum(axis=0))
+    info["gain_se"] = se.tolist()
     pred = dc @ gain.T
     resid = dd - pred
     total = ((dd - dd.mean(axis=0)) ** 2).sum()
@@ -1137,6 +1174,19 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
     if svals.min() < bounds[0] or svals.max() > bounds[1]:
         info["reason"] = f"gain {svals.min():.2f}-{svals.max():.2f} outside {bounds}"
         return None, info
+    if significance:
+        # correct only what the dithers measure: a term of G - 1 within `significance`
+        # standard errors of 0 is left at 0 (the dither positions' own errors, a few
+        # thousandths of an arcsecond, move G by several percent)
+        info["gain_fitted"] = gain.tolist()
+        dev = gain - np.eye(2)
+        measured = ~(np.abs(dev) <= significance * se)      # a NaN error counts as measured
+        if not measured.any():
+            info["reason"] = (f"the gain is not told apart from 1 (diagonal "
+                              f"{gain[0, 0]:.3f}+-{se[0, 0]:.3f}, {gain[1, 1]:.3f}+-"
+                              f"{se[1, 1]:.3f})")
+            return None, info
+        gain = np.eye(2) + np.where(measured, dev, 0.0)
     return gain, info
 
 

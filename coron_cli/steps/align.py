@@ -116,7 +116,7 @@ def align_step(science, psfstack, config=None, *, mask=None, transmission=None, 
                                         "or more non-collinear dither positions (REFS "
                                         "xoffset/yoffset)")
     nint = sci.shape[0]
-    gain = _shift_gain(refs, dith, mask, psfstack.path)
+    gain = _shift_gain(refs, dith, mask, psfstack.path, gain_model(science))
     expected, allowance, labels, pointing = _expected_shifts(science, psfstack, nint, dith,
                                                              verified=gain is not None)
     aligned, dx, dy, scale, how, shifted = _fitted_shifts(
@@ -198,19 +198,45 @@ def _fit_weights(science, mask, transmission, config):
     return None, "none"
 
 
-def _shift_gain(refs, dith, mask, stack_path):
-    """The rigid fit's shift gain from the dithered references (:func:`core.shift_gain`),
-    or None."""
+def gain_model(science):
+    """How to measure the shift gain behind an exposure's coronagraph
+    (:func:`core.shift_gain` keywords, from CORONMSK).
+
+    - a round occulter (MASK...R, as MASKA335R, or a Lyot spot, LYOT_2300): ``g I``,
+      its rotational symmetry making the rigid fit over-read a move in every direction
+      alike (one number from every pair; four would take up the dither positions' own
+      errors, a few thousandths of an arcsecond, as anisotropy);
+    - a bar (...WB): measured along the bar (its dithers run along it, where the
+      occulter hardly changes), and applied only where it differs from 1 by more than
+      twice its standard error;
+    - otherwise (four-quadrant phase masks, unknown): a general 2 x 2 map.
+    """
+    mask = str(science.primary.get("CORONMSK", science.sci_header.get("CORONMSK", "")))
+    mask = mask.strip().upper()
+    if (mask.startswith("MASK") and mask.endswith("R")) or mask.startswith("LYOT"):
+        return {"model": "isotropic"}
+    if mask.startswith("MASK") and mask.endswith("WB"):
+        return {"significance": 2.0}
+    return {}
+
+
+def _shift_gain(refs, dith, mask, stack_path, how=None):
+    """The rigid fit's shift gain from the dithered references (:func:`core.shift_gain`
+    with the keywords `how`, see :func:`gain_model`), or None."""
     if dith is None:
         return None
-    gain, ginfo = core.shift_gain(refs, dith[0], dith[1], weights=mask)
+    how = dict(how or {})
+    gain, ginfo = core.shift_gain(refs, dith[0], dith[1], weights=mask, **how)
+    model = how.get("model", "full")
     if gain is None:
         log.info("%s: no shift gain from the dithered references (%s)", stack_path,
                  ginfo["reason"])
     else:
-        log.info("%s: shift gain of the rigid fit behind this coronagraph, from %d pairs "
-                 "of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (r2 %.3f)",
-                 stack_path, ginfo["npairs"], *gain.ravel(), ginfo["r2"])
+        se = np.asarray(ginfo["gain_se"], dtype=float)
+        log.info("%s: shift gain of the rigid fit behind this coronagraph (%s), from %d "
+                 "pairs of dithered references: [[%.3f, %.3f], [%.3f, %.3f]] (standard "
+                 "errors %.3f, %.3f; r2 %.3f)", stack_path, model, ginfo["npairs"],
+                 *gain.ravel(), se[0, 0], se[1, 1], ginfo["r2"])
     return gain
 
 
