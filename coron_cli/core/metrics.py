@@ -328,9 +328,11 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
     error of one image, so that a static speckle does not pass for a
     source. Finding the sources once, against the first (higher) noise,
     keeps a bright source's ring fragments from passing for sources of
-    their own. An annulus that the disks cover by more than three quarters
-    takes its excess from the neighbouring annuli. On pure noise the
-    threshold is rarely reached and the result is unchanged.
+    their own. An annulus that the disks cover by more than 70 % takes its
+    excess partly from the neighbouring annuli, in proportion, and wholly
+    beyond 80 % (:func:`_blend_covered`): the result changes smoothly as a
+    disk grows by a pixel. On pure noise the threshold is rarely reached
+    and the result is unchanged.
     The spread is a 3-sigma clipped standard deviation, not 1.4826 MAD:
     residual speckles are heavy-tailed, and the MAD would set the core of
     their distribution to 1 rather than its standard deviation. Where the
@@ -369,13 +371,7 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
             g = g_all[use_s]
             kept = np.bincount(g, minlength=nring)
             masked = _fit_excess(res_s[use_s], e2_s[use_s], g, nring, kept, iterations)
-            good = kept >= np.maximum(8, 0.25 * counts)
-            if good.any():
-                # annuli the sources cover mostly: from the neighbouring annuli
-                bad = ~good & (counts >= 8)
-                idx = np.arange(nring)
-                masked[bad] = np.interp(idx[bad], idx[good], masked[good])
-                excess = np.where(good | bad, masked, excess)
+            excess = _blend_covered(excess, masked, kept, counts)
     factor = np.ones(nring)
     if deflate:
         g = g_all[use_s]
@@ -385,6 +381,44 @@ def calibrate_error(residual, err, center, *, width=2, iterations=6, sources=5.0
         factor[low] = spread[low]
     out = np.where(ok, np.sqrt((factor[ring] * e) ** 2 + excess[ring]), e)
     return out.astype(np.float32)
+
+
+_TRUST_LOW, _TRUST_HIGH = 0.2, 0.3   # share of an annulus the sources leave: none / full trust
+_NEAR = 4                            # annuli either side that stand in for a covered one
+
+
+def _blend_covered(excess, masked, kept, counts):
+    """The excess per annulus once the sources are left out (`masked`, fitted on `kept`
+    of `counts` pixels), where the sources cover much of an annulus taken partly or wholly
+    from its neighbours.
+
+    An annulus's own value is trusted fully where the sources leave 30 % of it or more,
+    not at all below 20 % (or 8 pixels), in proportion in between; the rest comes from
+    the annuli up to 4 either side, weighted by their trust over their distance squared
+    (the nearest trusted annuli either side when none of those is). Every weight
+    changes smoothly with `kept`: a pixel more or less under a source's disk never
+    switches an annulus from its own value to its neighbours'. Annuli of fewer than 8
+    pixels keep `excess`.
+    """
+    nring = masked.size
+    frac = kept / np.maximum(counts, 1)
+    trust = np.clip((frac - _TRUST_LOW) / (_TRUST_HIGH - _TRUST_LOW), 0.0, 1.0)
+    trust[kept < 8] = 0.0
+    if not (trust > 0).any():
+        return excess
+    idx = np.arange(nring)
+    d = idx[:, None] - idx[None, :]
+    kern = np.where((d != 0) & (np.abs(d) <= _NEAR), 1.0 / np.maximum(d * d, 1), 0.0)
+    kern = kern * trust[None, :]
+    den = kern.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        near = (kern @ masked) / den
+    far = den == 0
+    if far.any():
+        ok = trust > 0
+        near[far] = np.interp(idx[far], idx[ok], masked[ok])
+    blended = trust * masked + (1.0 - trust) * near
+    return np.where((trust > 0) | (counts >= 8), blended, excess)
 
 
 def _mean_significance(res, e2, excess, ok):
