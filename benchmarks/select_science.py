@@ -121,6 +121,13 @@ def other_epochs(ds, seed, composition, nint):
     badmap = (fixed, rng_b.integers(0, 4, (npix, npix)))
     skymap = S._sky_pattern(opt, S._transmission_map(opt, False), None)
     spec = S._CORONAGRAPHS["nircam-round"]
+    # the wavefront the other epochs scatter about: the science's own (0, as before), or
+    # one `science_epoch_nm` RMS away from it (the science epoch's own offset from the
+    # long-term mean, which no other epoch shares); a stream of its own
+    common = None
+    if composition.get("science_epoch_nm"):
+        rng_e = np.random.default_rng([seed, _TAG, 6])
+        common = S._powerlaw_opd(rng_e, opt, 1, 3.0, composition["science_epoch_nm"])[0]
     out = []
     for e, ep in enumerate(composition["epochs"]):
         rng = np.random.default_rng([seed, _TAG, 1, e])
@@ -137,6 +144,8 @@ def other_epochs(ds, seed, composition, nint):
             delta = S._powerlaw_opd(rng, opt, 1, 3.0, ep["wfe_nm"] / np.sqrt(2.0))[0] + seg
         else:
             delta = S._powerlaw_opd(rng, opt, 1, 3.0, ep["wfe_nm"])[0]
+        if common is not None:
+            delta = delta + common
         pix, hdr_off = dither_offsets(ep["dither"], "NIRCAM", opt.pixscale)
         npt = len(pix)
         opd = S._visit_opd(rng, opt, static + delta, npt * nint)
@@ -174,7 +183,7 @@ def other_epochs(ds, seed, composition, nint):
 
 
 def make_data(seed, size, quick, folder, drift="low-order", other_wfe=_OTHER_WFE_NM,
-              star_peak=None):
+              star_peak=None, science_epoch=0.0):
     """Write the science (``sci/``) and the library (``library/``) of a seed.
 
     Returns a dict: science paths, library paths, near-time paths, truth, composition.
@@ -186,6 +195,7 @@ def make_data(seed, size, quick, folder, drift="low-order", other_wfe=_OTHER_WFE
 
     comp = draw_composition(seed, quick, other_wfe)
     comp["drift"] = drift
+    comp["science_epoch_nm"] = float(science_epoch or 0.0)
     nint = 2
     setup = Setup(name="select-science", coronagraph="nircam-round", science_rolls=2,
                   roll_delta_deg=10.0, nints=nint,
@@ -266,7 +276,7 @@ def one_seed(seed, args, workroot):
     folder = os.path.join(workroot, f"seed{seed}")
     os.makedirs(folder)
     data = make_data(seed, args.size, args.quick, folder, args.drift, args.other_wfe,
-                     getattr(args, "star_peak", None))
+                     getattr(args, "star_peak", None), getattr(args, "science_epoch", 0.0))
     comp, truth = data["composition"], data["truth"]
     nint = comp["nint"]
     progress(f"seed {seed}: {len(comp['near_dithers'])} near-time star(s), {comp['near_frames']} "
@@ -331,7 +341,9 @@ def format_table(results, args):
                  f"{args.other_wfe[0]:g}-{args.other_wfe[1]:g} nm RMS; coron3 "
                  f"run defaults; best = coron-select --top {top}"
                  + (f"; star peak {args.star_peak:.3g} counts per integration"
-                    if getattr(args, "star_peak", None) else ""))
+                    if getattr(args, "star_peak", None) else "")
+                 + (f"; the other epochs scatter about a wavefront {args.science_epoch:g} nm "
+                    f"RMS from the science's" if getattr(args, "science_epoch", 0) else ""))
     lines.append("SNR: aperture t-test (Mawet et al. 2014) at each companion's true position "
                  "in the i2d")
     lines.append("")
@@ -429,8 +441,15 @@ def main(argv=None):
                          "brighter makes the residual speckles stand further above the "
                          "photon and read noise (the regime where the choice of references "
                          "matters)")
+    ap.add_argument("--science-epoch", type=float, default=0.0, metavar="NM",
+                    help="the wavefront the other epochs scatter about, NM RMS from the "
+                         "science's [0: the science's own, so that together they model "
+                         "it]; JWST's epochs each sit off the long-term mean, the science's "
+                         "too, and only its near-time references share its offset")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results")
     args = ap.parse_args(argv)
+    if not args.science_epoch >= 0:
+        ap.error("--science-epoch must be 0 or more")
     if args.star_peak is not None and not args.star_peak > 0:
         ap.error("--star-peak must be positive")
     args.other_wfe = _wfe_range(ap, args.other_wfe)
