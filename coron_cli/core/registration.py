@@ -1087,6 +1087,8 @@ def shift_gain(references, dithers, groups, *, weights=None, min_r2=0.9, bounds=
         taken to be along the detector's axes: a G that reflects or turns by
         more than 20 degrees says they are not, and is refused.
     """
+    if model not in ("full", "isotropic"):
+        raise ValueError(f"shift_gain: model must be 'full' or 'isotropic', not {model!r}")
     refs = np.asarray(references)
     dithers = np.asarray(dithers, dtype=np.float64).reshape(-1, 2)
     groups = np.asarray(groups).reshape(-1)

@@ -481,6 +481,8 @@ def test_shift_gain_isotropic_is_steadier_against_dither_errors():
                 assert gain[0, 1] == gain[1, 0] == 0.0 and gain[0, 0] == gain[1, 1]
                 assert abs(gain[0, 0] - g_true) < 3.0 * info["gain_se"][0][0]
     assert np.mean(misses["isotropic"]) < 0.7 * np.mean(misses["full"])
+    with pytest.raises(ValueError, match="model"):
+        shift_gain(refs, cmd, np.zeros(len(cmd), int), model="round")
 
 
 def test_shift_gain_significance_leaves_a_gain_it_cannot_tell_from_1():
