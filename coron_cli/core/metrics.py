@@ -171,14 +171,16 @@ class _Runs:
         return out
 
 
-def _runs(values, groups, ngroups):
-    """(values, groups) in group order and their :class:`_Runs`; a stable sort only when
-    `groups` is not sorted already (the order within a group is kept)."""
+def _runs(values, groups, ngroups, *more):
+    """`values` (and any `more` arrays laid out alike) in group order and their
+    :class:`_Runs`; a stable sort only when `groups` is not sorted already (the order
+    within a group is kept)."""
     groups = np.asarray(groups)
+    arrays = (values,) + more
     if groups.size > 1 and not (groups[1:] >= groups[:-1]).all():
         order = np.argsort(groups, kind="stable")
-        values, groups = values[order], groups[order]
-    return values, _Runs(groups, ngroups)
+        arrays, groups = tuple(a[order] for a in arrays), groups[order]
+    return (*arrays, _Runs(groups, ngroups))
 
 
 def _grouped_median(values, groups, ngroups):
@@ -443,11 +445,8 @@ def _mean_significance(res, e2, excess, ok):
 
 def _fit_excess(rv, ev2, g, nring, counts, iterations):
     """Per-ring excess variance making the clipped std of rv / sqrt(ev2 + excess) 1."""
-    order = None
-    if g.size > 1 and not (g[1:] >= g[:-1]).all():
-        order = np.argsort(g, kind="stable")
-        rv, ev2, g = rv[order], ev2[order], g[order]
-    runs = _Runs(g, nring)
+    rv, ev2, runs = _runs(rv, g, nring, ev2)
+    g = runs.groups
     excess = np.zeros(nring)
     med_ev2 = runs.median(ev2)   # excess is constant in a ring
     start = None

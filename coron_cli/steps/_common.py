@@ -25,6 +25,13 @@ def _err_or_estimate(product):
     return estimate_err(product.sci)
 
 
+def coronagraph(product):
+    """The product's CORONMSK (primary header, else the SCI header), upper case, "" when
+    absent (e.g. MASKA335R, MASKALWB, 4QPM_1140, LYOT_2300)."""
+    mask = product.primary.get("CORONMSK", product.sci_header.get("CORONMSK", ""))
+    return str(mask).strip().upper()
+
+
 def _check_not_all_bad(product, bad):
     """InputError naming the product when every pixel is `bad`."""
     if bad.all():

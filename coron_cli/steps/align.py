@@ -8,7 +8,7 @@ import numpy as np
 from .. import core
 from ..errors import InputError
 from ..products import Product, add_provenance, star_cards, star_center
-from ._common import _check_transmission, _frame_check, estimate_err
+from ._common import _check_transmission, _frame_check, coronagraph, estimate_err
 from .config import AlignConfig, ConfigError
 from .stack import _repair_stack, _stack_dithers, prepare_science
 
@@ -211,8 +211,7 @@ def gain_model(science):
       twice its standard error;
     - otherwise (four-quadrant phase masks, unknown): a general 2 x 2 map.
     """
-    mask = str(science.primary.get("CORONMSK", science.sci_header.get("CORONMSK", "")))
-    mask = mask.strip().upper()
+    mask = coronagraph(science)
     if (mask.startswith("MASK") and mask.endswith("R")) or mask.startswith("LYOT"):
         return {"model": "isotropic"}
     if mask.startswith("MASK") and mask.endswith("WB"):

@@ -16,7 +16,7 @@ from ..products import (
     star_cards,
     star_center,
 )
-from ._common import _check_transmission, _frame_check, transmission_image
+from ._common import _check_transmission, _frame_check, coronagraph, transmission_image
 from .config import ConfigError, KlipConfig
 from .rolls import roll_subtract, rotated_fakes
 from .stack import prepare_science
@@ -284,8 +284,7 @@ def resolve_sky_order(science, sky_order):
     if sky_order is None:
         return 0
     if str(sky_order).strip().lower() == "auto":
-        mask = str(science.primary.get("CORONMSK", science.sci_header.get("CORONMSK", "")))
-        return 2 if "4QPM" in mask.upper() else 1
+        return 2 if "4QPM" in coronagraph(science) else 1
     order = int(sky_order)
     if order < 0:
         raise ValueError(f"sky order must be auto or >= 0, not {sky_order!r}")
