@@ -106,8 +106,13 @@ def _clean_header(header):
     return out
 
 
-def _open(path):
-    """Open a FITS file or stdin fully into memory; raise InputError on failure."""
+def _open(path, *, raw=False):
+    """Open a FITS file or stdin fully into memory; raise InputError on failure.
+
+    With `raw`, image data are left unscaled (``do_not_scale_image_data``) for
+    :func:`_image_data`, which scales them and puts them in native byte order
+    without the copies astropy's scaling makes.
+    """
     if path == "-":
         data = sys.stdin.buffer.read()
         if not data:
@@ -132,7 +137,8 @@ def _open(path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            hdul = fits.open(source, memmap=False, lazy_load_hdus=False)
+            hdul = fits.open(source, memmap=False, lazy_load_hdus=False,
+                             do_not_scale_image_data=raw)
             for hdu in hdul:
                 _ = hdu.data  # force reading, so a truncated file fails here
                 _ = hdu.name  # and parse EXTNAME, so a damaged card fails here too
@@ -144,7 +150,58 @@ def _open(path):
         text = str(w.message).lower()
         if "truncated" in text or "unexpected end" in text:
             raise InputError(path, "truncated FITS file")
+    hdul._coron_source = source
     return hdul
+
+
+def _image_data(hdul, hdu):
+    """The data of an image HDU of a file opened by ``_open(raw=True)``: the values
+    astropy's scaling gives, in native byte order.
+
+    Read as stored (big-endian), a float image or an unsigned integer one stored
+    the FITS way (signed, BZERO = 2**(bits-1)) is converted in place, with no second
+    array; any other scaling (BSCALE, other BZERO, BLANK, compressed images) is read
+    again with astropy's own scaling.
+    """
+    from astropy.io import fits
+
+    data = hdu.data
+    if data is None:
+        return None
+    header = hdu.header
+    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+    kind, bits = data.dtype.kind, 8 * data.dtype.itemsize
+    plain = isinstance(hdu, (fits.ImageHDU, fits.PrimaryHDU)) and bscale == 1 \
+        and not (kind in "iu" and "BLANK" in header)
+    if plain and bzero == 0 and kind in "fiu":
+        pass
+    elif plain and kind == "i" and bits > 8 and bzero == 2 ** (bits - 1):
+        if not data.flags.writeable:
+            data = data.copy()
+        order = data.dtype.byteorder if data.dtype.byteorder in "<>" else "="
+        data = data.view(np.dtype(f"{order}u{data.dtype.itemsize}"))
+        data ^= data.dtype.type(1 << (bits - 1))       # -2**(bits-1)..: 0.. (BZERO added)
+    else:
+        data = _rescaled(hdul, hdu)
+    if not data.dtype.isnative:
+        if not data.flags.writeable:
+            data = data.copy()
+        data = data.byteswap(inplace=True).view(data.dtype.newbyteorder("="))
+    return data
+
+
+def _rescaled(hdul, hdu):
+    """`hdu`'s data scaled by astropy: the file read again (rare scalings only)."""
+    from astropy.io import fits
+
+    index = hdul.index(hdu)
+    source = hdul._coron_source
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with fits.open(source, memmap=False, lazy_load_hdus=False) as again:
+            return np.asarray(again[index].data)
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -191,10 +248,11 @@ def _as_float(data, path, what):
     arr = np.asarray(data)
     if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
         raise InputError(path, f"{what} has unsupported data type {arr.dtype}")
+    # no copy of an array already native float32 / float64 (read_product's own)
     if arr.dtype.kind == "f" and arr.dtype.itemsize <= 4:
-        return arr.astype(np.float32)
+        return arr.astype(np.float32, copy=False)
     if arr.dtype == np.float64:
-        return arr.astype(np.float64)
+        return arr.astype(np.float64, copy=False)
     return arr.astype(np.float32)
 
 
@@ -222,7 +280,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
         dimensions; ERR or DQ of another shape; DQ not integer; every pixel
         flagged.
     """
-    hdul = _open(path)
+    hdul = _open(path, raw=True)
     from astropy.io import fits
     from astropy.table import Table
 
@@ -238,7 +296,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
         if sci_hdu.data is None or not isinstance(sci_hdu, (fits.ImageHDU, fits.PrimaryHDU,
                                                              fits.CompImageHDU)):
             raise InputError(path, "SCI extension holds no image data")
-        sci = _as_float(sci_hdu.data, path, "SCI")
+        sci = _as_float(_image_data(hdul, sci_hdu), path, "SCI")
         if sci.size == 0:
             raise InputError(path, "SCI is empty")
         if sci.ndim == 2 and 3 in ndims:
@@ -249,7 +307,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
         err = None
         err_hdu = _find(hdul, "ERR")
         if err_hdu is not None and err_hdu.data is not None:
-            err = _as_float(err_hdu.data, path, "ERR")
+            err = _as_float(_image_data(hdul, err_hdu), path, "ERR")
             if err.shape != sci.shape and _squeeze_lead(err.shape) == _squeeze_lead(sci.shape):
                 err = err.reshape(sci.shape)
             if err.shape != sci.shape:
@@ -258,7 +316,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
         dq = None
         dq_hdu = _find(hdul, "DQ")
         if dq_hdu is not None and dq_hdu.data is not None:
-            raw = np.asarray(dq_hdu.data)
+            raw = _image_data(hdul, dq_hdu)
             if raw.dtype.kind not in "iu":
                 raise InputError(path, f"DQ must be an integer array, not {raw.dtype}")
             if raw.shape != sci.shape and _squeeze_lead(raw.shape) == _squeeze_lead(sci.shape):
@@ -266,7 +324,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
             if raw.shape != sci.shape:
                 raise InputError(path, f"DQ shape {dq_hdu.data.shape} differs from SCI shape "
                                        f"{sci_hdu.data.shape}")
-            dq = raw.astype(np.uint32)
+            dq = raw.astype(np.uint32, copy=False)
         else:
             dq = np.zeros(sci.shape, np.uint32)
         tables = {}
@@ -281,7 +339,7 @@ def read_product(path, *, ndims=(2, 3), what="exposure"):
                 except Exception as exc:
                     raise InputError(path, f"table {name} unreadable ({_short(exc)})") from None
             elif hdu.data is not None:
-                images[name] = (np.asarray(hdu.data), _clean_header(hdu.header))
+                images[name] = (_image_data(hdul, hdu), _clean_header(hdu.header))
         primary = _clean_header(primary_header)
         sci_header = _clean_header(sci_hdu.header) if sci_hdu is not hdul[0] else fits.Header()
         if sci_hdu is hdul[0]:

@@ -121,3 +121,71 @@ def test_read_image_reads_one_extension_in_native_order(tmp_path):
     for bad in ("NOPE", "T"):
         with pytest.raises(InputError, match="p_psfstack"):
             products.read_image(path, bad)
+
+
+def _hdus_written(path, sci, dq=None, err=None, compressed=False):
+    hdus = [fits.PrimaryHDU()]
+    make = fits.CompImageHDU if compressed else fits.ImageHDU
+    hdus.append(make(sci, name="SCI"))
+    if err is not None:
+        hdus.append(fits.ImageHDU(err, name="ERR"))
+    if dq is not None:
+        hdus.append(fits.ImageHDU(dq, name="DQ"))
+    fits.HDUList(hdus).writeto(path)
+
+
+@pytest.mark.parametrize("case", ["float32", "float64", "int16", "uint16", "uint32", "int32",
+                                  "bscale", "blank", "compressed", "gzip"])
+def test_read_product_values_are_astropys_in_native_order(tmp_path, case):
+    """read_product scales in place what it can (float, FITS-unsigned DQ) and leaves the
+    rest to astropy: every case gives astropy's own values, native order, no NaN lost."""
+    rng = np.random.default_rng(3)
+    shape = (2, 5, 6)
+    sci = rng.normal(0, 100, shape).astype(np.float32)
+    sci[0, 1, 1] = np.nan
+    dq = rng.integers(0, 2 ** 32, shape, dtype=np.uint64).astype(np.uint32)
+    dq.flat[:3] = [0, 2 ** 31, 2 ** 32 - 1]
+    err = np.abs(sci)
+    path = str(tmp_path / "x_calints.fits")
+    if case == "float64":
+        sci = sci.astype(np.float64)
+    if case in ("int16", "int32", "bscale", "blank"):
+        sci = np.nan_to_num(sci).astype(np.int32 if case == "int32" else np.int16)
+    if case == "uint16":                                # written as int16 with BZERO 32768
+        sci = (np.nan_to_num(sci) + 400).clip(0).astype(np.uint16)
+        dq = dq.astype(np.uint16)
+    if case == "bscale":
+        hdul = [fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI"), fits.ImageHDU(dq, name="DQ")]
+        hdul[1].header["BSCALE"], hdul[1].header["BZERO"] = 0.5, 10.0
+        fits.HDUList(hdul).writeto(path)
+    elif case == "blank":
+        hdul = [fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI"), fits.ImageHDU(dq, name="DQ")]
+        hdul[1].header["BLANK"] = int(sci.flat[5])
+        fits.HDUList(hdul).writeto(path)
+    else:
+        _hdus_written(path, sci, dq, err=err, compressed=case == "compressed")
+    if case == "gzip":
+        import gzip
+
+        with open(path, "rb") as fh:
+            data = gzip.compress(fh.read())
+        path = path + ".gz"
+        with open(path, "wb") as fh:
+            fh.write(data)
+    got = read_product(path)
+    with fits.open(path) as h:
+        want_sci = np.asarray(h["SCI"].data)
+        want_dq = np.asarray(h["DQ"].data)
+        want_err = np.asarray(h["ERR"].data) if "ERR" in h else None
+    for arr in (got.sci, got.dq) + ((got.err,) if want_err is not None else ()):
+        assert arr.dtype.isnative
+    want_sci = want_sci.astype(np.float64 if want_sci.dtype.itemsize == 8 and
+                               want_sci.dtype.kind == "f" else np.float32)
+    assert got.sci.dtype == want_sci.dtype
+    np.testing.assert_array_equal(got.sci, want_sci)          # NaN in the same places
+    np.testing.assert_array_equal(got.dq, want_dq.astype(np.uint32))
+    assert got.dq.dtype == np.uint32
+    if want_err is not None:
+        np.testing.assert_array_equal(got.err, want_err.astype(np.float32))
+    if case == "blank":
+        assert np.isnan(got.sci).any()                          # astropy's BLANK -> NaN
