@@ -30,6 +30,7 @@ Nothing here imports jwst or stdatamodels; ``asdf`` and ``gwcs`` are imported
 only when a product is written, and only if installed.
 """
 
+import functools
 import io
 import logging
 import re
@@ -193,6 +194,14 @@ def _sip_distortion(sip, models):
     return forward
 
 
+@functools.lru_cache(maxsize=1)
+def _gwcs_installed():
+    """Whether gwcs and asdf can be imported (found, not imported)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("gwcs", "asdf"))
+
+
 def _gwcs(sci_header, shape):
     """A gwcs of the frame (detector -> ICRS) from the celestial FITS WCS, or None.
 
@@ -202,6 +211,8 @@ def _gwcs(sci_header, shape):
     """
     from .products import _celestial_wcs
 
+    if not _gwcs_installed():
+        return None       # before astropy.modeling and .coordinates (0.1-0.15 s to import)
     w = _celestial_wcs(sci_header)
     if w is None or [c[4:8] for c in w.wcs.ctype] != ["-TAN", "-TAN"]:
         return None

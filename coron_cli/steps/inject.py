@@ -10,7 +10,6 @@ from ..errors import ConfigError, InputError
 from ..products import pixel_scale_arcsec, roll_angle, star_center
 from ._common import _mean_over_integrations
 from .config import InjectConfig, KlipConfig
-from .klip import _klip
 
 log = logging.getLogger("coron")
 
@@ -67,6 +66,8 @@ def klip_inject_step(science, psfalign, psf, config=None, inject=None, *, transm
     ratio. Inputs are not modified, and the science residual is the same
     as without fakes (to rounding).
     """
+    from .klip import _klip    # imported here: coron-hlsp uses this module, not KLIP
+
     inject = inject or InjectConfig()
     fwhm = inject.fwhm_pix
     params = {**(params or {}), "contrast": True, "fwhm": fwhm, "inject_pa": inject.n_pa,
