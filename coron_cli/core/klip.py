@@ -371,6 +371,7 @@ class _Cols:
         self.shape, self.dtype = array.shape, array.dtype
         # rows after the array's, the same for every integration (frame order)
         self.extra = extra
+        self._buf = None                                 # scratch of :meth:`block`
 
     def _values(self, part):
         """`part` of the array, or with `square` its square in float32 (0 where the array
@@ -401,6 +402,45 @@ class _Cols:
         return out
 
 
+    def _part(self, cols):
+        """The array's values at the frame pixels `cols`, (c, n, m), as stored (a view for
+        a slice)."""
+        return self.array[:, :, cols] if isinstance(cols, slice) else \
+            np.take(self.array, cols, axis=2)
+
+    def block(self, idx, mean=None):
+        """The values at positions `idx` (a block of pixels, as for :meth:`float64`), the
+        extra rows after the array's, in float64 and C order, less `mean` (c, rows) when
+        given: gathered, converted and centred in one pass over a block small enough to
+        stay in cache (:func:`_pixel_blocks`). The result is a view of a buffer that the
+        next call overwrites."""
+        return self._fill(idx if self.order is None else self.order[idx], mean)
+
+    def frame_block(self, cols, mean=None):
+        """:meth:`block` of the frame pixels `cols` (a slice), whatever the zone order."""
+        return self._fill(cols, mean)
+
+    def _fill(self, cols, mean):
+        c, n = self.array.shape[:2]
+        part = self._values(self._part(cols))
+        m = part.shape[2]
+        ne = 0 if self.extra is None else self.extra.shape[0]
+        if self._buf is None or self._buf.size < c * (n + ne) * m:
+            self._buf = np.empty(c * (n + ne) * m, np.float64)
+        out = self._buf[:c * (n + ne) * m].reshape(c, n + ne, m)
+        out[:, :n] = part
+        if ne:
+            out[:, n:] = self._values(self.extra[:, cols])[None]
+        if mean is not None:
+            out -= mean[:, :, None]
+        return out
+
+    @property
+    def rows(self):
+        """Rows of a block: the integrations times the references (and extra rows)."""
+        c, n = self.array.shape[:2]
+        return c * (n + (0 if self.extra is None else self.extra.shape[0]))
+
     def _with_extra(self, idx):
         """float64(idx) of the array's rows followed by the extra rows."""
         cols = idx if self.order is None else self.order[idx]
@@ -415,6 +455,146 @@ class _Cols:
             out[:, j:e] = self._values(self.array[:, j:e][:, :, cols])
         out[:, n:] = self._values(self.extra[:, cols])[None]
         return out
+
+
+#: float64 bytes of references gathered at a time when they are reduced block by block
+#: (:func:`_pixel_blocks`): a block stays in the cache while it is converted, centred and
+#: multiplied, instead of a float64 copy of all the references making trips to memory
+PIXEL_BLOCK_BYTES = 2 * 2 ** 20
+
+
+def _length(idx):
+    return idx.stop - idx.start if isinstance(idx, slice) else np.size(idx)
+
+
+def _pixel_blocks(idx, rows):
+    """Blocks of the positions `idx` (a slice with a step of 1, or an index array) with
+    about PIXEL_BLOCK_BYTES of float64 for `rows` rows: (where in `idx`, the positions)."""
+    n = _length(idx)
+    step = max(256, PIXEL_BLOCK_BYTES // (8 * max(int(rows), 1)))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        yield slice(s, e), (slice(idx.start + s, idx.start + e) if isinstance(idx, slice)
+                            else idx[s:e])
+
+
+class _FitSet:
+    """The pixels a zone is fitted on (positions `pos` in the zone order of the
+    references `refs_s`, a :class:`_Cols`) as their means and products read them.
+
+    The products over a set of pixels do not depend on the pixels' order, so when
+    the set fills at least half of its span of the frame, the references are read
+    in frame order, a block of contiguous pixels at a time, and the pixels outside
+    the set are weighted 0: no gather. A sparser set is gathered a block of its
+    pixels at a time.
+    """
+
+    def __init__(self, refs_s, pos, wz=None):
+        self.refs_s, self.pos, self.wz = refs_s, pos, wz
+        self.n = _length(pos)
+        frame = pos if refs_s.order is None else refs_s.order[pos]
+        self.at = None                        # where the set's pixels are in its span
+        if isinstance(frame, slice):
+            self.span = frame
+        else:
+            lo, hi = int(frame.min()), int(frame.max()) + 1
+            self.span = slice(lo, hi)
+            if 2 * frame.size < hi - lo:
+                self.span = None              # sparse: gathered
+            elif not (frame.size == hi - lo and np.all(np.diff(frame) == 1)):
+                self.at = frame - lo
+        self.weight = None                    # per pixel of the span (0 outside the set)
+        if self.span is not None and (self.at is not None or wz is not None):
+            self.weight = self.spread(np.ones(self.n) if wz is None else np.asarray(wz))
+
+    def spread(self, x):
+        """Values (..., n) of the set's pixels laid out on its span (0 elsewhere)."""
+        if self.at is None:
+            return x
+        out = np.zeros(x.shape[:-1] + (self.span.stop - self.span.start,), x.dtype)
+        out[..., self.at] = x
+        return out
+
+    def _blocks(self, mean=None):
+        """(where in the span or set, the block less `mean`, unweighted)."""
+        refs_s = self.refs_s
+        if self.span is None:
+            for s, p in _pixel_blocks(self.pos, refs_s.rows):
+                yield s, refs_s.block(p, mean)
+            return
+        lo = self.span.start
+        for s, p in _pixel_blocks(slice(0, self.span.stop - lo), refs_s.rows):
+            yield s, refs_s.frame_block(slice(lo + p.start, lo + p.stop), mean)
+
+    def mean(self):
+        """float64 mean of every reference row over the set (c, rows)."""
+        total = None
+        ind = None if self.at is None or self.span is None else self.spread(np.ones(self.n))
+        for s, Rb in self._blocks():
+            part = Rb.sum(axis=2) if ind is None else Rb @ ind[s]
+            total = part if total is None else total + part
+        return total / self.n
+
+    def products(self, rmean, tf, Q):
+        """:func:`_products` of the references less `rmean` and the targets `tf` (c, ntg, n;
+        centred and weighted) over the set, the references weighted by `wz`, with sky
+        terms `Q` (n, k) or None, accumulated a block of pixels at a time: no float64
+        copy of the references. Returns (C, a, RQ, tQ): with `Q`, RQ and tQ are the
+        weighted references' and the targets' sky coordinates (else None)."""
+        C = a = RQ = None
+        gathered = self.span is None
+        w = self.wz if gathered else self.weight
+        tf_s = tf if gathered else self.spread(tf)
+        Q_s = None if Q is None else (Q if gathered else self.spread(Q.T).T)
+        for s, Rb in self._blocks(rmean):
+            if w is not None:
+                Rb *= w[s]
+            RbT = np.swapaxes(Rb, 1, 2)
+            Cb, ab = Rb @ RbT, tf_s[:, :, s] @ RbT
+            C, a = (Cb, ab) if C is None else (C + Cb, a + ab)
+            if Q is not None:
+                RQb = Rb @ Q_s[s]
+                RQ = RQb if RQ is None else RQ + RQb
+        tQ = None
+        if Q is not None:
+            tQ = tf @ Q
+            C = C - RQ @ np.swapaxes(RQ, 1, 2)
+            a = a - tQ @ np.swapaxes(RQ, 1, 2)
+        return C, a, RQ, tQ
+
+
+def _sky_from_products(RQ, tQ, A, B, ntr, rows=None):
+    """The sky fitted on the fit pixels to what the model ``B @ R`` (of `rows`) leaves,
+    (c, ntg, ntr, nterm), from the sky coordinates of the (weighted) references RQ and
+    targets tQ (:meth:`_FitSet.products`): ``(w (t - B R)) Q = tQ - B (RQ)``, no pass over
+    the pixels."""
+    c, ntg, k = tQ.shape
+    BRQ = (B @ (RQ if rows is None else RQ[:, rows])).reshape(c, ntg, ntr, k)
+    return (tQ[:, :, None, :] - BRQ) @ A.T
+
+
+def _block_residual(refs_s, pos, rmean, t, B, ntr, rows=None):
+    """``t - B @ R`` per truncation, (c, ntg, ntr, npos), with R the references at the
+    positions `pos` less `rmean` (only `rows` of them when given), a block at a time."""
+    c, ntg, n = t.shape
+    res = np.empty((c, ntg, ntr, n))
+    for s, p in _pixel_blocks(pos, refs_s.rows):
+        Rb = refs_s.block(p, rmean)
+        if rows is not None:
+            Rb = Rb[:, rows]
+        np.subtract(t[:, :, None, s], (B @ Rb).reshape(c, ntg, ntr, -1), out=res[..., s])
+    return res
+
+
+def _block_variance(var_s, pos, B, ntg, ntr):
+    """The model variance ``B**2 @ var`` at the positions `pos`, (ntr, c, ntg, npos),
+    clipped to float32's range, a block at a time."""
+    B2 = B ** 2
+    c = B.shape[0]
+    mv = np.empty((c, ntg, ntr, _length(pos)))
+    for s, p in _pixel_blocks(pos, var_s.rows):
+        mv[..., s] = (B2 @ var_s.block(p)).reshape(c, ntg, ntr, -1)
+    return np.moveaxis(_clip_variance(mv), 2, 0)
 
 
 class _Extra:
@@ -635,71 +815,30 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
     t -= tmean[:, :, None]
     tf = t if fit_all else t[:, :, zfit]
-    # float64 copies of the references, centred in place; when only some pixels are
-    # fitted, those are gathered first and the whole zone only once the coefficients
-    # are known, so that one such copy is alive at a time (the same values as taking
-    # the fitted pixels from the zone's copy)
-    Rf = refs_s.float64(take if fit_all else zpix[zfit])
-    rmean = Rf.mean(axis=2)
-    Rf -= rmean[:, :, None]
-    R = Rf if fit_all else None
+    # the references are reduced a block of pixels at a time (converted and centred in
+    # cache): their means over the fit pixels, the products, then the model
+    wz = None
     if wts_s is not None:
         wz = wts_s[zpix[zfit]]
-        Rf = Rf * wz                                       # weighted copies
         tf = tf * wz
+    fset = _FitSet(refs_s, take if fit_all else zpix[zfit], wz)
+    rmean = fset.mean()
     sky = None
     if sky_order:
-        sky = _sky_projector(order[zpix], nx, zfit, int(sky_order),
-                             None if wts_s is None else wz)
-    B, k = _coefficients(Rf, tf, None if sky is None else sky[1:], truncs, pixels_per_mode)
-    del Rf, tf
-    if R is None:
-        R = refs_s.float64(take)
-        R -= rmean[:, :, None]
-    model = (B @ R).reshape(-1, ntg, ntr, zpix.size)
-    del R
-    res = t[:, :, None, :] - model                        # (c, ntg, ntr, npix)
-    del model, t
+        sky = _sky_projector(order[zpix], nx, zfit, int(sky_order), wz)
+    C, a, _, _ = fset.products(rmean, tf, None if sky is None else sky[1])
+    B, k = _solve(C, a, truncs, zfit.size, pixels_per_mode)
+    del tf
+    res = _block_residual(refs_s, take, rmean, t, B, ntr)  # (c, ntg, ntr, npix)
+    del t
     if sky is not None:
         P, Q, A = sky
-        rf = res[..., zfit] if wts_s is None else res[..., zfit] * wz
+        rf = res[..., zfit] if wz is None else res[..., zfit] * wz
         res -= ((rf @ Q) @ A.T) @ P                       # the fitted sky
     if zout is not None:
         res = res[..., zout]
-    mv = None
-    if var_s is not None:
-        Vr = var_s.float64(zsub)
-        mv = ((B ** 2) @ Vr).reshape(-1, ntg, ntr, zsub.stop - zsub.start)
-        del Vr
-        # near-degenerate references (noiseless data) give huge cancelling
-        # coefficients: a variance beyond float32 is infinite for every purpose
-        np.minimum(mv, np.finfo(np.float32).max, out=mv)
-        mv = np.moveaxis(mv, 2, 0)
+    mv = None if var_s is None else _block_variance(var_s, zsub, B, ntg, ntr)
     return np.moveaxis(res, 2, 0), k, mv
-
-
-def _coefficients(Rf, tf, sky, truncs, pixels_per_mode):
-    """KLIP's coefficients on the (weighted, centred) fit pixels of a zone.
-
-    Parameters
-    ----------
-    Rf : ndarray (c, nref, nfit)
-        The references on the fit pixels, mean removed (and weighted).
-    tf : ndarray (c, ntg, nfit)
-        The targets, likewise.
-    sky : (Q, A) or None
-        The sky terms (:func:`_sky_projector`): the data are projected on
-        their complement.
-
-    Returns
-    -------
-    B : ndarray (c, ntg * ntr, nref)
-        model = B @ references, per target and truncation.
-    k : ndarray of int (c, ntr)
-        The modes used.
-    """
-    C, a = _products(Rf, tf, sky)
-    return _solve(C, a, truncs, Rf.shape[2], pixels_per_mode)
 
 
 def _products(Rf, tf, sky):
@@ -719,7 +858,9 @@ def _products(Rf, tf, sky):
 
 
 def _solve(C, a, truncs, nfit, pixels_per_mode):
-    """:func:`_coefficients` from the products of :func:`_products`."""
+    """KLIP's coefficients from the products of :func:`_products` (or
+    :meth:`_FitSet.products`): B (c, ntg * ntr, nref), model = B @ references, per
+    target and truncation, and the modes used, k (c, ntr)."""
     nref, ntg, ntr = C.shape[1], a.shape[1], truncs.size
     lam, V = np.linalg.eigh(C)
     lam = lam[:, ::-1]
@@ -740,23 +881,26 @@ def _solve(C, a, truncs, nfit, pixels_per_mode):
 
 
 def _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx, wts_s, sky_order):
-    """What zones fitted on the same pixels `opt` share: the references and targets there
-    (float64, centred) and their means, the weights there, and the sky terms.
+    """What zones fitted on the same pixels `opt` share: the references' means there,
+    the targets' means there, the sky terms, and the products of the (weighted)
+    references and targets (:meth:`_FitSet.products`).
 
-    Returns (Rf, tf, rmean, tmean, wz, sky)."""
-    Rf = refs_s.float64(opt)
+    Returns (rmean, tmean, sky, C, a, RQ, tQ)."""
     tf = sci_s[:, :, opt].astype(np.float64)
-    rmean, tmean = Rf.mean(axis=2), tf.mean(axis=2)
-    Rf -= rmean[:, :, None]
+    tmean = tf.mean(axis=2)
     tf -= tmean[:, :, None]
     wz = None if wts_s is None else wts_s[opt]
+    fset = _FitSet(refs_s, opt, wz)
+    rmean = fset.mean()
     sky = None
     if sky_order:
         # the monomials over the fit pixels then every zone's, normalised on the former
         own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
         sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
                              int(sky_order), wz)
-    return Rf, tf, rmean, tmean, wz, sky
+    C, a, RQ, tQ = fset.products(rmean, tf if wz is None else tf * wz,
+                                 None if sky is None else sky[1])
+    return rmean, tmean, sky, C, a, RQ, tQ
 
 
 def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, truncs,
@@ -777,31 +921,22 @@ def _fit_shared(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_order, t
         return _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s,
                                  sky_order, truncs, pixels_per_mode, ex)
     ntg, ntr = sci_s.shape[1], truncs.size
-    Rf, tf, rmean, tmean, wz, sky = _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx,
-                                                       wts_s, sky_order)
-    B, k = _coefficients(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
-                         None if sky is None else sky[1:], truncs, pixels_per_mode)
+    rmean, tmean, sky, C, a, RQ, tQ = _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order,
+                                                         nx, wts_s, sky_order)
+    B, k = _solve(C, a, truncs, opt.size, pixels_per_mode)
     coef = None
     if sky is not None:
-        P, Q, A = sky
-        res = tf[:, :, None, :] - (B @ Rf).reshape(-1, ntg, ntr, opt.size)
-        coef = ((res if wz is None else res * wz) @ Q) @ A.T   # (c, ntg, ntr, nterm)
-        del res
+        coef = _sky_from_products(RQ, tQ, sky[2], B, ntr)
         at = opt.size
     done = []
     for zsub in zsubs:
         n = zsub.stop - zsub.start
-        Rz = refs_s.float64(zsub) - rmean[:, :, None]
         tz = sci_s[:, :, zsub].astype(np.float64) - tmean[:, :, None]
-        res = tz[:, :, None, :] - (B @ Rz).reshape(-1, ntg, ntr, n)
+        res = _block_residual(refs_s, zsub, rmean, tz, B, ntr)
         if coef is not None:
-            res -= coef @ P[:, at:at + n]                  # the fitted sky
+            res -= coef @ sky[0][:, at:at + n]             # the fitted sky
             at += n
-        mv = None
-        if var_s is not None:
-            mv = ((B ** 2) @ var_s.float64(zsub)).reshape(-1, ntg, ntr, n)
-            np.minimum(mv, np.finfo(np.float32).max, out=mv)
-            mv = np.moveaxis(mv, 2, 0)
+        mv = None if var_s is None else _block_variance(var_s, zsub, B, ntg, ntr)
         done.append((zsub, np.moveaxis(res, 2, 0), mv))
     return done, k
 
@@ -873,10 +1008,8 @@ def _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_or
                       pixels_per_mode, ex):
     """:func:`_fit_shared` with extra references used by some pixels only (`ex`)."""
     ntg, ntr = sci_s.shape[1], truncs.size
-    Rf, tf, rmean, tmean, wz, sky = _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx,
-                                                       wts_s, sky_order)
-    C, a = _products(Rf if wz is None else Rf * wz, tf if wz is None else tf * wz,
-                     None if sky is None else sky[1:])
+    rmean, tmean, sky, C, a, RQ, tQ = _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order,
+                                                         nx, wts_s, sky_order)
     fits, k_all = {}, None
 
     def fitted(g, rows):
@@ -884,11 +1017,7 @@ def _fit_shared_extra(refs_s, sci_s, var_s, opt, zsubs, order, nx, wts_s, sky_or
         if g not in fits:
             B, k = _group_fit(C, a, rows, truncs, opt.size, pixels_per_mode)
             k_all = k if k_all is None else np.minimum(k_all, k)
-            coef = None
-            if sky is not None:
-                P, Q, A = sky
-                r = tf[:, :, None, :] - (B @ Rf[:, rows]).reshape(-1, ntg, ntr, opt.size)
-                coef = ((r if wz is None else r * wz) @ Q) @ A.T
+            coef = None if sky is None else _sky_from_products(RQ, tQ, sky[2], B, ntr, rows)
             fits[g] = (B, coef)
         return fits[g]
 

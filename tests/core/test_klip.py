@@ -418,3 +418,49 @@ def test_extra_references_equal_klip_with_them_added_per_group(sky_order, layout
         "references": extra, "error": eerr, "labels": np.zeros(shape, int),
         "allowed": np.zeros((1, ne), bool)}, **kw)
     assert_allclose(none_used, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "scattered", "sparse"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_set_products_equal_those_of_the_whole_copy(layout, weighted, monkeypatch):
+    """_FitSet reads the references a block of pixels at a time (in frame order with
+    the pixels outside the set weighted 0, or gathered when the set is sparse): its
+    means, covariance, R t and sky coordinates are those of the float64 copy of the
+    set's pixels, centred and weighted, in one piece."""
+    from coron_cli.core import klip
+
+    monkeypatch.setattr(klip, "PIXEL_BLOCK_BYTES", 1)     # blocks of 256 pixels
+    rng = np.random.default_rng(11)
+    c, nref, ntg, npix = 2, 7, 3, 3000
+    arr = (rng.normal(size=(c, nref, npix)) * 3 + 40).astype(np.float32)
+    extra = (rng.normal(size=(2, npix)) + 40).astype(np.float32)
+    order = rng.permutation(npix)
+    cols = klip._Cols(arr, None if layout == "contiguous" else order, extra=extra)
+    if layout == "contiguous":
+        pos = slice(200, 2900)
+    elif layout == "scattered":       # most pixels of their span of the frame
+        pos = np.flatnonzero(order < 2500)
+        pos = pos[rng.uniform(size=pos.size) < 0.9]
+    else:                             # a few pixels spread over the frame
+        pos = np.sort(rng.choice(npix, 300, replace=False))
+    frame = np.arange(npix)[pos] if layout == "contiguous" else order[pos]
+    n = frame.size
+    wz = rng.uniform(0.2, 2.0, n) if weighted else None
+    fset = klip._FitSet(cols, pos, wz)
+    assert (fset.span is None) == (layout == "sparse")
+    full = np.concatenate([arr[:, :, frame], np.broadcast_to(extra[:, frame], (c, 2, n))],
+                          axis=1).astype(np.float64)
+    mean = full.mean(axis=2)
+    assert_allclose(fset.mean(), mean, rtol=1e-12)
+    R = (full - mean[:, :, None]) * (1.0 if wz is None else wz)
+    tf = rng.normal(size=(c, ntg, n))
+    Q = np.linalg.qr(rng.normal(size=(n, 3)))[0]
+    C, a, RQ, tQ = fset.products(mean, tf, Q)
+    RQ0, tQ0 = R @ Q, tf @ Q
+    C0 = R @ np.swapaxes(R, 1, 2) - RQ0 @ np.swapaxes(RQ0, 1, 2)
+    a0 = tf @ np.swapaxes(R, 1, 2) - tQ0 @ np.swapaxes(RQ0, 1, 2)
+    for got, want in ((C, C0), (a, a0), (RQ, RQ0), (tQ, tQ0)):
+        assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    C1, a1, RQ1, tQ1 = fset.products(mean, tf, None)
+    assert RQ1 is None and tQ1 is None
+    assert_allclose(C1, R @ np.swapaxes(R, 1, 2), rtol=1e-9)
