@@ -461,6 +461,6 @@ def test_fit_set_products_equal_those_of_the_whole_copy(layout, weighted, monkey
     a0 = tf @ np.swapaxes(R, 1, 2) - tQ0 @ np.swapaxes(RQ0, 1, 2)
     for got, want in ((C, C0), (a, a0), (RQ, RQ0), (tQ, tQ0)):
         assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
-    C1, a1, RQ1, tQ1 = fset.products(mean, tf, None)
+    C1, _, RQ1, tQ1 = fset.products(mean, tf, None)
     assert RQ1 is None and tQ1 is None
     assert_allclose(C1, R @ np.swapaxes(R, 1, 2), rtol=1e-9)
