@@ -504,8 +504,11 @@ class _FitSet:
             elif not (frame.size == hi - lo and np.all(np.diff(frame) == 1)):
                 self.at = frame - lo
         self.weight = None                    # per pixel of the span (0 outside the set)
+        self.set_indicator = None             # 1 on the set's pixels of the span
         if self.span is not None and (self.at is not None or wz is not None):
             self.weight = self.spread(np.ones(self.n) if wz is None else np.asarray(wz))
+            if self.at is not None and wz is not None:
+                self.set_indicator = self.spread(np.ones(self.n))
 
     def spread(self, x):
         """Values (..., n) of the set's pixels laid out on its span (0 elsewhere)."""
@@ -526,41 +529,88 @@ class _FitSet:
         for s, p in _pixel_blocks(slice(0, self.span.stop - lo), refs_s.rows):
             yield s, refs_s.frame_block(slice(lo + p.start, lo + p.stop), mean)
 
-    def mean(self):
-        """float64 mean of every reference row over the set (c, rows)."""
-        total = None
-        ind = None if self.at is None or self.span is None else self.spread(np.ones(self.n))
-        for s, Rb in self._blocks():
-            part = Rb.sum(axis=2) if ind is None else Rb @ ind[s]
-            total = part if total is None else total + part
-        return total / self.n
+    def _shift(self):
+        """A rough mean of every reference row over the set (c, rows), from a run of
+        SHIFT_SAMPLES of its pixels (their middle ones): the data are centred on it
+        while the products are accumulated, and the exact mean follows from the sums
+        (one pass, not two)."""
+        pos, k = self.pos, min(self.n, self.SHIFT_SAMPLES)
+        i = (self.n - k) // 2
+        sub = slice(pos.start + i, pos.start + i + k) if isinstance(pos, slice) \
+            else pos[i:i + k]
+        return self.refs_s.block(sub).mean(axis=2)
 
-    def products(self, rmean, tf, Q):
-        """:func:`_products` of the references less `rmean` and the targets `tf` (c, ntg, n;
-        centred and weighted) over the set, the references weighted by `wz`, with sky
-        terms `Q` (n, k) or None, accumulated a block of pixels at a time: no float64
-        copy of the references. Returns (C, a, RQ, tQ): with `Q`, RQ and tQ are the
-        weighted references' and the targets' sky coordinates (else None)."""
-        C = a = RQ = None
+    #: pixels of the set that give the shift of :meth:`_shift`
+    SHIFT_SAMPLES = 2048
+
+    def products(self, tf, Q):
+        """The references' mean over the set and :func:`_products` of the references less
+        it and the targets `tf` (c, ntg, n; centred and weighted) over the set, the
+        references weighted by `wz`, with sky terms `Q` (n, k) or None, accumulated a
+        block of pixels at a time in one pass: no float64 copy of the references.
+
+        The blocks are centred on a rough mean s (:meth:`_shift`), y = x - s; with d
+        the mean of y over the set (the exact mean is s + d) and w the weights, the
+        sums of y give the centred products exactly: ``sum w^2 (y-d)(y-d)^T = G - d
+        g^T - g d^T + (sum w^2) d d^T``, with ``G = sum w^2 y y^T``, ``g = sum w^2 y``;
+        likewise R t and the sky coordinates. As d is small against the spread of y
+        (s is the mean of thousands of the pixels), nothing cancels.
+
+        Returns (rmean, C, a, RQ, tQ): with `Q`, RQ and tQ are the weighted
+        references' and the targets' sky coordinates (else None)."""
+        shift = self._shift()
         gathered = self.span is None
         w = self.wz if gathered else self.weight
+        c, ntg = tf.shape[:2]
         tf_s = tf if gathered else self.spread(tf)
+        # one more target row: w (or 1) gives g = sum w^2 y in the products with the
+        # weighted blocks, and the sum of y over the set when w is the set's indicator
+        last = np.ones(tf_s.shape[2]) if w is None else w
+        tf_x = np.concatenate([tf_s, np.broadcast_to(last, (c, 1, last.size))], axis=1)
+        own_sum = w is not None and self.wz is not None  # sum y apart from g
         Q_s = None if Q is None else (Q if gathered else self.spread(Q.T).T)
-        for s, Rb in self._blocks(rmean):
+        G = A = RQ = ysum = None
+        ones = None
+        for s, Rb in self._blocks(shift):
+            if own_sum:
+                if ones is None or ones.size < Rb.shape[2]:
+                    ones = np.ones(Rb.shape[2])
+                part = ones[:Rb.shape[2]] if gathered or self.at is None else \
+                    self.set_indicator[s]
+                yb = Rb @ part
+                ysum = yb if ysum is None else ysum + yb
             if w is not None:
                 Rb *= w[s]
             RbT = np.swapaxes(Rb, 1, 2)
-            Cb, ab = Rb @ RbT, tf_s[:, :, s] @ RbT
-            C, a = (Cb, ab) if C is None else (C + Cb, a + ab)
+            Gb, Ab = Rb @ RbT, tf_x[:, :, s] @ RbT
+            if G is None:
+                G, A = Gb, Ab
+            else:
+                G += Gb
+                A += Ab
             if Q is not None:
                 RQb = Rb @ Q_s[s]
                 RQ = RQb if RQ is None else RQ + RQb
+        A, g = A[:, :ntg], A[:, ntg]
+        if not own_sum:
+            ysum = g
+        d = ysum / self.n
+        if w is None:
+            w2, tw2, wQ = float(self.n), tf.sum(axis=2), None if Q is None else Q.sum(axis=0)
+        else:
+            wz = np.ones(self.n) if self.wz is None else np.asarray(self.wz, np.float64)
+            w2, tw2 = float(np.sum(wz * wz)), tf @ wz
+            wQ = None if Q is None else wz @ Q
+        dg = d[:, :, None] * g[:, None, :]
+        C = G - dg - np.swapaxes(dg, 1, 2) + w2 * (d[:, :, None] * d[:, None, :])
+        a = A - tw2[:, :, None] * d[:, None, :]
         tQ = None
         if Q is not None:
+            RQ = RQ - d[:, :, None] * wQ[None, None, :]
             tQ = tf @ Q
             C = C - RQ @ np.swapaxes(RQ, 1, 2)
             a = a - tQ @ np.swapaxes(RQ, 1, 2)
-        return C, a, RQ, tQ
+        return shift + d, C, a, RQ, tQ
 
 
 def _sky_from_products(RQ, tQ, A, B, ntr, rows=None):
@@ -821,12 +871,11 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     if wts_s is not None:
         wz = wts_s[zpix[zfit]]
         tf = tf * wz
-    fset = _FitSet(refs_s, take if fit_all else zpix[zfit], wz)
-    rmean = fset.mean()
     sky = None
     if sky_order:
         sky = _sky_projector(order[zpix], nx, zfit, int(sky_order), wz)
-    C, a, _, _ = fset.products(rmean, tf, None if sky is None else sky[1])
+    fset = _FitSet(refs_s, take if fit_all else zpix[zfit], wz)
+    rmean, C, a, _, _ = fset.products(tf, None if sky is None else sky[1])
     B, k = _solve(C, a, truncs, zfit.size, pixels_per_mode)
     del tf
     res = _block_residual(refs_s, take, rmean, t, B, ntr)  # (c, ntg, ntr, npix)
@@ -890,16 +939,14 @@ def _shared_fit_pixels(refs_s, sci_s, opt, zsubs, order, nx, wts_s, sky_order):
     tmean = tf.mean(axis=2)
     tf -= tmean[:, :, None]
     wz = None if wts_s is None else wts_s[opt]
-    fset = _FitSet(refs_s, opt, wz)
-    rmean = fset.mean()
     sky = None
     if sky_order:
         # the monomials over the fit pixels then every zone's, normalised on the former
         own = np.concatenate([np.arange(z.start, z.stop) for z in zsubs])
         sky = _sky_projector(order[np.concatenate([opt, own])], nx, np.arange(opt.size),
                              int(sky_order), wz)
-    C, a, RQ, tQ = fset.products(rmean, tf if wz is None else tf * wz,
-                                 None if sky is None else sky[1])
+    rmean, C, a, RQ, tQ = _FitSet(refs_s, opt, wz).products(tf if wz is None else tf * wz,
+                                                            None if sky is None else sky[1])
     return rmean, tmean, sky, C, a, RQ, tQ
 
 
