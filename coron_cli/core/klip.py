@@ -865,8 +865,9 @@ def _fit_zone(refs_s, sci_s, var_s, zone, order, nx, wts_s, sky_order, truncs,
     tmean = (t if fit_all else t[:, :, zfit]).mean(axis=2)
     t -= tmean[:, :, None]
     tf = t if fit_all else t[:, :, zfit]
-    # the references are reduced a block of pixels at a time (converted and centred in
-    # cache): their means over the fit pixels, the products, then the model
+    # the references are read a block of pixels at a time (converted and centred in
+    # cache): their means over the fit pixels with the products in one pass, then the
+    # model in another
     wz = None
     if wts_s is not None:
         wz = wts_s[zpix[zfit]]
