@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -513,9 +514,12 @@ def test_a_signal_that_c_code_turned_into_another_error_still_ends_the_run(sig, 
     @click.command()
     def cli():
         try:
-            os.kill(os.getpid(), sig)
-            for _ in range(1000):             # the handler runs between bytecodes
-                pass
+            # to this thread (a signal to the process may land on another thread and reach
+            # the handler only later); the handler runs between bytecodes: wait for it
+            signal.pthread_kill(threading.get_ident(), sig)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
         except BaseException:  # noqa: BLE001 (what C code does with it)
             raise TypeError("data type 'i4' not understood") from None
 
