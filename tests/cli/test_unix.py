@@ -523,6 +523,12 @@ def test_a_signal_that_c_code_turned_into_another_error_still_ends_the_run(sig, 
         except BaseException:  # noqa: BLE001 (what C code does with it)
             raise TypeError("data type 'i4' not understood") from None
 
-    r = invoke(runner, types.SimpleNamespace(cli=cli), [])
+    # coron takes Ctrl-C only where Python's own handler is in place: a shell's
+    # background job (`cmd &`) starts with SIGINT ignored, and coron leaves it so
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = invoke(runner, types.SimpleNamespace(cli=cli), [])
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert r.exit_code == code
     assert r.stderr.strip() == f"coron-test: error: {word}"
