@@ -286,7 +286,7 @@ def one_seed(seed, args, workroot):
     # (a) coron-select --top N
     best_asn = os.path.join(folder, "best_asn.json")
     _run([_tool("coron-select"), *data["science"], "-L", os.path.join(folder, "library"),
-          "--top", args.top, "-o", best_asn, "-q"])
+          "--top", args.top, "-o", best_asn, "-q", *args.select_option])
     with open(best_asn) as fh:
         members = json.load(fh)["products"][0]["members"]
     chosen = {os.path.normpath(os.path.join(folder, m["expname"])): m.get("integrations")
@@ -446,6 +446,9 @@ def main(argv=None):
                          "science's [0: the science's own, so that together they model "
                          "it]; JWST's epochs each sit off the long-term mean, the science's "
                          "too, and only its near-time references share its offset")
+    ap.add_argument("--select-option", action="append", default=[], metavar="ARG",
+                    help="an argument passed on to coron-select (repeat for several, e.g. "
+                         "--select-option=--inner --select-option=16)")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results")
     args = ap.parse_args(argv)
     if not args.science_epoch >= 0:
