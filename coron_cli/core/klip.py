@@ -401,7 +401,6 @@ class _Cols:
             out[:, j:j + self.BLOCK] = self._values(self.array[:, j:j + self.BLOCK][:, :, cols])
         return out
 
-
     def _part(self, cols):
         """The array's values at the frame pixels `cols`, (c, n, m), as stored (a view for
         a slice)."""
